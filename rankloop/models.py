@@ -1,0 +1,235 @@
+"""Loading, freezing and LoRA for any Hugging Face backbone, and tiny models for tests.
+
+Every stage loads models through here, so the tokenizer rules live in one place:
+
+- a pad token where the model has none (EOS, else UNK, else a new ``<pad>``);
+- ``truncation_side = "left"`` for scoring, so an over-long text keeps the end of the response
+  (special tokens such as BOS/CLS are added after truncation and survive);
+- the padding side is the caller's choice: right for scoring, left for generation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.utils import logging as _hf_logging
+
+# Weight-loading bars and load reports for a freshly initialised head are noise on every run.
+_hf_logging.disable_progress_bar()
+_hf_logging.set_verbosity_error()
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load_tokenizer(name_or_path: str | Path, padding_side: Literal["left", "right"] = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tok.pad_token is None:
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        elif tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.padding_side = padding_side
+    tok.truncation_side = "left"
+    return tok
+
+
+def _sync_pad(model, tok) -> None:
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if len(tok) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tok))
+
+
+def load_causal_lm(name_or_path: str | Path, dtype: str = "float32", tokenizer=None):
+    """A causal LM for sampling, the policy or the frozen reference."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype(dtype))
+    if tokenizer is not None:
+        _sync_pad(model, tokenizer)
+    return model
+
+
+def load_sequence_scorer(name_or_path: str | Path, dtype: str = "float32", tokenizer=None):
+    """Any backbone with a scalar head (``AutoModelForSequenceClassification``, ``num_labels=1``).
+
+    A causal-LM checkpoint gets a freshly initialised ``score`` head; a rankloop reward-model
+    checkpoint loads with its trained head.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(name_or_path), num_labels=1, dtype=torch_dtype(dtype)
+    )
+    model.config.problem_type = "regression"
+    if tokenizer is not None:
+        _sync_pad(model, tokenizer)
+    return model
+
+
+# ---------------------------------------------------------------- freezing
+
+_LAYER_LIST = re.compile(r"(^|\.)(layers|layer|h|blocks)$")
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The backbone's list of transformer blocks (Llama/Qwen ``layers``, GPT-2 ``h``, BERT ``layer``)."""
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and _LAYER_LIST.search(name) and len(mod) > 0:
+            if best is None or len(mod) > len(best):
+                best = mod
+    if best is None:
+        raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
+    return best
+
+
+def freeze_bottom(model: nn.Module, n_layers: int) -> int:
+    """Freeze the embeddings and the first ``n_layers`` blocks; returns the count of frozen params.
+
+    ``n_layers = 0`` freezes nothing. Negative counts from the top (``-1`` = all but the last block).
+    """
+    if n_layers == 0:
+        return 0
+    layers = transformer_layers(model)
+    n = len(layers) + n_layers if n_layers < 0 else n_layers
+    if not 0 < n <= len(layers):
+        raise ValueError(f"--freeze-layers {n_layers} is out of range for a model with {len(layers)} layers")
+    frozen = [model.get_input_embeddings()]
+    for name, mod in model.named_modules():  # position embeddings (GPT-2 wpe, BERT embeddings)
+        if name.endswith(("wpe", "embeddings", "embed_positions")):
+            frozen.append(mod)
+    frozen += list(layers[:n])
+    count = 0
+    for mod in frozen:
+        for p in mod.parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                count += p.numel()
+    return count
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+               task: Literal["causal", "reward"] = "causal", target_modules: list[str] | str | None = None):
+    """Wrap ``model`` with peft LoRA adapters on every linear layer of the backbone.
+
+    For reward models the scalar head is trained in full (peft's ``modules_to_save``).
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout,
+        target_modules=target_modules or "all-linear",
+        task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, cfg)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+# ---------------------------------------------------------------- tiny models and tokenizers
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 512, save_dir: str | Path | None = None):
+    """A byte-level BPE tokenizer trained with the ``tokenizers`` library, as a HF fast tokenizer.
+
+    Special tokens: ``<pad>`` = 0, ``<s>`` = 1 (BOS), ``</s>`` = 2 (EOS). BOS is prepended on encode.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.truncation_side = "left"
+    if save_dir is not None:
+        tok.save_pretrained(str(save_dir))
+    return tok
+
+
+_TINY_TEXT = (
+    "the cat sat on the mat. a dog ran in the park and was happy. she likes warm bread and tea. "
+    "good morning! this is great, thank you so much. i hate rain, it is awful and sad. "
+    "once upon a time there was a little bird who sang every day. 0123456789 ,.;:!?'\"()-\n"
+)
+
+
+def tiny_tokenizer(vocab_size: int = 320):
+    """A small real BPE tokenizer for tests (trained in well under a second)."""
+    return train_tokenizer([_TINY_TEXT] * 4, vocab_size=vocab_size)
+
+
+Arch = Literal["gpt2", "llama", "qwen2", "bert"]
+
+
+def tiny_config(arch: Arch = "gpt2", vocab_size: int = 320, hidden: int = 32, layers: int = 2, heads: int = 2,
+                max_positions: int = 256, pad_token_id: int = 0, bos_token_id: int = 1, eos_token_id: int = 2):
+    """A transformers config for a small model of the given family (all real HF model classes)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    ids = dict(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
+                          n_positions=max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+    if arch in ("llama", "qwen2"):
+        cls = LlamaConfig if arch == "llama" else Qwen2Config
+        return cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                   max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
+    if arch == "bert":
+        return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                          num_attention_heads=heads, intermediate_size=hidden * 2,
+                          max_position_embeddings=max_positions, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0, pad_token_id=pad_token_id)
+    raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+def build_tiny(save_dir: str | Path, arch: Arch = "gpt2", kind: Literal["causal", "reward"] = "causal",
+               seed: int = 0, **config_kwargs) -> Path:
+    """Build a randomly initialised tiny model and its tokenizer, saved so ``from_pretrained`` loads it."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    tok = tiny_tokenizer()
+    cfg = tiny_config(arch, vocab_size=len(tok), pad_token_id=tok.pad_token_id, **config_kwargs)
+    torch.manual_seed(seed)
+    if kind == "reward" or arch == "bert":
+        cfg.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    else:
+        model = AutoModelForCausalLM.from_config(cfg)
+    save_dir = Path(save_dir)
+    model.save_pretrained(save_dir)
+    tok.save_pretrained(save_dir)
+    return save_dir
+
