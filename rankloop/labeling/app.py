@@ -1,0 +1,106 @@
+"""The labeling app: ``create_app(database_url)`` returns the FastAPI application.
+
+Migrations are applied when the app is created, so a fresh database (or an old one) is ready before
+the first request. Several app processes may share one PostgreSQL database; SQLite means one
+process (see ``db``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import rankloop
+from rankloop.labeling.assign import ItemCache
+from rankloop.labeling.db import make_engine, make_sessionmaker, resolve_url, upgrade
+from rankloop.labeling.models import User
+from rankloop.labeling.routes import auth, pages, projects, tasks, users
+from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
+
+HERE = Path(__file__).parent
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
+    """Create ``username`` as an admin if the database has no users yet. Returns whether it did."""
+    with sessionmaker() as db:
+        if db.execute(select(func.count()).select_from(User)).scalar_one():
+            return False
+        db.add(User(username=username, password_hash=hash_password(password), role="admin", active=True))
+        db.commit()
+        return True
+
+
+def create_app(database_url: str | None = None, *, migrate: bool = True, admin: tuple[str, str] | None = None,
+               secure_cookies: bool | None = None, login_max_failures: int = 10) -> FastAPI:
+    """The app over ``database_url`` (default: ``$RANKLOOP_DATABASE_URL`` or ``./rankloop-labeling.db``).
+
+    ``admin=(username, password)`` creates the first admin when the database has no users.
+    ``secure_cookies`` marks cookies Secure (default: ``$RANKLOOP_SECURE_COOKIES`` set to 1; turn it on
+    behind HTTPS)."""
+    url = resolve_url(database_url)
+    if migrate:
+        upgrade(url)
+    engine = make_engine(url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="rankloop labeling", version=getattr(rankloop, "__version__", "0"), lifespan=lifespan,
+                  description="Collect K-way human rankings of model outputs; export them for reward-model training.")
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.token_cache = TokenCache()
+    app.state.login_limiter = LoginLimiter(max_failures=login_max_failures)
+    app.state.items = ItemCache()
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
+    app.state.secure_cookies = (os.environ.get("RANKLOOP_SECURE_COOKIES") == "1") if secure_cookies is None else secure_cookies
+    if admin is not None:
+        bootstrap_admin(app.state.sessionmaker, *admin)
+
+    for r in (auth.router, users.router, projects.router, tasks.router, pages.router):
+        app.include_router(r)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        resp = await call_next(request)
+        if resp.headers.get("content-type", "").startswith("text/html"):
+            resp.headers["Content-Security-Policy"] = CSP
+            resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        if exc.status_code == 401:
+            return RedirectResponse("/login", status_code=303)
+        return app.state.templates.TemplateResponse(request, "error.html", {"user": None, "status": exc.status_code,
+                                                                           "detail": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"ok": True}
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory rankloop.labeling.app:app_from_env`` (several workers)."""
+    user, pw = os.environ.get("RANKLOOP_ADMIN_USER"), os.environ.get("RANKLOOP_ADMIN_PASSWORD")
+    return create_app(os.environ.get("RANKLOOP_DATABASE_URL"), admin=(user, pw) if user and pw else None)

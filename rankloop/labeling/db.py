@@ -1,0 +1,106 @@
+"""Engine, sessions and migrations for the labeling app.
+
+SQLite (the default: one file, one server process) runs in WAL mode with a busy timeout; its
+writers are serialised inside the process by a lock and take the write lock up front
+(``BEGIN IMMEDIATE``), so two requests never race on a read-then-write and SQLite's sleeping busy
+handler is never on the hot path. PostgreSQL (a team, several app processes) needs neither: slot
+claims use ``SELECT … FOR UPDATE SKIP LOCKED`` and unique constraints.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///rankloop-labeling.db"
+ENV_URL = "RANKLOOP_DATABASE_URL"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def resolve_url(url: str | None) -> str:
+    """``--database-url``, else ``$RANKLOOP_DATABASE_URL``, else a SQLite file in the cwd.
+
+    A bare ``postgresql://`` URL is given the psycopg 3 driver (the one rankloop installs)."""
+    url = url or os.environ.get(ENV_URL) or DEFAULT_URL
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str) -> Engine:
+    url = resolve_url(url)
+    if is_sqlite(url):
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            raise ValueError("an in-memory SQLite database cannot be shared between requests; use a file")
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _begin)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA cache_size=-32000")
+            cur.execute("PRAGMA temp_store=MEMORY")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # noqa: ANN001
+            immediate = conn.get_execution_options().get("sqlite_immediate", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        engine.info_write_lock = threading.Lock()  # type: ignore[attr-defined]
+    else:
+        engine = create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        engine.info_write_lock = None  # type: ignore[attr-defined]
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def writing(db: Session) -> Iterator[Session]:
+    """A write transaction: committed on success, rolled back on error.
+
+    On SQLite it holds the process's write lock and begins with ``BEGIN IMMEDIATE``."""
+    if db.in_transaction():
+        db.commit()
+    lock = getattr(db.get_bind(), "info_write_lock", None)
+    with lock if lock is not None else nullcontext():
+        db.connection(execution_options={"sqlite_immediate": True})
+        try:
+            yield db
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+
+
+def upgrade(url: str) -> None:
+    """Apply every Alembic migration (``alembic upgrade head``) to the database at ``url``."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", resolve_url(url).replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")

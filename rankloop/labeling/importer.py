@@ -1,0 +1,168 @@
+"""Import prompts and candidates (``rankloop sample`` output) into a project as items and slots.
+
+Ranking mode: a prompt's candidates in this import form one item, and there must be exactly K of
+them. Pairwise mode: every pair of a prompt's new candidates is an item. A prompt id seen before
+in the project (a later round of the loop) is reused if its content is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from rankloop.labeling.db import writing
+from rankloop.labeling.models import CandidateRow, Item, Project, PromptRow, Slot
+from rankloop.labeling.schemas import GoldIn, ImportOut
+from rankloop.records import Candidate, Prompt, normalise_order
+
+
+def _fail(msg: str, bad: list[str]) -> None:
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise HTTPException(422, f"{msg}: {', '.join(bad[:5])}{more}")
+
+
+def import_items(db: Session, project: Project, prompts: list[Prompt], candidates: list[Candidate],
+                 gold: list[GoldIn] = ()) -> ImportOut:
+    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_prompt[c.prompt_id].append(c)
+    pids = [p.id for p in prompts]
+    _fail("prompt ids repeated in this import", sorted({i for i in pids if pids.count(i) > 1}) if len(set(pids)) != len(pids) else [])
+    cids = [c.id for c in candidates]
+    if len(set(cids)) != len(cids):
+        seen: set[str] = set()
+        _fail("candidate ids repeated in this import", sorted({i for i in cids if i in seen or seen.add(i)}))
+    gold_by = {}
+    for g in gold:
+        try:
+            gold_by[g.prompt_id] = normalise_order(g.order)
+        except ValueError as e:
+            raise HTTPException(422, f"gold ranking for prompt {g.prompt_id!r}: {e}") from None
+    _fail("gold rankings name prompts that are not in this import", sorted(set(gold_by) - set(pids)))
+
+    with writing(db):
+        existing = {r.external_id: r for r in db.execute(
+            select(PromptRow.id, PromptRow.external_id, PromptRow.content).where(
+                PromptRow.project_id == project.id, PromptRow.external_id.in_(pids))).all()} if pids else {}
+        known_prompts = set(pids)
+        orphan = sorted({c.prompt_id for c in candidates} - known_prompts)
+        _fail("candidates refer to prompts that are not in this import", [f"{c!r}" for c in orphan])
+        _fail("prompts already in the project with different content",
+              [p.id for p in prompts if p.id in existing and existing[p.id].content != p.content])
+        dup = set(db.execute(select(CandidateRow.external_id).where(
+            CandidateRow.project_id == project.id, CandidateRow.external_id.in_(cids))).scalars()) if cids else set()
+        _fail("candidate ids already imported into this project", sorted(dup))
+        if project.mode == "ranking":
+            _fail(f"each prompt needs exactly K = {project.k} candidates in ranking mode",
+                  [f"{p.id!r} has {len(by_prompt[p.id])}" for p in prompts if len(by_prompt[p.id]) != project.k])
+        else:
+            _fail("each prompt needs at least 2 candidates in pairwise mode",
+                  [f"{p.id!r} has {len(by_prompt[p.id])}" for p in prompts if len(by_prompt[p.id]) < 2])
+        for pid, order in gold_by.items():
+            flat = [c for g in order for c in g]
+            want = {c.id for c in by_prompt[pid]}
+            if sorted(flat) != sorted(want):
+                raise HTTPException(422, f"gold ranking for prompt {pid!r} must be a permutation of its candidates {sorted(want)}")
+
+        new = [p for p in prompts if p.id not in existing]
+        row_id = {p.id: existing[p.id].id for p in prompts if p.id in existing}
+        if new:
+            for rid, ext in db.execute(insert(PromptRow).returning(PromptRow.id, PromptRow.external_id, sort_by_parameter_order=True),
+                                       [dict(project_id=project.id, external_id=p.id, content=p.content, meta=p.meta) for p in new]):
+                row_id[ext] = rid
+        if candidates:
+            db.execute(insert(CandidateRow), [dict(project_id=project.id, prompt_row_id=row_id[c.prompt_id], external_id=c.id,
+                                                   text=c.text, policy=c.policy, round=c.round, meta=c.meta) for c in candidates])
+        item_rows: list[dict[str, Any]] = []
+        for p in prompts:
+            ids = [c.id for c in by_prompt[p.id]]
+            groups = [ids] if project.mode == "ranking" else [list(pair) for pair in combinations(ids, 2)]
+            for g in groups:
+                gold_order = None
+                if p.id in gold_by:
+                    keep = set(g)
+                    gold_order = [[c for c in grp if c in keep] for grp in gold_by[p.id]]
+                    gold_order = [grp for grp in gold_order if grp]
+                item_rows.append(dict(project_id=project.id, prompt_row_id=row_id[p.id], candidate_ids=g,
+                                      is_gold=gold_order is not None, gold_order=gold_order))
+        slots = 0
+        gold_items = sum(r["is_gold"] for r in item_rows)
+        if item_rows:
+            item_ids = db.execute(insert(Item).returning(Item.id, Item.is_gold, sort_by_parameter_order=True), item_rows).all()
+            slot_rows = [dict(project_id=project.id, item_id=iid, slot_no=n, status="open", is_gold=False)
+                         for iid, is_gold in item_ids if not is_gold for n in range(project.overlap)]
+            if slot_rows:
+                db.execute(insert(Slot), slot_rows)
+            slots = len(slot_rows)
+    return ImportOut(prompts=len(new), candidates=len(candidates), items=len(item_rows), gold_items=gold_items, slots=slots)
+
+
+def parse_jsonl_bytes(data: bytes, name: str) -> list[dict]:
+    out = []
+    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if raw.strip():
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise HTTPException(422, f"{name}:{lineno}: not valid JSON: {e.msg}") from None
+            if not isinstance(obj, dict):
+                raise HTTPException(422, f"{name}:{lineno}: expected a JSON object")
+            out.append(obj)
+    return out
+
+
+def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload"
+               ) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
+    """Validate uploaded rows into records.
+
+    With a prompts file: candidates rows are ``Candidate`` records. Without one, each row is
+    combined: ``{"prompt_id", "prompt" (text or messages), "candidates": [{"id", "text", …}],
+    "gold": [[…], …]?}``."""
+    from pydantic import ValidationError
+
+    from rankloop.io import _explain
+
+    prompts: list[Prompt] = []
+    cands: list[Candidate] = []
+    gold: list[GoldIn] = []
+    try:
+        if prompt_rows is not None:
+            for i, r in enumerate(prompt_rows, start=1):
+                r = dict(r)
+                if "prompt" in r and "text" not in r and "messages" not in r:
+                    p = r.pop("prompt")
+                    r["messages" if isinstance(p, list) else "text"] = p
+                prompts.append(Prompt.model_validate(r))
+            for i, r in enumerate(candidate_rows, start=1):
+                cands.append(Candidate.model_validate(r))
+        else:
+            for i, r in enumerate(candidate_rows, start=1):
+                r = dict(r)
+                pid = str(r.get("prompt_id") or r.get("id") or i)
+                p = r.get("prompt", r.get("text", r.get("messages")))
+                prompts.append(Prompt(id=pid, **({"messages": p} if isinstance(p, list) else {"text": p}), meta=r.get("meta", {})))
+                for j, c in enumerate(r.get("candidates") or []):
+                    c = dict(c) if isinstance(c, dict) else {"text": c}
+                    c.setdefault("id", f"{pid}-{j}")
+                    c["prompt_id"] = pid
+                    cands.append(Candidate.model_validate(c))
+                if r.get("gold") is not None:
+                    gold.append(GoldIn(prompt_id=pid, order=r["gold"]))
+    except ValidationError as e:
+        raise HTTPException(422, f"{name} row {i}: {_explain(e)}") from None
+    return prompts, cands, gold
+
+
+def read_files(candidates: str | Path, prompts: str | Path | None = None) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
+    cp = Path(candidates)
+    rows = parse_jsonl_bytes(cp.read_bytes(), cp.name)
+    prow = parse_jsonl_bytes(Path(prompts).read_bytes(), Path(prompts).name) if prompts else None
+    return split_rows(rows, prow, cp.name)

@@ -1,0 +1,1 @@
+"""REST API and pages, one module per resource."""

@@ -1,0 +1,197 @@
+"""Typed request and response bodies of the REST API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rankloop.records import Candidate, Prompt, PromptContent
+
+Role = Literal["admin", "labeler"]
+Mode = Literal["ranking", "pairwise"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(_Body):
+    username: str
+    password: str
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    user: "UserOut"
+
+
+class TokenCreate(_Body):
+    name: str = Field("script", max_length=128)
+
+
+class UserCreate(_Body):
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=8, max_length=1024)
+    role: Role = "labeler"
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    username: str
+    role: Role
+    active: bool
+
+
+class UserUpdate(_Body):
+    active: Optional[bool] = None
+    password: Optional[str] = Field(None, min_length=8, max_length=1024)
+    role: Optional[Role] = None
+
+
+class ProjectCreate(_Body):
+    name: str = Field(min_length=1, max_length=128)
+    instructions: str = ""
+    k: int = Field(4, ge=2, le=16, description="candidates shown per item (2 in pairwise mode)")
+    mode: Mode = "ranking"
+    overlap: int = Field(1, ge=1, le=100, description="distinct labelers per item")
+    gold_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of served tasks that are gold items")
+    lease_seconds: int = Field(1800, ge=5, le=7 * 24 * 3600, description="an unfinished task returns to the queue after this")
+
+
+class ProjectUpdate(_Body):
+    instructions: Optional[str] = None
+    gold_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
+    lease_seconds: Optional[int] = Field(None, ge=5, le=7 * 24 * 3600)
+
+
+class ProjectOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    instructions: str
+    k: int
+    mode: Mode
+    overlap: int
+    gold_rate: float
+    lease_seconds: int
+
+
+class GoldIn(_Body):
+    prompt_id: str
+    order: list[list[str]] | list[str] = Field(description="best → worst; inner lists are ties")
+
+
+class ImportIn(_Body):
+    """Prompts and their candidates (``rankloop sample`` output); ``gold`` marks items whose
+    correct ranking is known."""
+
+    prompts: list[Prompt]
+    candidates: list[Candidate]
+    gold: list[GoldIn] = Field(default_factory=list)
+
+
+class ImportOut(BaseModel):
+    prompts: int
+    candidates: int
+    items: int
+    gold_items: int
+    slots: int
+
+
+class MemberIn(_Body):
+    username: str
+
+
+class CandidateView(BaseModel):
+    id: str
+    text: str
+
+
+class TaskOut(BaseModel):
+    task_id: int
+    project_id: int
+    mode: Mode
+    instructions: str
+    prompt_id: str
+    prompt: PromptContent
+    candidates: list[CandidateView]
+    lease_expires: datetime
+
+
+class SubmitIn(_Body):
+    order: list[list[str]] | list[str] = Field(description="candidate ids best → worst; an inner list is a tie group")
+    idempotency_key: str = Field(min_length=1, max_length=128)
+    all_bad: bool = False
+    unsafe: bool = False
+    rationale: Optional[str] = Field(None, max_length=10000)
+
+
+class SubmitOut(BaseModel):
+    ranking_id: int
+    task_id: int
+    duplicate: bool = Field(description="true when this idempotency key was already stored (nothing new written)")
+
+
+class LabelerStats(BaseModel):
+    username: str
+    done: int
+    leased: int
+    gold_done: int
+    gold_accuracy: Optional[float]
+
+
+class ProgressOut(BaseModel):
+    project_id: int
+    items: int
+    gold_items: int
+    slots: int
+    slots_done: int
+    slots_leased: int
+    items_complete: int
+    rankings: int
+    labelers: list[LabelerStats]
+
+
+class AgreementOut(BaseModel):
+    items_multi: int = Field(description="items ranked by two or more labelers")
+    pairwise_agreement: Optional[float] = Field(description="share of (labeler pair, candidate pair) judgements that agree")
+    krippendorff_alpha: Optional[float] = Field(description="ordinal alpha over (item, candidate) units, mid-ranks as values")
+
+
+class ConsensusOut(BaseModel):
+    item_id: int
+    prompt_id: str
+    rankings: int
+    consensus: list[list[str]]
+    agreement: Optional[float]
+    is_gold: bool
+
+
+class ExportIn(_Body):
+    min_agreement: Optional[float] = Field(None, ge=0, le=1)
+    min_gold_accuracy: Optional[float] = Field(None, ge=0, le=1)
+
+
+class RankingOut(BaseModel):
+    id: int
+    task_id: int
+    item_id: int
+    prompt_id: str
+    labeler: str
+    order: list[list[str]]
+    all_bad: bool
+    unsafe: bool
+    rationale: Optional[str]
+    created_at: datetime
+    is_gold: bool
+
+
+class Message(BaseModel):
+    detail: str
+
+
+TokenOut.model_rebuild()
