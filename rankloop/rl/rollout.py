@@ -1,0 +1,166 @@
+"""The policy with its value head, the reference, and the teacher-forced forward passes of a rollout.
+
+``PolicyWithValue`` is one ``nn.Module`` (so accelerate/DDP wraps it whole): the causal LM and a
+value head — a linear layer on the backbone's last hidden state (``critic = "shared"``), or on a
+separate copy of the backbone (``critic = "separate"``). Its forward returns, for the response
+positions only, the temperature-scaled logits that predicted each response token and V(s_t).
+
+The reference is a frozen copy of the original model, or — under LoRA — the same weights with the
+adapter switched off (peft's ``disable_adapter()``), so no second copy sits in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
+from rankloop.sampling import positions
+
+
+def _base(lm: nn.Module) -> nn.Module:
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+def backbone_of(lm: nn.Module) -> nn.Module:
+    """The transformer without its LM head (``model.model`` for Llama, ``model.transformer`` for GPT-2)."""
+    base = _base(lm)
+    return getattr(base, base.base_model_prefix)
+
+
+def hidden_size(lm: nn.Module) -> int:
+    cfg = _base(lm).config
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+
+def response_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    prompt_len: int) -> torch.Tensor:
+    """Last hidden states at the positions that predict the response tokens.
+
+    input_ids/attention_mask (B, P + R) → (B, R, H): position P − 1 + t predicts response token t.
+    """
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=False)
+    return out.last_hidden_state[:, prompt_len - 1:-1]
+
+
+def lm_response_logits(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """(B, P + R) → (B, R, V) logits / temperature at the response positions."""
+    h = response_hidden(backbone_of(lm), input_ids, attention_mask, prompt_len)
+    logits = _base(lm).get_output_embeddings()(h)
+    return logits / temperature if temperature != 1.0 else logits
+
+
+class PolicyWithValue(nn.Module):
+    def __init__(self, lm: nn.Module, critic: nn.Module | None = None, value_head_std: float = 0.0):
+        super().__init__()
+        self.lm = lm
+        self.critic = critic  # a separate backbone for V, or None to share the policy's
+        self.value_head = nn.Linear(hidden_size(lm), 1)
+        nn.init.normal_(self.value_head.weight, std=value_head_std) if value_head_std > 0 else nn.init.zeros_(
+            self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R)."""
+        h = response_hidden(backbone_of(self.lm), input_ids, attention_mask, prompt_len)  # (B, R, H)
+        logits = _base(self.lm).get_output_embeddings()(h)
+        if temperature != 1.0:
+            logits = logits / temperature
+        if self.critic is not None:
+            h = response_hidden(self.critic, input_ids, attention_mask, prompt_len)
+        values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
+        return logits, values
+
+    def value_state_dict(self) -> dict[str, torch.Tensor]:
+        """The value head (and separate critic) weights, saved beside the policy."""
+        sd = {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+        if self.critic is not None:
+            sd.update({f"critic.{k}": v for k, v in self.critic.state_dict().items()})
+        return sd
+
+
+def make_critic(lm: nn.Module) -> nn.Module:
+    """A separate trainable copy of the policy's backbone (before LoRA: call on the plain model)."""
+    critic = copy.deepcopy(backbone_of(lm))
+    for p in critic.parameters():
+        p.requires_grad_(True)
+    return critic
+
+
+class Reference:
+    """log π_ref of response tokens: a frozen copy, or the LoRA policy with its adapter disabled."""
+
+    def __init__(self, lm: nn.Module, shares_policy: bool):
+        self.lm = lm
+        self.shares_policy = shares_policy
+        if not shares_policy:
+            self.lm.eval()
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
+
+    @classmethod
+    def frozen_copy(cls, lm: nn.Module) -> "Reference":
+        return cls(copy.deepcopy(lm), shares_policy=False)
+
+    @torch.no_grad()
+    def logits(self, input_ids, attention_mask, prompt_len, temperature=1.0) -> torch.Tensor:
+        ctx = self.lm.disable_adapter() if self.shares_policy else contextlib.nullcontext()
+        with ctx:
+            return lm_response_logits(self.lm, input_ids, attention_mask, prompt_len, temperature)
+
+
+@dataclass
+class Rollout:
+    """One iteration's experience. N rows, P prompt columns (left-padded), R response columns."""
+
+    input_ids: torch.Tensor  # (N, P + R)
+    attention_mask: torch.Tensor  # (N, P + R)
+    response_ids: torch.Tensor  # (N, R)
+    mask: torch.Tensor  # (N, R) response tokens incl. the stop token
+    old_logp: torch.Tensor  # (N, R) log π_θold
+    ref_logp: torch.Tensor  # (N, R) log π_ref
+    values: torch.Tensor  # (N, R) V_θold(s_t)
+    entropy: torch.Tensor  # (N, R)
+    scores: torch.Tensor  # (N,) raw reward
+    finished: torch.Tensor  # (N,) reached a stop token
+    prompt_len: int
+
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        """The given rows, with all-padding columns trimmed off both ends."""
+        sub = {f.name: getattr(self, f.name)[rows] for f in fields(self) if f.name != "prompt_len"}
+        P = self.prompt_len
+        prompt_mask = sub["attention_mask"][:, :P]
+        first = int((prompt_mask.sum(0) > 0).nonzero().min()) if prompt_mask.any() else P - 1
+        first = min(first, P - 1)
+        r = int((sub["mask"].sum(0) > 0).nonzero().max()) + 1 if sub["mask"].any() else 1
+        sub["input_ids"] = sub["input_ids"][:, first:P + r]
+        sub["attention_mask"] = sub["attention_mask"][:, first:P + r]
+        for name in ("response_ids", "mask", "old_logp", "ref_logp", "values", "entropy"):
+            sub[name] = sub[name][:, :r]
+        return Rollout(prompt_len=P - first, **sub)
+
+
+@torch.no_grad()
+def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, attention_mask, response_ids,
+                      prompt_len: int, temperature: float, chunk: int) -> dict[str, torch.Tensor]:
+    """old_logp, values, entropy (policy) and ref_logp (reference), each (N, R), in row chunks."""
+    out: dict[str, list[torch.Tensor]] = {"old_logp": [], "values": [], "entropy": [], "ref_logp": []}
+    for s in range(0, input_ids.size(0), chunk):
+        ids, am, resp = input_ids[s:s + chunk], attention_mask[s:s + chunk], response_ids[s:s + chunk]
+        logits, values = policy(ids, am, prompt_len, temperature)
+        out["old_logp"].append(logprobs_from_logits(logits, resp))
+        out["entropy"].append(entropy_from_logits(logits))
+        out["values"].append(values.float())
+        ref_logits = reference.logits(ids, am, prompt_len, temperature)
+        out["ref_logp"].append(logprobs_from_logits(ref_logits, resp))
+        for name, t in (("policy logits", logits), ("reference logits", ref_logits), ("values", values)):
+            if not torch.isfinite(t).all():
+                raise FloatingPointError(name)
+    return {k: torch.cat(v) for k, v in out.items()}
