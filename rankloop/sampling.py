@@ -278,20 +278,34 @@ def generate(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_to
     finished = torch.cat(dones)
     response_mask = response_mask_from(response_ids, stop)
     response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
-    texts = decode_responses(tokenizer, response_ids, response_mask, stop)
+    texts = decode_responses(tokenizer, response_ids, response_mask, stop, prompt_ids, prompt_mask)
     return SampleBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                        response_mask=response_mask, finished=finished, texts=texts,
                        prompt_index=[i for i, _ in rows], pad_token_id=pad_id)
 
 
-def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                     stop: torch.Tensor) -> list[str]:
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor, stop: torch.Tensor,
+                     prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None) -> list[str]:
+    """Response texts without the stop token and special tokens.
+
+    With the prompt given, a response is decoded as ``decode(prompt + response)`` minus
+    ``decode(prompt)``: sentencepiece-style tokenizers drop the leading space of the first piece
+    when a response is decoded alone ("because" + "he" instead of "because" + " he").
+    """
+    stop_set = set(stop.tolist()) if stop.numel() else set()
     texts = []
-    for row, m in zip(response_ids.tolist(), response_mask.tolist()):
+    for i, (row, m) in enumerate(zip(response_ids.tolist(), response_mask.tolist())):
         toks = [t for t, keep in zip(row, m) if keep]
-        if toks and stop.numel() and toks[-1] in set(stop.tolist()):
+        if toks and toks[-1] in stop_set:
             toks = toks[:-1]
-        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+        text = tokenizer.decode(toks, skip_special_tokens=True)
+        if prompt_ids is not None and toks:
+            p = [t for t, keep in zip(prompt_ids[i].tolist(), prompt_mask[i].tolist()) if keep]
+            head = tokenizer.decode(p, skip_special_tokens=True)
+            full = tokenizer.decode(p + toks, skip_special_tokens=True)
+            if full.startswith(head):
+                text = full[len(head):]
+        texts.append(text)
     return texts
 
 

@@ -63,9 +63,7 @@ def _reward_model(path: Path, *, batch_size: int, normalise: bool, device: str |
         from rankloop.reward.model import RewardScorer
     except ImportError as e:
         raise RewardError(f"reward-model directories need rankloop.reward.model.RewardScorer ({e})") from None
-    scorer = RewardScorer.from_pretrained(path)
-    if device is not None and hasattr(scorer, "to"):
-        scorer.to(device)
+    scorer = RewardScorer.from_pretrained(path, device=str(device or "cpu"))
 
     def score(prompts: list[str], responses: list[str]) -> list[float]:
         return scorer.score(prompts, responses, batch_size=batch_size, normalise=normalise).tolist()
