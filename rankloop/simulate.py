@@ -1,0 +1,188 @@
+"""Simulated labelers: the gold preference plus noise, ranking through the labeling app's API.
+
+A simulated labeler is a Thurstone judge: for each candidate ``i`` it perceives
+``g_i + ε_i`` with ``g_i`` the gold score (``rankloop.corpus.gold_score``) and ``ε_i ~ N(0, σ²)``
+drawn afresh for every labeler and item, and ranks by the perceived value (identical texts are
+tied). Two labelers then agree on a pair whose gold gap is ``d`` with probability
+
+    p² + (1 − p)²,   p = Φ(d / (σ √2))
+
+:func:`calibrate_sigma` solves for the σ that makes the mean of that over all candidate pairs of a
+batch equal the target — 0.73 by default, the inter-labeler agreement InstructGPT reports
+(Ouyang et al. 2022, §5.1) — so the reward model learns from rankings as noisy as people's.
+
+Labelers work exactly as people do: each is a user of the labeling app, logs in, asks for its
+next task, submits a ranking with an idempotency key; the rankings come back out through
+``rankloop.labeling.export`` like any others. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+GoldFn = Callable[[list[str], list[str]], Sequence[float]]
+
+INSTRUCTGPT_AGREEMENT = 0.73
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def expected_agreement(gold_groups: Sequence[Sequence[float]], sigma: float) -> float:
+    """Mean probability that two independent labelers order a candidate pair the same way.
+
+    ``gold_groups``: the gold scores of each item's candidates. Pairs with equal gold scores agree
+    with probability 1/2 (σ > 0), or 1 when σ = 0.
+    """
+    total, n = 0.0, 0
+    for g in gold_groups:
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                d = abs(g[i] - g[j])
+                if sigma <= 0:
+                    p = 1.0 if d > 0 else 0.5
+                else:
+                    p = _phi(d / (sigma * math.sqrt(2.0)))
+                total += p * p + (1 - p) * (1 - p)
+                n += 1
+    if n == 0:
+        raise ValueError("no candidate pairs to calibrate on")
+    return total / n
+
+
+def calibrate_sigma(gold_groups: Sequence[Sequence[float]], target: float = INSTRUCTGPT_AGREEMENT) -> float:
+    """The noise σ at which :func:`expected_agreement` equals ``target`` (bisection).
+
+    Agreement falls monotonically from its σ = 0 value towards 1/2 as σ grows. A target above the
+    noise-free agreement (many exactly tied gold pairs) returns σ = 0.
+    """
+    if not 0.5 < target < 1.0:
+        raise ValueError(f"target agreement must be in (0.5, 1), got {target}")
+    if expected_agreement(gold_groups, 0.0) <= target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while expected_agreement(gold_groups, hi) > target:
+        hi *= 2
+        if hi > 1e6:
+            raise ValueError("cannot reach the target agreement")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if expected_agreement(gold_groups, mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass
+class SimulatedLabeler:
+    """One noisy judge of the gold preference."""
+
+    name: str
+    sigma: float
+    gold: GoldFn
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(f"{self.name}:{self.seed}")
+
+    def rank(self, prompt: str, candidates: Sequence[tuple[str, str]]) -> list[list[str]]:
+        """Tie groups best → worst for ``candidates`` = [(id, text), …]."""
+        gold = list(self.gold([prompt] * len(candidates), [t for _, t in candidates]))
+        perceived: dict[str, float] = {}
+        by_text: dict[str, list[str]] = {}
+        for (cid, text), g in zip(candidates, gold):
+            if text in by_text:  # the same text twice: a person ties them
+                by_text[text].append(cid)
+                continue
+            by_text[text] = [cid]
+            perceived[cid] = g + self._rng.gauss(0.0, self.sigma)
+        heads = sorted(perceived, key=lambda c: -perceived[c])
+        groups = []
+        for head in heads:
+            text = next(t for c, t in candidates if c == head)
+            groups.append(by_text[text])
+        return groups
+
+
+def pairwise_agreement(a: list[list[str]], b: list[list[str]]) -> float | None:
+    """Share of candidate pairs that two rankings (tie groups) order the same way (ties included)."""
+    ra = {c: i for i, g in enumerate(a) for c in g}
+    rb = {c: i for i, g in enumerate(b) for c in g}
+    ids = sorted(set(ra) & set(rb))
+    agree = n = 0
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            x, y = ids[i], ids[j]
+            sa = (ra[x] > ra[y]) - (ra[x] < ra[y])
+            sb = (rb[x] > rb[y]) - (rb[x] < rb[y])
+            agree += sa == sb
+            n += 1
+    return agree / n if n else None
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    from rankloop.records import render_prompt
+
+    return render_prompt(prompt)
+
+
+def ensure_labelers(admin, project_id: int, names: Sequence[str], password: str) -> list:
+    """Create (if needed) and invite the labeler accounts; return a logged-in client for each."""
+    from rankloop.labeling.client import LabelingClient, LabelingError
+
+    clients = []
+    for name in names:
+        try:
+            admin.create_user(name, password, role="labeler")
+        except LabelingError as e:
+            if e.status not in (400, 409, 422):  # already exists from an earlier round or run
+                raise
+        try:
+            admin.add_member(project_id, name)
+        except LabelingError as e:
+            if e.status not in (400, 409):
+                raise
+        c = LabelingClient(admin.http)
+        c.login(name, password)
+        clients.append(c)
+    return clients
+
+
+def label_project(admin, project_id: int, labelers: Sequence[SimulatedLabeler], password: str,
+                  on_submit: Callable[[], None] | None = None) -> dict:
+    """Every simulated labeler works through its queue until the project has no task left.
+
+    ``admin``: a ``LabelingClient`` logged in as an admin (any transport: in-process or HTTP).
+    Labelers take turns, one task each, so items with ``overlap`` > 1 spread over them.
+    Returns the counts and the app's own agreement figures.
+    """
+    clients = ensure_labelers(admin, project_id, [lab.name for lab in labelers], password)
+    active = list(range(len(labelers)))
+    submitted = 0
+    while active:
+        still = []
+        for i in active:
+            task = clients[i].next_task(project_id)
+            if task is None:
+                continue
+            cands = [(c["id"], c["text"]) for c in task["candidates"]]
+            order = labelers[i].rank(_prompt_text(task["prompt"]), cands)
+            # A fresh key per task: a retry of this very call would reuse it and be stored once.
+            key = uuid.uuid5(uuid.NAMESPACE_URL, f"rankloop-sim/{project_id}/{task['task_id']}/{labelers[i].name}").hex
+            clients[i].submit(task["task_id"], order, idempotency_key=key)
+            submitted += 1
+            if on_submit is not None:
+                on_submit()
+            still.append(i)
+        active = still
+    out: dict = {"submitted": submitted, "labelers": len(labelers)}
+    out.update({f"app_{k}": v for k, v in admin.agreement(project_id).items()})
+    return out

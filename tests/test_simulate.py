@@ -1,0 +1,111 @@
+"""Simulated labelers: the noise calibration (math) and the real labeling app end to end."""
+
+import math
+import random
+
+import pytest
+
+from rankloop.corpus import TOPICS, format_prompt, generate_response, gold_score, gold_scores
+from rankloop.records import Candidate, Prompt
+from rankloop.simulate import (
+    SimulatedLabeler,
+    calibrate_sigma,
+    expected_agreement,
+    label_project,
+    pairwise_agreement,
+)
+
+
+def test_expected_agreement_by_hand():
+    # One pair with gap d: p = Φ(d / (σ√2)); agreement = p² + (1 − p)².
+    assert expected_agreement([[1.0, 0.0]], 0.0) == 1.0
+    assert expected_agreement([[0.5, 0.5]], 0.0) == 0.5
+    p = 0.5 * (1 + math.erf(1.0 / (1.0 * math.sqrt(2) * math.sqrt(2))))
+    assert expected_agreement([[1.0, 0.0]], 1.0) == pytest.approx(p * p + (1 - p) ** 2)
+    # Agreement falls towards 1/2 as the noise grows.
+    a = [expected_agreement([[0, 1, 2, 3]], s) for s in (0.1, 1, 10, 1000)]
+    assert a == sorted(a, reverse=True) and a[-1] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_calibrate_hits_target():
+    rng = random.Random(0)
+    groups = [[rng.gauss(0, 1) for _ in range(4)] for _ in range(50)]
+    sigma = calibrate_sigma(groups, 0.73)
+    assert sigma > 0
+    assert expected_agreement(groups, sigma) == pytest.approx(0.73, abs=1e-6)
+
+
+def test_pairwise_agreement():
+    assert pairwise_agreement([["a"], ["b"], ["c"]], [["a"], ["b"], ["c"]]) == 1.0
+    assert pairwise_agreement([["a"], ["b"], ["c"]], [["c"], ["b"], ["a"]]) == 0.0
+    assert pairwise_agreement([["a", "b"], ["c"]], [["a"], ["b"], ["c"]]) == pytest.approx(2 / 3)
+
+
+def test_labeler_ranks_by_gold_without_noise():
+    lab = SimulatedLabeler("x", sigma=0.0, gold=gold_scores)
+    p = format_prompt("tell me about cats.")
+    good = " the cat is lovely. i love the kitten, it is so sweet. thank you for asking about the cats."
+    bad = " that is a stupid question. go away."
+    dup = bad
+    order = lab.rank(p, [("b", bad), ("g", good), ("d", dup)])
+    assert order == [["g"], ["b", "d"]]
+    assert gold_score(p, good) > gold_score(p, bad)
+
+
+def _items(n: int, k: int = 4, seed: int = 0):
+    rng = random.Random(seed)
+    topics = list(TOPICS)
+    prompts, cands = [], []
+    for i in range(n):
+        t = topics[i % len(topics)]
+        p = Prompt(id=f"p{i}", text=format_prompt(f"tell me about {t}."), meta={"topic": t})
+        prompts.append(p)
+        for j in range(k):
+            cands.append(Candidate(id=f"p{i}-{j}", prompt_id=p.id, text=generate_response(rng, t)[0], policy="corpus"))
+    return prompts, cands
+
+
+def test_simulated_labelers_through_the_app(tmp_path):
+    """Rankings go in through the REST API and come out through export, agreeing ≈ 73%."""
+    from fastapi.testclient import TestClient
+
+    from rankloop.io import read_preferences
+    from rankloop.labeling.app import create_app
+    from rankloop.labeling.client import LabelingClient
+    from rankloop.labeling.export import export_project
+
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    prompts, cands = _items(120)
+    by_prompt = {}
+    for c in cands:
+        by_prompt.setdefault(c.prompt_id, []).append(gold_score(prompts[int(c.prompt_id[1:])], c.text))
+    sigma = calibrate_sigma(list(by_prompt.values()), 0.73)
+
+    with TestClient(create_app(url, admin=("admin", "admin-pass-123"))) as http:
+        admin = LabelingClient(http)
+        admin.login("admin", "admin-pass-123")
+        project = admin.create_project("sim", k=4, overlap=2)
+        admin.import_candidates(project["id"], prompts, cands)
+        labelers = [SimulatedLabeler(f"sim-{i}", sigma, gold_scores, seed=1) for i in range(3)]
+        stats = label_project(admin, project["id"], labelers, password="labeler-pass-123")
+        progress = admin.progress(project["id"])
+    assert stats["submitted"] == 240
+    assert progress["slots_done"] == progress["slots"] == 240
+
+    info = export_project(url, "sim", tmp_path / "rankings.jsonl", tmp_path / "trl.jsonl")
+    assert info["rankings_exported"] == 240
+    rows = read_preferences(tmp_path / "rankings.jsonl")
+    by_item: dict[str, list] = {}
+    for r in rows:
+        by_item.setdefault(r.prompt_id, []).append(r.ranking.order)
+    agreements = [pairwise_agreement(a, b) for a, b in by_item.values()]
+    measured = sum(agreements) / len(agreements)
+    # 120 items × 6 pairs: the standard error is about 0.02.
+    assert measured == pytest.approx(0.73, abs=0.07), measured
+    assert stats["app_pairwise_agreement"] == pytest.approx(measured, abs=0.02)
+    # The labelers ranked as the gold preference would, more often than not.
+    lab = SimulatedLabeler("check", 0.0, gold_scores)
+    gold_agree = [pairwise_agreement(lab.rank(r.prompt, [(c.id, c.text) for c in r.candidates]), r.ranking.order)
+                  for r in rows]
+    # (p² + (1 − p)² = 0.73 gives p ≈ 0.84 when every pair is equally hard.)
+    assert sum(gold_agree) / len(gold_agree) > 0.75
