@@ -50,7 +50,7 @@ class LabelingClient:
             raise LabelingError(r.status_code, detail)
         if r.status_code == 204 or not r.content:
             return None
-        if "json" in r.headers.get("content-type", ""):
+        if r.headers.get("content-type", "").startswith("application/json"):
             return r.json()
         return r.text
 
