@@ -35,3 +35,42 @@ def make_records(n_prompts: int, k: int, prefix: str = "p"):
 def best_first(task: dict) -> list[list[str]]:
     """A deterministic ranking of a task: candidate ids sorted (c0 best)."""
     return [[c] for c in sorted(c["id"] for c in task["candidates"])]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_server(database_url: str, port: int, log: Path, admin: tuple[str, str] = ADMIN, timeout: float = 60.0):
+    """A real uvicorn process serving the app (as ``rankloop serve`` does); returns the Popen."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    env = {**os.environ, "RANKLOOP_DATABASE_URL": database_url, "RANKLOOP_ADMIN_USER": admin[0],
+           "RANKLOOP_ADMIN_PASSWORD": admin[1], "PYTHONPATH": str(ROOT)}
+    f = open(log, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "rankloop.labeling.app:app_from_env",
+                             "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                            stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start within {timeout} s; see {log}")
