@@ -15,6 +15,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _clean(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the padded slots first: a NaN there would otherwise poison the backward pass
+    (where() blocks it going forward, but 0 · NaN = NaN coming back)."""
+    return torch.where(mask, scores, torch.zeros_like(scores))
+
+
 def pair_mask(ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(B, K, K)`` bool: ``[b, i, j]`` is True when candidate i is ranked strictly above j.
 
@@ -47,12 +53,12 @@ def bradley_terry_loss(
     mask:   (B, K) bool  — real candidates.
     margin: (B,) float or None — subtracted from every pair's score difference.
     """
+    scores = _clean(scores, mask)
     pairs = pair_mask(ranks, mask)  # (B, K, K)
     diff = scores[:, :, None] - scores[:, None, :]  # (B, K, K): r_i − r_j
     if margin is not None:
         diff = diff - margin[:, None, None]
     nll = -F.logsigmoid(diff)  # (B, K, K)
-    # where() rather than multiply: a padded slot's garbage must not reach the gradient as 0·inf.
     nll = torch.where(pairs, nll, torch.zeros_like(nll))
     n_pairs = pairs.sum(dim=(1, 2))  # (B,)
     return nll.sum(dim=(1, 2)) / n_pairs.clamp(min=1).to(scores.dtype)
@@ -75,6 +81,7 @@ def plackett_luce_loss(scores: torch.Tensor, ranks: torch.Tensor, mask: torch.Te
 
     scores: (B, K) float, ranks: (B, K) int (0 = best), mask: (B, K) bool.
     """
+    scores = _clean(scores, mask)
     neg_inf = torch.finfo(scores.dtype).min
     # risk[b, i, j]: j is in i's risk set (ranked the same as i or below).
     risk = mask[:, None, :] & (ranks[:, None, :] >= ranks[:, :, None])  # (B, K, K)
@@ -102,6 +109,7 @@ def ranking_loss(kind: str, scores, ranks, mask, margin=None) -> torch.Tensor:
 def pair_metrics(scores: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sums over all pairs of the batch: ``correct`` (r_w > r_l; a score tie counts ½), ``margin``
     (Σ r_w − r_l) and ``pairs``. Sums, not means, so they add up across micro-batches and processes."""
+    scores = _clean(scores, mask)
     pairs = pair_mask(ranks, mask)
     diff = scores[:, :, None] - scores[:, None, :]
     correct = (diff > 0).to(scores.dtype) + 0.5 * (diff == 0).to(scores.dtype)

@@ -175,7 +175,8 @@ class RewardScorer:
         tok = load_tokenizer(dir_or_id, padding_side="right")
         model = load_sequence_scorer(dir_or_id, dtype=dtype, tokenizer=tok).to(device)
         if max_length is None:
-            max_length = _saved_max_length(dir_or_id) or min(512, _model_max_positions(model))
+            max_length = _saved_max_length(dir_or_id) or 512
+        max_length = min(max_length, _model_max_positions(model))
         return cls(model, tok, Normalisation.load(dir_or_id) if Path(dir_or_id).is_dir() else None, max_length, device)
 
     @property
@@ -212,7 +213,8 @@ class RewardScorer:
 
 
 def _model_max_positions(model) -> int:
-    cfg = model.config
+    """The longest input the backbone's position embeddings allow."""
+    cfg = model.config if hasattr(model, "config") else model
     for key in ("max_position_embeddings", "n_positions"):
         v = getattr(cfg, key, None)
         if isinstance(v, int) and v > 0:

@@ -86,8 +86,10 @@ def epoch_batches(lengths: list[int], epoch: int, seed: int, global_batch: int, 
                   min_size: int = 1) -> list[list[int]]:
     """The global batches (lists of ranking indices) of one epoch: a pure function of its arguments.
 
-    With ``group_by_length`` the shuffled order is cut into windows of 50 batches, each sorted by
-    length, so a batch pads to similar lengths; the batch order is then shuffled again. A last
+    With ``group_by_length`` the shuffled order is cut into windows of 50 batches, each sorted
+    (stably) by length bucket of 32 tokens, so a batch pads to similar lengths while rankings of
+    similar length still meet different neighbours every epoch; the batch order is then shuffled
+    again. A last
     batch smaller than ``min_size`` (one ranking per process and micro-batch) is dropped.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
@@ -96,7 +98,7 @@ def epoch_batches(lengths: list[int], epoch: int, seed: int, global_batch: int, 
     if group_by_length:
         window = global_batch * 50
         order = [i for w in range(0, len(order), window)
-                 for i in sorted(order[w : w + window], key=lambda i: lengths[i])]
+                 for i in sorted(order[w : w + window], key=lambda i: lengths[i] // 32)]
     batches = [order[s : s + global_batch] for s in range(0, len(order), global_batch)]
     if batches and len(batches[-1]) < min_size:
         batches.pop()
@@ -160,7 +162,13 @@ def build_model(cfg: RewardTrainConfig, tokenizer, weights_from: str | None = No
     if cfg.freeze_layers:
         freeze_bottom(model, cfg.freeze_layers)
     if cfg.lora:
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, task="reward")
+        targets = None  # peft's "all-linear"
+        if cfg.freeze_layers:  # no adapters on frozen blocks: they must stay exactly as loaded
+            head = {"score", "classifier"}
+            targets = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
+                       and mod.weight.requires_grad and n.split(".")[-1] not in head]
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, task="reward",
+                           target_modules=targets)
     return model
 
 
@@ -242,11 +250,12 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     from rankloop.io import ReadStats, read_preferences, write_json
     from rankloop.models import count_parameters, load_tokenizer
     from rankloop.reward.eval import encode_examples, ranking_metrics, score_encoded
-    from rankloop.reward.loss import pair_metrics, ranking_loss
-    from rankloop.reward.model import Normalisation, ScoreModule, sequence_scores
+    from rankloop.reward.model import ScoreModule
 
     # 1. Set-up ------------------------------------------------------------------------------
-    acc = Accelerator()
+    # Several processes and no GPU (torchrun / accelerate launch on CPU): data-parallel over gloo.
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(cpu=cpu_ddp)
     main = acc.is_main_process
     console = Console(stderr=True, quiet=not main)
     out = Path(cfg.output)
@@ -272,12 +281,17 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         from rankloop.io import DataError
 
         raise DataError(cfg.data, None, "no valid rankings to train on")
-    train = encode_examples(examples, tok, cfg.max_length)
+    from transformers import AutoConfig
+
+    from rankloop.reward.model import _model_max_positions
+
+    max_length = min(cfg.max_length, _model_max_positions(AutoConfig.from_pretrained(cfg.model)))
+    train = encode_examples(examples, tok, max_length)
     eval_set = None
     if cfg.eval_data:
         eval_stats = ReadStats()
         eval_ex = read_preferences(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=eval_stats)
-        eval_set = encode_examples(eval_ex, tok, cfg.max_length)
+        eval_set = encode_examples(eval_ex, tok, max_length)
 
     world, accum = acc.num_processes, cfg.grad_accum
     global_batch = cfg.batch_size * accum * world
@@ -364,8 +378,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
                         TextColumn("{task.fields[info]}"), console=console, disable=not (main and cfg.progress))
     scorer.train()
     epoch_cache: dict[int, list[list[int]]] = {}
-    sums = torch.zeros(4, device=device)  # loss·n, rankings, correct pairs, Σ margin; pairs tracked separately
-    n_pairs = torch.zeros(1, device=device)
+    sums = torch.zeros(5, device=device)  # Σ loss, rankings, correct pairs, Σ margin, pairs
     t_log = time.perf_counter()
     with progress:
         task = progress.add_task("train", total=total_steps, completed=start_step, info="")
@@ -380,20 +393,9 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             # 4b. Forward each candidate once, all pair losses from the K scores, backward.
             for m in range(accum):
                 idx = parts[m * world + acc.process_index]
-                b = collate(train, idx, tok.pad_token_id, cfg.use_margin)
                 sync = m == accum - 1
-                ctx = acc.no_sync(scorer) if (not sync and world > 1) else _null()
-                with ctx:
-                    flat = scorer(b["input_ids"].to(device), b["attention_mask"].to(device))  # (N,)
-                    s = flat[b["index"].to(device)]  # (B, K)
-                    ranks, mask = b["ranks"].to(device), b["mask"].to(device)
-                    margin = b["margin"].to(device) if b["margin"] is not None else None
-                    per = ranking_loss(cfg.loss, s, ranks, mask, margin)  # (B,)
-                    acc.backward(per.sum() * world / len(batch))
-                pm = pair_metrics(s.detach(), ranks, mask)
-                sums += torch.stack([per.detach().sum(), torch.tensor(float(len(idx)), device=device),
-                                     pm["correct"], pm["margin"]])
-                n_pairs += pm["pairs"]
+                with acc.no_sync(scorer) if (not sync and world > 1) else _null():
+                    sums += micro_step(scorer, acc, train, idx, len(batch), cfg.loss, tok.pad_token_id, cfg.use_margin)
             # 4c. Update.
             if cfg.max_grad_norm is not None:
                 grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -403,7 +405,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             done = step + 1
             # 4d. Log, evaluate, checkpoint.
             if done % cfg.log_every == 0 or done == total_steps:
-                tot = acc.reduce(torch.cat([sums, n_pairs]), reduction="sum").tolist()
+                tot = acc.reduce(sums.clone(), reduction="sum").tolist()
                 row = {
                     "step": done, "epoch": round(done / steps_per_epoch, 4),
                     "loss": tot[0] / max(tot[1], 1), "reward/accuracy": tot[2] / max(tot[4], 1),
@@ -415,7 +417,6 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
                 log(row)
                 progress.update(task, info=f"loss {row['loss']:.4f} acc {row['reward/accuracy']:.3f}")
                 sums.zero_()
-                n_pairs.zero_()
                 t_log = time.perf_counter()
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total_steps:
                 evaluate(done)
@@ -427,7 +428,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     final_eval = evaluate(total_steps)
     acc.wait_for_everyone()
     if main:
-        norm = _fit_normalisation(cfg, model, tok, train, eval_set, device, score_encoded, encode_examples)
+        norm = _fit_normalisation(cfg, model, tok, train, eval_set, device, score_encoded, encode_examples, max_length)
         extra = {"train_config.json": cfg}
         summary = {"steps": total_steps, "rankings": len(train), "skipped": stats.skipped,
                    "trainable_parameters": trainable, "parameters": total}
@@ -447,6 +448,28 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     return out
 
 
+def micro_step(scorer, acc, encoded, idx: list[int], n_global: int, loss: str, pad_id: int, use_margin: bool = True):
+    """Forward each candidate of the rankings ``idx`` once, take every pair loss from their K
+    scores, and backward ``Σ per-ranking loss · num_processes / n_global`` — the share of this
+    micro-batch in the mean over the optimizer step's ``n_global`` rankings (DDP then averages
+    over processes). Returns the sums ``(Σ loss, rankings, correct pairs, Σ margin, pairs)``."""
+    import torch
+
+    from rankloop.reward.loss import pair_metrics, ranking_loss
+
+    device = acc.device
+    b = collate(encoded, idx, pad_id, use_margin)
+    flat = scorer(b["input_ids"].to(device), b["attention_mask"].to(device))  # (N,) one score per candidate
+    s = flat[b["index"].to(device)]  # (B, K)
+    ranks, mask = b["ranks"].to(device), b["mask"].to(device)
+    margin = b["margin"].to(device) if b["margin"] is not None else None
+    per = ranking_loss(loss, s, ranks, mask, margin)  # (B,)
+    acc.backward(per.sum() * acc.num_processes / n_global)
+    pm = pair_metrics(s.detach(), ranks, mask)
+    return torch.stack([per.detach().sum(), torch.tensor(float(len(idx)), device=device),
+                        pm["correct"], pm["margin"], pm["pairs"]])
+
+
 def save_final(model, tok, out: Path, extra: dict) -> Path:
     """The final model files into ``out`` itself (beside metrics.jsonl and checkpoints/), each file
     replaced atomically: the model is written whole to a temporary sibling directory first."""
@@ -458,7 +481,7 @@ def save_final(model, tok, out: Path, extra: dict) -> Path:
     return out
 
 
-def _fit_normalisation(cfg, model, tok, train, eval_set, device, score_encoded, encode_examples):
+def _fit_normalisation(cfg, model, tok, train, eval_set, device, score_encoded, encode_examples, max_length):
     import torch
 
     from rankloop.io import read_preferences
@@ -474,7 +497,7 @@ def _fit_normalisation(cfg, model, tok, train, eval_set, device, score_encoded, 
             raise ValueError("normalise_on='eval' needs eval_data")
         enc = eval_set
     else:
-        enc = encode_examples(read_preferences(ref, skip_invalid=True), tok, cfg.max_length)
+        enc = encode_examples(read_preferences(ref, skip_invalid=True), tok, max_length)
     enc = enc[: cfg.normalise_max]
     raw = score_encoded(model, enc, tok.pad_token_id, cfg.eval_batch_size, device)
     return Normalisation.fit(torch.tensor([v for s in raw for v in s]), reference=ref)

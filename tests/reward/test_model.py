@@ -1,0 +1,90 @@
+"""The score is read at the last real token, whatever the padding; encoders read their [CLS]."""
+
+import pytest
+import torch
+
+from rankloop.models import build_tiny, load_sequence_scorer, load_tokenizer
+from rankloop.reward.model import (Normalisation, RewardScorer, encode_texts, last_token_index, pad_batch,
+                                   sequence_scores)
+
+TEXTS = ["the cat sat on the mat.", "good", "once upon a time there was a little bird who sang every day."]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama", "qwen2", "bert"])
+def scorer_dir(request, tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp(request.param), request.param, "reward", seed=1)
+
+
+def _left_pad(seqs, pad_id):
+    t = max(map(len, seqs))
+    ids = torch.full((len(seqs), t), pad_id)
+    att = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, t - len(s):] = torch.tensor(s)
+        att[i, t - len(s):] = 1
+    return ids, att
+
+
+def test_padding_does_not_change_scores(scorer_dir):
+    tok = load_tokenizer(scorer_dir)
+    model = load_sequence_scorer(scorer_dir, tokenizer=tok).eval()
+    seqs = encode_texts(tok, TEXTS, 64)
+    with torch.no_grad():
+        alone = torch.cat([sequence_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in seqs])
+        right = sequence_scores(model, *pad_batch(seqs, tok.pad_token_id))
+        assert right.shape == (3,)
+        assert torch.allclose(alone, right, atol=1e-5)
+        if model.config.model_type != "bert":  # absolute-position encoders are not left-pad invariant
+            left = sequence_scores(model, *_left_pad(seqs, tok.pad_token_id))
+            if model.config.model_type != "gpt2":  # GPT-2 positions count the left padding too
+                assert torch.allclose(alone, left, atol=1e-5)
+
+
+def test_last_real_token_even_when_pad_equals_eos(tmp_path):
+    path = build_tiny(tmp_path / "m", "llama", "reward")
+    tok = load_tokenizer(path)
+    model = load_sequence_scorer(path, tokenizer=tok).eval()
+    eos = tok.eos_token_id
+    model.config.pad_token_id = eos  # the common pad = EOS set-up
+    seq = tok("the cat sat")["input_ids"] + [eos]  # a text that ends in EOS
+    ids, att = pad_batch([seq, seq[:2]], eos)
+    assert last_token_index(att).tolist() == [len(seq) - 1, 1]
+    with torch.no_grad():
+        ours = sequence_scores(model, ids, att)
+        hidden = model.model(input_ids=ids[:1, : len(seq)]).last_hidden_state[0, -1]
+        assert ours[0].item() == pytest.approx(model.score(hidden).item(), abs=1e-5)
+        # transformers' own pooling looks for the rightmost non-pad token and so misses the EOS.
+        theirs = model(input_ids=ids, attention_mask=att).logits[0, 0]
+        assert theirs.item() != pytest.approx(ours[0].item(), abs=1e-6)
+
+
+def test_left_truncation_keeps_the_end_of_the_response(tiny_gpt2):
+    tok = load_tokenizer(tiny_gpt2)
+    text = "the cat sat on the mat. " * 20 + "the very end."
+    ids = encode_texts(tok, [text], 16)[0]
+    assert len(ids) == 16
+    assert tok.decode(ids).endswith("the very end.")
+    assert ids[0] == tok.bos_token_id  # special tokens are added after truncation
+
+
+def test_scorer_applies_stored_normalisation_and_chat_prompts(tmp_path):
+    path = build_tiny(tmp_path / "rm", "gpt2", "reward")
+    Normalisation(offset=0.25, scale=2.0, reference="test", n=3).save(path)
+    rm = RewardScorer.from_pretrained(path)
+    prompts = ["tell me a story.", [{"role": "user", "content": "tell me a story."}], "hi"]
+    responses = [" once upon a time", " the end.", " good"]
+    raw = rm.score(prompts, responses, batch_size=2, normalise=False)
+    norm = rm.score(prompts, responses, batch_size=2)
+    assert raw.shape == norm.shape == (3,)
+    assert torch.allclose(norm, (raw - 0.25) / 2.0)
+    # batching and order do not change a score
+    assert torch.allclose(rm.score(prompts[::-1], responses[::-1], batch_size=1, normalise=False), raw.flip(0), atol=1e-5)
+    with pytest.raises(ValueError):
+        rm.score(["a"], ["b", "c"])
+
+
+def test_normalisation_fit_gives_mean0_std1():
+    raw = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    n = Normalisation.fit(raw)
+    z = (raw - n.offset) / n.scale
+    assert z.mean().item() == pytest.approx(0, abs=1e-6) and z.std(unbiased=False).item() == pytest.approx(1)
