@@ -1,0 +1,665 @@
+"""``rankloop loop``: iterated online RLHF — sample, label, train the reward model, PPO, repeat.
+
+One round, in numbered steps (``run_loop``)::
+
+    1. sample   — K candidates per prompt from the current policy         round-R/candidates.jsonl
+    2. select   — which prompts go to labelers (random or RM uncertainty) round-R/selected.jsonl
+    3. label    — into the labeling app (simulated labelers or people),
+                  out through its export                                  round-R/rankings.jsonl
+    4. reward   — retrain the reward model on every ranking so far        round-R/rm/
+    5. ppo      — continue PPO from the current policy against that RM    round-R/policy/
+    6. evaluate — gold score, proxy reward, KL from the initial policy,
+                  win rate against it, on held-out prompts                round-R/eval.json
+
+Every stage writes its artifact and, beside it, ``<artifact>.stage.json`` with the stage's config,
+the hash of its inputs, its wall time and peak RSS. A stage whose record exists with the same
+input hash is skipped, so a loop interrupted anywhere resumes where it stopped (the labeling step
+continues the same project; the reward model and PPO resume from their own checkpoints). Change a
+setting and the stages it feeds re-run.
+
+The KL penalty of each round's PPO is against that round's starting policy (PPO's reference is its
+initial policy); the evaluation measures the KL from the *initial* policy, the quantity of the
+over-optimisation plots (Gao et al. 2022).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field, model_validator
+from rich.console import Console
+
+from rankloop.config import Config, ConfigError, save_config
+from rankloop.io import read_candidates, read_preferences, read_prompts, write_json, write_jsonl, write_rankings
+from rankloop.records import Candidate, Prompt
+
+console = Console(stderr=True)
+
+# Fields the loop sets itself in the stage configs; a user may not override them.
+_RM_OWNED = {"data", "model", "output", "eval_data", "resume", "progress"}
+_PPO_OWNED = {"policy", "reward", "prompts", "output", "resume", "progress"}
+
+
+class SamplingSettings(Config):
+    """How candidates are drawn from the policy for labeling."""
+
+    max_new_tokens: int = Field(48, ge=1, description="Response length limit in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (1 = off).")
+    top_k: int = Field(0, ge=0, description="Top-k filter (0 = off).")
+    batch_size: int = Field(64, ge=1, description="Rows decoded together.")
+
+
+class LabelingSettings(Config):
+    """Who ranks the candidates, and through which labeling database."""
+
+    mode: Literal["simulated", "human"] = Field("simulated", description="'simulated': noisy judges of the gold "
+                                                "preference rank through the app's API; 'human': the app is "
+                                                "started with the project loaded and the loop waits for people.")
+    database_url: str | None = Field(None, description="Labeling database (default: sqlite in the run directory).")
+    project_prefix: str = Field("rankloop", description="Projects are named '<prefix>-round-<R>'.")
+    labelers: int = Field(4, ge=1, description="Simulated labelers.")
+    overlap: int = Field(2, ge=1, description="Labelers who rank each item (agreement is measured on items "
+                         "with two or more).")
+    agreement: float = Field(0.73, gt=0.5, lt=1, description="Target agreement between two simulated labelers "
+                             "(InstructGPT's 73%); the noise is calibrated to it each round.")
+    gold: str = Field("rankloop.corpus:gold_scores", description="The hidden preference simulated labelers judge "
+                      "by: 'module:function' scoring (prompts, responses) -> list[float].")
+    password: str = Field("simulated-labeler", description="Password of the simulated labelers' accounts.")
+    host: str = Field("127.0.0.1", description="Human mode: address the app listens on.")
+    port: int = Field(8000, description="Human mode: port of the app.")
+    admin_user: str = Field("admin", description="Human mode: the admin account created for you.")
+    admin_password: str | None = Field(None, description="Human mode: its password (default: a random one, printed).")
+    poll_seconds: float = Field(5.0, gt=0, description="Human mode: how often to check whether all rankings are in.")
+    min_agreement: float | None = Field(None, description="Export filter: keep items whose labelers agree this much.")
+
+
+class LoopConfig(Config):
+    """``rankloop loop``: every field can come from ``--config FILE.yaml``."""
+
+    output: str = Field(description="Run directory: one folder per round, the labeling database, the report.")
+    policy: str = Field(description="Initial policy: a Hugging Face causal LM id or local path.")
+    prompts: str = Field(description="Training prompts JSONL (rankloop's prompt format).")
+    eval_prompts: str | None = Field(None, description="Held-out prompts for the evaluation step (none: no eval).")
+    rounds: int = Field(1, ge=1, description="Rounds of sample → label → reward model → PPO.")
+    k: int = Field(4, ge=2, description="Candidates per prompt (K).")
+    prompts_per_round: int | None = Field(None, ge=1, description="Label budget: prompts sent to labelers per "
+                                          "round (None: every training prompt).")
+    pool_per_round: int | None = Field(None, ge=1, description="Prompts sampled per round to choose the "
+                                       "labeled ones from (None: every training prompt).")
+    selection: Literal["random", "spread", "ensemble"] = Field("random", description="How the labeled prompts are "
+                                                               "chosen from the pool after round 0: at random, or "
+                                                               "by reward-model uncertainty (see rankloop.active).")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Candidate sampling.")
+    labeling: LabelingSettings = Field(default_factory=LabelingSettings, description="Labeling.")
+    reward_model: str | None = Field(None, description="Reward-model backbone (default: the initial policy).")
+    reward: dict[str, Any] = Field(default_factory=dict, description="Any RewardTrainConfig field "
+                                   "(epochs, lr, batch_size, max_length, loss, …) for the reward-model step.")
+    ppo: dict[str, Any] = Field(default_factory=dict, description="Any PPOConfig field (iterations, batch_size, "
+                                "kl_control, kl_target, learning_rate, …) for the PPO step.")
+    eval_samples: int = Field(2, ge=1, description="Responses per held-out prompt in the evaluation.")
+    gold: str | None = Field(None, description="A 'module:function' gold preference for the evaluation "
+                             "(default: labeling.gold in simulated mode, none in human mode).")
+    rm_eval_data: str | None = Field(None, description="Held-out rankings for reward-model accuracy (default: "
+                                     "built from the gold preference on the held-out prompts when there is one).")
+    seed: int = Field(0, description="Seeds sampling, selection, labelers and training.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LoopConfig":
+        bad = _RM_OWNED & set(self.reward)
+        if bad:
+            raise ValueError(f"reward: the loop sets {sorted(bad)} itself")
+        bad = _PPO_OWNED & set(self.ppo)
+        if bad:
+            raise ValueError(f"ppo: the loop sets {sorted(bad)} itself")
+        return self
+
+    def gold_spec(self) -> str | None:
+        if self.gold is not None:
+            return self.gold
+        return self.labeling.gold if self.labeling.mode == "simulated" else None
+
+
+# ---------------------------------------------------------------- stage records
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents; checkpoints and logs left out)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            rel = f.relative_to(path)
+            if not f.is_file() or rel.parts[0] in ("checkpoints", "tensorboard") or f.name.endswith(
+                    (".stage.json", "metrics.jsonl", ".tmp")) or f.name.startswith("."):
+                continue
+            h.update(str(rel).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    else:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def inputs_hash(config: dict, inputs: dict[str, Any]) -> str:
+    parts = {"config": config}
+    for name, v in inputs.items():
+        parts[name] = file_hash(v) if isinstance(v, (str, Path)) and Path(v).exists() else v
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _record_path(artifact: Path) -> Path:
+    return artifact.parent / f"{artifact.name}.stage.json"
+
+
+class _PeakRSS:
+    """Peak resident memory of this process during a ``with`` block (sampled from /proc)."""
+
+    def __enter__(self) -> "_PeakRSS":
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def run_stage(name: str, artifact: Path, config: dict, inputs: dict[str, Any], fn: Callable[[], Any],
+              timings: list[dict] | None = None) -> Any:
+    """Run ``fn`` unless ``artifact`` was already made from the same config and inputs.
+
+    Returns ``fn``'s result, or the ``result`` saved in the stage record when skipped.
+    """
+    rec_path = _record_path(artifact)
+    digest = inputs_hash(config, inputs)
+    if rec_path.exists() and artifact.exists():
+        rec = json.loads(rec_path.read_text())
+        if rec.get("inputs_hash") == digest:
+            console.print(f"[dim]✓ {name}: done before ({artifact})[/]")
+            if timings is not None:
+                timings.append({"stage": name, "artifact": str(artifact), "skipped": True,
+                                "seconds": rec.get("seconds"), "peak_rss_mib": rec.get("peak_rss_mib")})
+            return rec.get("result")
+    console.print(f"[bold cyan]▶ {name}[/]")
+    t0 = time.perf_counter()
+    with _PeakRSS() as rss:
+        result = fn()
+    seconds = time.perf_counter() - t0
+    rec = {"stage": name, "artifact": str(artifact), "config": config, "inputs": {k: str(v) for k, v in inputs.items()},
+           "inputs_hash": digest, "seconds": round(seconds, 3), "peak_rss_mib": round(rss.peak / 2**20, 1),
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
+    write_json(rec_path, rec)
+    if timings is not None:
+        timings.append({"stage": name, "artifact": str(artifact), "skipped": False, "seconds": rec["seconds"],
+                        "peak_rss_mib": rec["peak_rss_mib"]})
+    console.print(f"[green]✓ {name}[/] {seconds:.1f}s, peak RSS {rec['peak_rss_mib']:.0f} MiB")
+    return result
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def load_fn(spec: str) -> Callable:
+    from rankloop.rl.rewards import load_reward
+
+    return load_reward(spec)
+
+
+def database_url(cfg: LoopConfig) -> str:
+    return cfg.labeling.database_url or f"sqlite:///{Path(cfg.output).resolve() / 'labels.db'}"
+
+
+def _write_candidates(path: Path, cands: list[Candidate]) -> None:
+    write_jsonl(path, cands)
+
+
+def sample_responses(model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int, temperature: float,
+                     seed: int, batch_size: int = 64):
+    """``n`` responses per prompt with their token ids (for KL), via rankloop.sampling."""
+    from rankloop.sampling import generate, prompt_text
+
+    texts = [prompt_text(p, tokenizer) for p in prompts]
+    return generate(model, tokenizer, texts, k=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                    seed=seed, batch_size=batch_size, min_new_tokens=1)
+
+
+def sequence_logp(model, batch, temperature: float = 1.0, chunk: int = 64):
+    """Σ_t log π(y_t | x, y_<t) over each sampled response: (N,)."""
+    import torch
+
+    from rankloop.rl.loss import logprobs_from_logits
+    from rankloop.rl.rollout import lm_response_logits
+
+    out = []
+    ids, am, resp, rmask = batch.input_ids, batch.attention_mask, batch.response_ids, batch.response_mask
+    P = batch.prompt_ids.size(1)
+    with torch.no_grad():
+        for s in range(0, ids.size(0), chunk):
+            logits = lm_response_logits(model, ids[s:s + chunk], am[s:s + chunk], P, temperature)
+            lp = logprobs_from_logits(logits, resp[s:s + chunk])  # (b, R)
+            out.append((lp * rmask[s:s + chunk]).sum(1))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def step_sample(cfg: LoopConfig, policy: str, prompts: list[Prompt], rnd: int, out: Path) -> dict:
+    from rankloop.sampling import sample_candidates
+
+    s = cfg.sampling
+    cands = sample_candidates(policy, prompts, cfg.k, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                              top_p=s.top_p, top_k=s.top_k, seed=cfg.seed * 1000 + rnd, batch_size=s.batch_size,
+                              policy_name=f"round-{rnd}", round=rnd)
+    _write_candidates(out, cands)
+    return {"candidates": len(cands), "prompts": len(prompts)}
+
+
+def step_select(cfg: LoopConfig, rnd: int, pool: list[Prompt], cands_path: Path, prev_rm: Path | None,
+                labeled_rankings: list[Path], out: Path) -> dict:
+    from rankloop.active import select_prompts
+
+    cands = read_candidates(cands_path)
+    budget = cfg.prompts_per_round or len(pool)
+    method = cfg.selection if prev_rm is not None else "random"
+    chosen, info = select_prompts(pool, cands, budget, method=method, reward_model=prev_rm,
+                                  labeled=labeled_rankings, seed=cfg.seed * 1000 + rnd, k=cfg.k)
+    write_jsonl(out, chosen)
+    return {"method": method, "selected": len(chosen), **info}
+
+
+def _start_server(app, host: str, port: int):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    return server, t
+
+
+def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Candidate], out: Path) -> dict:
+    """Import the round's items into the labeling app, get them ranked, export the rankings."""
+    from fastapi.testclient import TestClient
+
+    from rankloop.labeling.app import create_app
+    from rankloop.labeling.client import LabelingClient, LabelingError
+    from rankloop.labeling.export import export_project
+
+    lab = cfg.labeling
+    url = database_url(cfg)
+    name = f"{lab.project_prefix}-round-{rnd}"
+    admin_pw = lab.admin_password or os.environ.get("RANKLOOP_ADMIN_PASSWORD") or _admin_password(cfg)
+    app = create_app(url, admin=(lab.admin_user, admin_pw))
+    keep = {p.id for p in prompts}
+    cands = [c for c in cands if c.prompt_id in keep]
+    info: dict[str, Any] = {"project": name, "database": url.split("@")[-1]}
+
+    def load(admin: LabelingClient) -> int:
+        existing = {p["name"]: p for p in admin.projects()}
+        if name in existing:  # resumed: the project and its imported items are there already
+            pid = existing[name]["id"]
+            if admin.progress(pid)["items"] > 0:
+                return pid
+        else:
+            pid = admin.create_project(name, k=cfg.k, overlap=min(lab.overlap, lab.labelers) if lab.mode == "simulated"
+                                       else lab.overlap,
+                                       instructions="Rank the answers best to worst: kind and polite, about the "
+                                       "asked topic, about 18 words, no repetition, finished sentences.")["id"]
+        admin.import_candidates(pid, prompts, cands)
+        return pid
+
+    if lab.mode == "simulated":
+        from rankloop.simulate import SimulatedLabeler, calibrate_sigma
+
+        gold = load_fn(lab.gold)
+        by_prompt: dict[str, list[str]] = {}
+        for c in cands:
+            by_prompt.setdefault(c.prompt_id, []).append(c.text)
+        ptext = {p.id: p for p in prompts}
+        groups = [list(gold([ptext[pid]] * len(ts), ts)) for pid, ts in by_prompt.items()]
+        sigma = calibrate_sigma(groups, lab.agreement)
+        labelers = [SimulatedLabeler(f"sim-labeler-{i}", sigma, gold, seed=cfg.seed * 1000 + rnd)
+                    for i in range(lab.labelers)]
+        from rankloop.simulate import label_project
+
+        with TestClient(app) as http:
+            admin = LabelingClient(http)
+            admin.login(lab.admin_user, admin_pw)
+            pid = load(admin)
+            total = admin.progress(pid)["slots"]
+            with _bar(cfg, f"simulated labeling (σ = {sigma:.3f})", total) as (bar, task):
+                bar.update(task, completed=admin.progress(pid)["slots_done"])
+                stats = label_project(admin, pid, labelers, lab.password, on_submit=lambda: bar.advance(task))
+        info.update(sigma=sigma, expected_agreement=lab.agreement, **stats)
+    else:
+        server, thread = _start_server(app, lab.host, lab.port)
+        try:
+            with LabelingClient(f"http://{lab.host}:{lab.port}") as admin:
+                admin.login(lab.admin_user, admin_pw)
+                pid = load(admin)
+                console.print(f"\n[bold]Labeling app:[/] http://{lab.host}:{lab.port}/login  "
+                              f"admin [bold]{lab.admin_user}[/] / [bold]{admin_pw}[/]\n"
+                              f"Project [bold]{name}[/] (id {pid}) is loaded. Create labeler accounts and invite "
+                              f"them on the admin page; the loop continues when every ranking is in.\n")
+                with _bar(cfg, "waiting for rankings", admin.progress(pid)["slots"]) as (bar, task):
+                    while True:
+                        prog = admin.progress(pid)
+                        bar.update(task, completed=prog["slots_done"])
+                        if prog["slots_done"] >= prog["slots"]:
+                            break
+                        time.sleep(lab.poll_seconds)
+                try:
+                    info.update({f"app_{k}": v for k, v in admin.agreement(pid).items()})
+                except LabelingError:
+                    pass
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+    info.update(export_project(url, name, out, min_agreement=lab.min_agreement))
+    return info
+
+
+def _admin_password(cfg: LoopConfig) -> str:
+    """A per-run admin password, kept in the run directory (mode 600) so a resumed run logs in again."""
+    import secrets
+
+    path = Path(cfg.output) / ".admin-password"
+    if path.exists():
+        return path.read_text().strip()
+    pw = secrets.token_urlsafe(12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pw + "\n")
+    path.chmod(0o600)
+    return pw
+
+
+class _bar:
+    def __init__(self, cfg: LoopConfig, label: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console, disable=not cfg.progress, transient=True)
+        self.total = total
+
+    def __enter__(self):
+        self.p.start()
+        return self.p, self.p.add_task("x", total=self.total)
+
+    def __exit__(self, *exc):
+        self.p.stop()
+
+
+def step_reward(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path) -> dict:
+    from rankloop.reward.train import RewardTrainConfig, train_reward_model
+
+    rcfg = RewardTrainConfig(**{"epochs": 4, "lr": 1e-4, "batch_size": 8, "max_length": 128, "seed": cfg.seed,
+                                **cfg.reward},
+                             data=str(data), model=cfg.reward_model or cfg.policy, output=str(out),
+                             eval_data=str(eval_data) if eval_data else None, progress=cfg.progress,
+                             resume=(out / "checkpoints").exists() and any((out / "checkpoints").iterdir()))
+    train_reward_model(rcfg)
+    info: dict[str, Any] = {"train_rankings": len(read_preferences(data))}
+    if eval_data is not None:
+        from rankloop.reward.eval import evaluate_reward_model
+
+        m = evaluate_reward_model(out, eval_data)
+        info.update({"rm_accuracy": m.get("pairwise_accuracy"), "rm_eval": {k: v for k, v in m.items()
+                                                                             if isinstance(v, (int, float))}})
+    return info
+
+
+def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out: Path) -> dict:
+    """PPO from ``policy`` against the reward model; the gold score of every rollout is logged
+    beside PPO's own metrics (``gold.jsonl``) when the task has one."""
+    from rankloop.reward.model import RewardScorer
+    from rankloop.rl.ppo import PPOConfig, run_ppo
+
+    ckpts = out / "checkpoints"
+    resume = ckpts.exists() and any(p.name.startswith("iter-") for p in ckpts.iterdir())
+    defaults = dict(iterations=20, batch_size=32, minibatch_size=8, ppo_epochs=4, learning_rate=3e-4,
+                    kl_control="adaptive", kl_coef=0.1, kl_target=4.0, kl_horizon=2000,
+                    max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed, missing_eos_penalty=1.0)
+    pcfg = PPOConfig(**{**defaults, **cfg.ppo}, policy=str(policy), prompts=str(prompts_path), output=str(out),
+                     resume=resume, progress=cfg.progress)
+    scorer = RewardScorer.from_pretrained(rm_dir)
+    gold_spec = cfg.gold_spec()
+    gold = load_fn(gold_spec) if gold_spec else None
+    log = out / "gold.jsonl"
+    if resume:  # keep the rows of the iterations the checkpoint holds
+        done = max(int(p.name.split("-")[1]) for p in ckpts.iterdir() if p.name.startswith("iter-"))
+        rows = log.read_text().splitlines()[:done] if log.exists() else []
+        log.write_text("".join(r + "\n" for r in rows))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+
+    def reward_fn(prompts: list[str], responses: list[str]) -> list[float]:
+        proxy = scorer.score(prompts, responses, batch_size=pcfg.reward_batch_size, normalise=True).tolist()
+        if gold is not None:
+            g = list(gold(prompts, responses))
+            with open(log, "a") as f:
+                f.write(json.dumps({"gold": sum(g) / len(g), "proxy": sum(proxy) / len(proxy)}) + "\n")
+        return proxy
+
+    run_ppo(pcfg, reward_fn=reward_fn)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = rows[-1] if rows else {}
+    return {"iterations": len(rows), "final_reward": last.get("objective/reward"),
+            "final_kl_ref": last.get("ppo/kl_ref"), "final_kl_coef": last.get("kl_coef_next")}
+
+
+def step_eval(cfg: LoopConfig, policy: str, base: str, rm_dir: Path | None, eval_prompts: list[Prompt],
+              base_samples: Path, out: Path) -> dict:
+    """Held-out prompts: the policy's gold score and proxy reward, its KL from the initial policy
+    (Σ_t log π − log π_0 over its own samples, averaged), and its win rate against the initial
+    policy by the gold preference (ties count half)."""
+    import torch
+
+    from rankloop.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(policy, padding_side="left")
+    model = load_causal_lm(policy, tokenizer=tok).eval()
+    ref = model if str(policy) == str(base) else load_causal_lm(base, tokenizer=tok).eval()
+    s = cfg.sampling
+    with torch.no_grad():
+        batch = sample_responses(model, tok, eval_prompts, cfg.eval_samples, s.max_new_tokens, s.temperature,
+                                 seed=cfg.seed + 777, batch_size=s.batch_size)
+        kl = (sequence_logp(model, batch, s.temperature) - sequence_logp(ref, batch, s.temperature)) if ref is not model \
+            else torch.zeros(len(batch.texts))
+    ptexts = [eval_prompts[i] for i in batch.prompt_index]
+    result: dict[str, Any] = {"policy": str(policy), "samples": len(batch.texts), "kl_from_initial": float(kl.mean()),
+                              "response_tokens": float(batch.response_mask.sum(1).float().mean()),
+                              "eos_frac": float(batch.finished.float().mean())}
+    rows = [{"prompt_id": p.id, "prompt": p.text, "response": t} for p, t in zip(ptexts, batch.texts)]
+    gold_spec = cfg.gold_spec()
+    if gold_spec:
+        gold = load_fn(gold_spec)
+        g = list(gold(ptexts, batch.texts))
+        result["gold"] = sum(g) / len(g)
+        for r, v in zip(rows, g):
+            r["gold"] = v
+        base_rows = [json.loads(x) for x in base_samples.read_text().splitlines() if x.strip()]
+        if base_rows and str(policy) != str(base):
+            wins = 0.0
+            for r, b in zip(rows, base_rows):
+                wins += 1.0 if r["gold"] > b["gold"] else 0.5 if r["gold"] == b["gold"] else 0.0
+            result["win_rate_vs_initial"] = wins / min(len(rows), len(base_rows))
+    if rm_dir is not None:
+        from rankloop.reward.model import RewardScorer
+
+        sc = RewardScorer.from_pretrained(rm_dir)
+        proxy = sc.score([p.text for p in ptexts], batch.texts).tolist()
+        result["proxy"] = sum(proxy) / len(proxy)
+        for r, v in zip(rows, proxy):
+            r["proxy"] = v
+        base_rows = [json.loads(x) for x in base_samples.read_text().splitlines() if x.strip()]
+        if base_rows:
+            bp = sc.score([b["prompt"] for b in base_rows], [b["response"] for b in base_rows]).tolist()
+            result["proxy_initial"] = sum(bp) / len(bp)
+    write_jsonl(out.with_suffix(".samples.jsonl"), rows)
+    write_json(out, result)
+    return result
+
+
+def build_gold_eval(cfg: LoopConfig, eval_prompts: list[Prompt], out: Path) -> dict:
+    """Held-out rankings by the noise-free gold preference of the initial policy's K candidates:
+    what the reward model's accuracy is measured against."""
+    from rankloop.records import CandidateText, RankedExample, Ranking
+    from rankloop.sampling import sample_candidates
+    from rankloop.simulate import SimulatedLabeler
+
+    gold = load_fn(cfg.gold_spec())  # type: ignore[arg-type]
+    s = cfg.sampling
+    cands = sample_candidates(cfg.policy, eval_prompts, cfg.k, max_new_tokens=s.max_new_tokens,
+                              temperature=s.temperature, seed=cfg.seed + 4242, batch_size=s.batch_size,
+                              policy_name="initial", round=0)
+    judge = SimulatedLabeler("gold", 0.0, gold)
+    by_prompt: dict[str, list[Candidate]] = {}
+    for c in cands:
+        by_prompt.setdefault(c.prompt_id, []).append(c)
+    rows = []
+    for p in eval_prompts:
+        cs = by_prompt.get(p.id, [])
+        if len(cs) < 2:
+            continue
+        order = judge.rank(p.text, [(c.id, c.text) for c in cs])
+        if len(order) < 2:
+            continue
+        rows.append(RankedExample(prompt_id=p.id, prompt=p.text, candidates=[CandidateText(id=c.id, text=c.text)
+                                                                             for c in cs],
+                                  ranking=Ranking(prompt_id=p.id, order=order, labeler="gold")))
+    write_rankings(out, rows)
+    return {"rankings": len(rows)}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
+    """Run (or resume) every round; return the run directory."""
+    run = Path(cfg.output)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "loop_config.json")
+    timings = timings if timings is not None else []
+    prompts = read_prompts(cfg.prompts)
+    eval_prompts = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
+    if cfg.labeling.mode == "simulated" and not cfg.labeling.gold:
+        raise ConfigError("simulated labeling needs labeling.gold")
+    gold_spec = cfg.gold_spec()
+    cfgd = cfg.model_dump()
+
+    # 0. held-out material, once per run: the initial policy's samples and gold rankings
+    rm_eval = Path(cfg.rm_eval_data) if cfg.rm_eval_data else None
+    base_samples = run / "eval" / "initial.json"
+    if eval_prompts:
+        if rm_eval is None and gold_spec:
+            rm_eval = run / "eval" / "gold_rankings.jsonl"
+            run_stage("eval set: gold rankings of held-out candidates", rm_eval,
+                      {"k": cfg.k, "sampling": cfgd["sampling"], "gold": gold_spec, "seed": cfg.seed},
+                      {"policy": cfg.policy, "prompts": cfg.eval_prompts},
+                      lambda: build_gold_eval(cfg, eval_prompts, rm_eval), timings)
+        run_stage("evaluate the initial policy", base_samples,
+                  {"sampling": cfgd["sampling"], "eval_samples": cfg.eval_samples, "gold": gold_spec, "seed": cfg.seed},
+                  {"policy": cfg.policy, "prompts": cfg.eval_prompts},
+                  lambda: step_eval(cfg, cfg.policy, cfg.policy, None, eval_prompts, Path("/dev/null"), base_samples),
+                  timings)
+    base_samples_rows = base_samples.with_suffix(".samples.jsonl")
+
+    policy: str = cfg.policy
+    rankings_so_far: list[Path] = []
+    prev_rm: Path | None = None
+    for rnd in range(cfg.rounds):
+        d = run / f"round-{rnd}"
+        d.mkdir(exist_ok=True)
+        console.rule(f"round {rnd + 1} of {cfg.rounds}")
+
+        # 1. sample K candidates per pool prompt from the current policy
+        pool = _pool(prompts, cfg, rnd)
+        write_jsonl(d / "pool.jsonl", pool)
+        cands_path = d / "candidates.jsonl"
+        run_stage(f"round {rnd}: sample", cands_path, {"k": cfg.k, "sampling": cfgd["sampling"], "seed": cfg.seed},
+                  {"policy": policy, "prompts": d / "pool.jsonl"},
+                  lambda: step_sample(cfg, policy, pool, rnd, cands_path), timings)
+
+        # 2. select the prompts that go to labelers
+        selected = d / "selected.jsonl"
+        run_stage(f"round {rnd}: select ({cfg.selection if prev_rm else 'random'})", selected,
+                  {"selection": cfg.selection, "budget": cfg.prompts_per_round, "seed": cfg.seed},
+                  {"candidates": cands_path, "rm": prev_rm or "-", "labeled": [str(p) for p in rankings_so_far]},
+                  lambda: step_select(cfg, rnd, pool, cands_path, prev_rm, list(rankings_so_far), selected), timings)
+
+        # 3. label them (simulated or people) and export
+        rankings = d / "rankings.jsonl"
+        run_stage(f"round {rnd}: label ({cfg.labeling.mode})", rankings,
+                  {"labeling": {k: v for k, v in cfgd["labeling"].items() if k not in ("admin_password", "password")},
+                   "seed": cfg.seed},
+                  {"selected": selected, "candidates": cands_path},
+                  lambda: step_label(cfg, rnd, read_prompts(selected), read_candidates(cands_path), rankings), timings)
+        rankings_so_far.append(rankings)
+
+        # 4. retrain the reward model on every ranking so far
+        all_rankings = d / "rm_data.jsonl"
+        rows = [json.loads(x) for p in rankings_so_far for x in p.read_text().splitlines() if x.strip()]
+        write_jsonl(all_rankings, rows)
+        rm_dir = d / "rm"
+        run_stage(f"round {rnd}: reward model", rm_dir, {"reward": cfg.reward, "backbone": cfg.reward_model or cfg.policy},
+                  {"data": all_rankings, "eval": rm_eval or "-", "backbone": cfg.reward_model or cfg.policy},
+                  lambda: step_reward(cfg, all_rankings, rm_eval, rm_dir), timings)
+
+        # 5. continue PPO from the current policy against the new reward model
+        ppo_prompts = run / "train_prompts.jsonl"
+        write_jsonl(ppo_prompts, prompts)
+        pol_dir = d / "policy"
+        run_stage(f"round {rnd}: PPO", pol_dir, {"ppo": cfg.ppo, "sampling": cfgd["sampling"], "seed": cfg.seed},
+                  {"policy": policy, "rm": rm_dir, "prompts": ppo_prompts},
+                  lambda: step_ppo(cfg, policy, rm_dir, ppo_prompts, pol_dir), timings)
+
+        # 6. evaluate on held-out prompts
+        if eval_prompts:
+            ev = d / "eval.json"
+            run_stage(f"round {rnd}: evaluate", ev,
+                      {"sampling": cfgd["sampling"], "eval_samples": cfg.eval_samples, "gold": gold_spec},
+                      {"policy": pol_dir, "rm": rm_dir, "base": base_samples_rows},
+                      lambda: step_eval(cfg, str(pol_dir), cfg.policy, rm_dir, eval_prompts, base_samples_rows, ev),
+                      timings)
+        policy, prev_rm = str(pol_dir), rm_dir
+
+    write_json(run / "timings.json", timings)
+    return run
+
+
+def _pool(prompts: list[Prompt], cfg: LoopConfig, rnd: int) -> list[Prompt]:
+    import random
+
+    if cfg.pool_per_round is None or cfg.pool_per_round >= len(prompts):
+        return list(prompts)
+    rng = random.Random(cfg.seed * 7919 + rnd)
+    return rng.sample(prompts, cfg.pool_per_round)

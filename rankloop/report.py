@@ -1,0 +1,296 @@
+"""The run report: ``report.html`` with plots, and a summary table printed with rich.
+
+Plots (matplotlib, embedded as PNG):
+
+1. reward-model accuracy on held-out rankings, per round;
+2. gold score and proxy reward against the KL from the reference, per PPO iteration and per round
+   — the over-optimisation view of Gao et al. (2022): the x axis is √KL, both scores are shown as
+   the change from where the policy started, so a proxy that keeps rising while the gold score
+   turns down is visible at a glance;
+3. PPO's own curves: reward, KL and the adaptive KL coefficient.
+
+Then samples of the initial and the final policy on the same held-out prompts, with their gold
+scores and rewards.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _stage_result(artifact: Path) -> dict:
+    rec = _read_json(artifact.parent / f"{artifact.name}.stage.json")
+    return (rec or {}).get("result") or {}
+
+
+def rounds_of(run: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in run.glob("round-*") if p.is_dir())
+
+
+def summarise(run: str | Path, timings: list[dict] | None = None, total_seconds: float | None = None) -> dict:
+    """Everything the report shows, as one JSON-able dict."""
+    run = Path(run)
+    initial = _read_json(run / "eval" / "initial.json") or {}
+    rounds = []
+    for r in rounds_of(run):
+        d = run / f"round-{r}"
+        lab = _stage_result(d / "rankings.jsonl")
+        rm = _stage_result(d / "rm")
+        ppo = _stage_result(d / "policy")
+        ev = _read_json(d / "eval.json") or {}
+        rounds.append({
+            "round": r,
+            "rankings": lab.get("rankings_exported"),
+            "sigma": lab.get("sigma"),
+            "agreement": lab.get("app_pairwise_agreement"),
+            "rm_train_rankings": rm.get("train_rankings"),
+            "rm_accuracy": rm.get("rm_accuracy"),
+            "ppo_iterations": ppo.get("iterations"),
+            "ppo_final_kl_ref": ppo.get("final_kl_ref"),
+            "kl_from_initial": ev.get("kl_from_initial"),
+            "gold": ev.get("gold"),
+            "proxy": ev.get("proxy"),
+            "proxy_initial": ev.get("proxy_initial"),
+            "win_rate_vs_initial": ev.get("win_rate_vs_initial"),
+        })
+    last = rounds[-1] if rounds else {}
+    out = {
+        "run": str(run),
+        "initial_gold": initial.get("gold"),
+        "final_gold": last.get("gold"),
+        "gold_rose": (last.get("gold") is not None and initial.get("gold") is not None
+                      and last["gold"] > initial["gold"]),
+        "win_rate_vs_initial": last.get("win_rate_vs_initial"),
+        "final_kl": last.get("kl_from_initial"),
+        "rm_accuracy": last.get("rm_accuracy"),
+        "rounds": rounds,
+    }
+    if timings is not None:
+        out["timings"] = timings
+    if total_seconds is not None:
+        out["total_seconds"] = round(total_seconds, 2)
+    return out
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: list[tuple[str, str]] = []
+    rounds = summary["rounds"]
+
+    # 1. reward-model accuracy per round
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [r["round"] for r in rounds if r.get("rm_accuracy") is not None]
+    ys = [r["rm_accuracy"] for r in rounds if r.get("rm_accuracy") is not None]
+    if xs:
+        ax.plot(xs, ys, "o-", color="tab:blue")
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_xticks([r["round"] for r in rounds] or [0])
+    ax.set_title("Reward model accuracy (vs the gold preference)")
+    ax.legend(loc="lower right")
+    figs.append(("Reward-model accuracy", _png(fig)))
+
+    # 2. gold and proxy against √KL (per PPO iteration, per round)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    any_line = False
+    for r in rounds:
+        d = run / f"round-{r['round']}" / "policy"
+        metrics = _read_jsonl(d / "metrics.jsonl")
+        gold = _read_jsonl(d / "gold.jsonl")
+        n = min(len(metrics), len(gold))
+        if n == 0:
+            continue
+        x = [math.sqrt(max(m["ppo/kl_ref"], 0.0)) for m in metrics[:n]]
+        g0, p0 = gold[0]["gold"], gold[0]["proxy"]
+        c = colours[r["round"] % len(colours)]
+        ax.plot(x, [g["proxy"] - p0 for g in gold[:n]], "--", color=c, alpha=0.8, label=f"round {r['round']}: proxy (RM)")
+        ax.plot(x, [g["gold"] - g0 for g in gold[:n]], "-", color=c, label=f"round {r['round']}: gold")
+        any_line = True
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("√KL(π ‖ π_start of round)  per response, nats^½")
+    ax.set_ylabel("change from the start of the round")
+    ax.set_title("Gold score vs proxy reward along PPO (Gao et al. 2022 view)")
+    if any_line:
+        ax.legend(fontsize=8)
+    figs.append(("Over-optimisation: gold vs proxy against KL (per PPO iteration)", _png(fig)))
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    pts = [(0.0, summary.get("initial_gold"), 0.0)]
+    for r in rounds:
+        if r.get("kl_from_initial") is not None and r.get("gold") is not None:
+            dp = (r["proxy"] - r["proxy_initial"]) if r.get("proxy") is not None and r.get("proxy_initial") is not None else None
+            pts.append((math.sqrt(max(r["kl_from_initial"], 0.0)), r["gold"], dp))
+    if pts[0][1] is not None and len(pts) > 1:
+        g0 = pts[0][1]
+        ax.plot([p[0] for p in pts], [p[1] - g0 for p in pts], "o-", label="gold (held-out)")
+        ax.plot([p[0] for p in pts if p[2] is not None], [p[2] for p in pts if p[2] is not None], "s--",
+                label="proxy: this round's RM, policy − initial")
+        for i, p in enumerate(pts):
+            ax.annotate("start" if i == 0 else f"r{i - 1}", (p[0], p[1] - g0), textcoords="offset points", xytext=(4, 4))
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("√KL(π ‖ π_initial)  per response, held-out prompts")
+    ax.set_ylabel("change from the initial policy")
+    ax.set_title("Per round, on held-out prompts")
+    figs.append(("Per round: gold and proxy against KL from the initial policy", _png(fig)))
+
+    # 3. PPO curves
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    off = 0
+    for r in rounds:
+        metrics = _read_jsonl(run / f"round-{r['round']}" / "policy" / "metrics.jsonl")
+        it = [off + m["iteration"] for m in metrics]
+        c = colours[r["round"] % len(colours)]
+        axes[0].plot(it, [m["objective/reward"] for m in metrics], color=c, label=f"round {r['round']}")
+        axes[1].plot(it, [m["ppo/kl_ref"] for m in metrics], color=c)
+        axes[2].plot(it, [m.get("kl_coef", float("nan")) for m in metrics], color=c)
+        off += len(metrics)
+    for a, t in zip(axes, ("proxy reward (RM score)", "KL to the round's reference (k3)", "β (adaptive KL coefficient)")):
+        a.set_title(t, fontsize=10)
+        a.set_xlabel("PPO iteration")
+    if rounds:
+        axes[0].legend(fontsize=8)
+    figs.append(("PPO", _png(fig)))
+    return figs
+
+
+# ---------------------------------------------------------------- HTML and the table
+
+
+def _samples_html(run: Path, summary: dict, n: int = 8) -> str:
+    rounds = summary["rounds"]
+    before = _read_jsonl(run / "eval" / "initial.samples.jsonl")
+    after = _read_jsonl(run / f"round-{rounds[-1]['round']}" / "eval.samples.jsonl") if rounds else []
+    if not before or not after:
+        return "<p>No samples (no held-out prompts).</p>"
+    rows = []
+    seen = set()
+    for b, a in zip(before, after):
+        if b["prompt_id"] in seen:
+            continue
+        seen.add(b["prompt_id"])
+
+        def cell(x: dict) -> str:
+            score = f"gold {x['gold']:+.2f}" if "gold" in x else ""
+            if "proxy" in x:
+                score += f" · RM {x['proxy']:+.2f}"
+            return f"<td><pre>{html.escape(x['response'].strip())}</pre><small>{score}</small></td>"
+
+        rows.append(f"<tr><td><pre>{html.escape(b['prompt'])}</pre></td>{cell(b)}{cell(a)}</tr>")
+        if len(rows) >= n:
+            break
+    return ("<table class='samples'><tr><th>prompt</th><th>initial policy</th><th>final policy</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def write_report(run: str | Path, summary: dict, print_table: bool = True) -> Path:
+    """Write ``report.html`` in the run directory and print the summary table."""
+    run = Path(run)
+    figs = _plots(run, summary)
+    rows = "".join(
+        f"<tr><td>{r['round']}</td><td>{_fmt(r['rankings'])}</td><td>{_fmt(r['agreement'])}</td>"
+        f"<td>{_fmt(r['rm_accuracy'])}</td><td>{_fmt(r['ppo_iterations'])}</td><td>{_fmt(r['kl_from_initial'])}</td>"
+        f"<td>{_fmt(r['proxy'])}</td><td>{_fmt(r['gold'])}</td><td>{_fmt(r['win_rate_vs_initial'])}</td></tr>"
+        for r in summary["rounds"])
+    timing_rows = "".join(
+        f"<tr><td>{html.escape(t['stage'])}</td><td>{_fmt(t.get('seconds'), '.1f')}</td>"
+        f"<td>{_fmt(t.get('peak_rss_mib'), '.0f')}</td><td>{'yes' if t.get('skipped') else ''}</td></tr>"
+        for t in summary.get("timings", []))
+    imgs = "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}'/>" for t, b in figs)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>rankloop report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
+pre{{white-space:pre-wrap;margin:0;font-size:0.9em}}img{{max-width:100%}}.samples td{{width:33%}}</style></head><body>
+<h1>rankloop run: {html.escape(str(run))}</h1>
+<p>Initial policy gold score <b>{_fmt(summary.get('initial_gold'))}</b> → final <b>{_fmt(summary.get('final_gold'))}</b>;
+win rate of the final policy against the initial one by the gold preference on held-out prompts
+<b>{_fmt(summary.get('win_rate_vs_initial'))}</b>; KL from the initial policy <b>{_fmt(summary.get('final_kl'))}</b> nats per response.
+Total time {_fmt(summary.get('total_seconds'), '.0f')} s.</p>
+<table><tr><th>round</th><th>rankings</th><th>labeler agreement</th><th>RM accuracy</th><th>PPO iterations</th>
+<th>KL from initial</th><th>proxy reward</th><th>gold score</th><th>win rate vs initial</th></tr>{rows}</table>
+{imgs}
+<h2>Samples before and after (held-out prompts)</h2>{_samples_html(run, summary)}
+<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak RSS MiB</th><th>resumed</th></tr>{timing_rows}</table>
+</body></html>"""
+    from rankloop.io import atomic_write_text
+
+    out = run / "report.html"
+    atomic_write_text(out, page)
+    if print_table:
+        print_summary(summary, out)
+    return out
+
+
+def print_summary(summary: dict, report: Path | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title="rankloop — summary", title_justify="left")
+    for col in ("round", "rankings", "agreement", "RM acc", "PPO iters", "KL from initial", "proxy", "gold",
+                "win rate"):
+        t.add_column(col, justify="right")
+    t.add_row("initial", "", "", "", "", "0", "", _fmt(summary.get("initial_gold")), "")
+    for r in summary["rounds"]:
+        t.add_row(str(r["round"]), _fmt(r["rankings"]), _fmt(r["agreement"]), _fmt(r["rm_accuracy"]),
+                  _fmt(r["ppo_iterations"]), _fmt(r["kl_from_initial"]), _fmt(r["proxy"]), _fmt(r["gold"]),
+                  _fmt(r["win_rate_vs_initial"]))
+    console.print(t)
+    if summary.get("timings"):
+        tt = Table(title="stages", title_justify="left")
+        tt.add_column("stage")
+        tt.add_column("seconds", justify="right")
+        tt.add_column("peak RSS MiB", justify="right")
+        for x in summary["timings"]:
+            tt.add_row(x["stage"] + (" (done before)" if x.get("skipped") else ""), _fmt(x.get("seconds"), ".1f"),
+                       _fmt(x.get("peak_rss_mib"), ".0f"))
+        if summary.get("total_seconds") is not None:
+            tt.add_row("[bold]total[/]", _fmt(summary["total_seconds"], ".1f"), "")
+        console.print(tt)
+    if report is not None:
+        console.print(f"report: [bold]{report}[/]")
