@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rankloop
-from rankloop.labeling.assign import ItemCache
+from rankloop.labeling.assign import Queue
 from rankloop.labeling.db import make_engine, make_sessionmaker, resolve_url, upgrade
 from rankloop.labeling.models import User
 from rankloop.labeling.routes import auth, pages, projects, tasks, users
@@ -30,6 +30,30 @@ HERE = Path(__file__).parent
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs more than a request's SQL):
+    a strict CSP on pages, no framing, no MIME sniffing."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if html:
+                    headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
@@ -65,24 +89,17 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.token_cache = TokenCache()
     app.state.login_limiter = LoginLimiter(max_failures=login_max_failures)
-    app.state.items = ItemCache()
+    app.state.queue = Queue(engine)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
     app.state.secure_cookies = (os.environ.get("RANKLOOP_SECURE_COOKIES") == "1") if secure_cookies is None else secure_cookies
     if admin is not None:
         bootstrap_admin(app.state.sessionmaker, *admin)
 
-    for r in (auth.router, users.router, projects.router, tasks.router, pages.router):
+    for r in (tasks.router, auth.router, users.router, projects.router, pages.router):  # hot routes first
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    @app.middleware("http")
-    async def headers(request: Request, call_next):
-        resp = await call_next(request)
-        if resp.headers.get("content-type", "").startswith("text/html"):
-            resp.headers["Content-Security-Policy"] = CSP
-            resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        return resp
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

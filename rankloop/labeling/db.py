@@ -67,7 +67,7 @@ def make_engine(url: str) -> Engine:
 
         engine.info_write_lock = threading.Lock()  # type: ignore[attr-defined]
     else:
-        engine = create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
         engine.info_write_lock = None  # type: ignore[attr-defined]
     return engine
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -108,6 +108,7 @@ class Slot(Base):
         UniqueConstraint("item_id", "labeler_id"),  # never the same item twice to one labeler
         Index("ix_slots_claim", "project_id", "status", "id"),
         Index("ix_slots_labeler", "labeler_id", "project_id", "status"),
+        Index("ix_slots_lease", "status", "lease_expires"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

@@ -114,8 +114,9 @@ def test_concurrent_double_submit_is_stored_once(tc, admin, app):
 
 def test_concurrent_claims_never_share_a_slot(app, tc, admin):
     """Many labelers claiming at the same instant, on separate connections (real concurrency)."""
-    from rankloop.labeling import assign
+    from rankloop.labeling.schemas import SubmitIn
 
+    queue = app.state.queue
     p, _ = setup_project(admin, n=30, k=2, overlap=3)
     names = [f"u{i}" for i in range(12)]
     for n in names:
@@ -132,17 +133,13 @@ def test_concurrent_claims_never_share_a_slot(app, tc, admin):
         uid = ids[name]
         try:
             barrier.wait()
-            with app.state.sessionmaker() as db:
-                while True:
-                    t = assign.next_task(db, app.state.items, uid, False, None)
-                    if t is None:
-                        return
-                    with lock:
-                        claimed.append((t.task_id, uid, int(t.prompt_id[1:])))
-                    from rankloop.labeling.schemas import SubmitIn
-
-                    assign.submit(db, app.state.items, t.task_id, uid,
-                                  SubmitIn(order=[c.id for c in t.candidates], idempotency_key=f"{name}-{t.task_id}"))
+            while True:
+                t = queue.next_task(uid, False, None)
+                if t is None:
+                    return
+                with lock:
+                    claimed.append((t.task_id, uid, int(t.prompt_id[1:])))
+                queue.submit(t.task_id, uid, SubmitIn(order=[c.id for c in t.candidates], idempotency_key=f"{name}-{t.task_id}"))
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
 
@@ -166,6 +163,7 @@ def test_expired_lease_returns_the_task_to_the_queue(tc, admin, app):
         slot = db.get(Slot, t["task_id"])
         slot.lease_expires = slot.lease_expires.replace(year=2000)
         db.commit()
+    app.state.queue.reap_every = 0  # reap now rather than within the next few seconds
     tb = b.next_task()
     assert tb["task_id"] == t["task_id"]
     with pytest.raises(LabelingError) as e:  # a's late answer: the task is b's now

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, select
 
-from rankloop.labeling import assign, importer, stats
+from rankloop.labeling import importer, stats
 from rankloop.labeling.db import writing
 from rankloop.labeling.deps import SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, SessionDep
 from rankloop.labeling.models import AuthToken, Member, Project, User
@@ -88,7 +88,7 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectRespo
 
 @router.get("/label")
 def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: int | None = None) -> Response:
-    task = assign.next_task(db, request.app.state.items, user.user_id, user.is_admin, project_id)
+    task = request.app.state.queue.next_task(user.user_id, user.is_admin, project_id)
     if task is None:
         return render(request, "done.html", user, project_id=project_id)
     q = f"?project_id={project_id}" if project_id is not None else ""
@@ -97,7 +97,7 @@ def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: 
 
 def _task_page(request: Request, db, user: Principal, task_id: int, project_id: int | None, error: str | None = None,
                status_code: int = 200) -> HTMLResponse:
-    task = assign.get_task(db, request.app.state.items, task_id, user.user_id, user.is_admin)
+    task = request.app.state.queue.get_task(task_id, user.user_id, user.is_admin)
     return render(request, "rank.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
                   project_id=project_id, status_code=status_code)
 
@@ -116,7 +116,7 @@ def label_submit(task_id: int, user: CurrentUser, request: Request, db: SessionD
     try:
         body = SubmitIn(order=json.loads(order), idempotency_key=idempotency_key, all_bad=all_bad, unsafe=unsafe,
                         rationale=rationale.strip() or None)
-        assign.submit(db, request.app.state.items, task_id, user.user_id, body)
+        request.app.state.queue.submit(task_id, user.user_id, body)
     except HTTPException as e:
         if e.status_code == 404:
             raise
@@ -209,7 +209,7 @@ def admin_invite(project_id: int, user: AdminUser, request: Request, db: Session
                 raise HTTPException(422, f"{username!r} has no account yet: give an initial password")
             body = UserCreate(username=username, password=password, role="labeler")
             create_user(db, body.username, body.password, body.role)
-        add_member(db, project_id, username)
+        request.app.state.queue.forget(user_id=add_member(db, project_id, username).id)
     except HTTPException as e:
         return admin_project(project_id, user, request, db, error=str(e.detail))
     except ValueError as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -74,11 +74,12 @@ def read_project(project_id: int, user: CurrentUser, db: SessionDep) -> Project:
 
 
 @router.patch("/{project_id}", response_model=ProjectOut)
-def update_project(project_id: int, body: ProjectUpdate, _: AdminUser, db: SessionDep) -> Project:
+def update_project(project_id: int, body: ProjectUpdate, _: AdminUser, db: SessionDep, request: Request) -> Project:
     with writing(db):
         p = get_project(db, project_id)
         for k, v in body.model_dump(exclude_none=True).items():
             setattr(p, k, v)
+    request.app.state.queue.forget(project_id=project_id)
     return p
 
 
@@ -105,15 +106,18 @@ def list_members(project_id: int, _: AdminUser, db: SessionDep) -> list[User]:
 
 
 @router.post("/{project_id}/members", response_model=UserOut, status_code=201, summary="Invite a labeler to the project")
-def invite(project_id: int, body: MemberIn, _: AdminUser, db: SessionDep) -> User:
+def invite(project_id: int, body: MemberIn, _: AdminUser, db: SessionDep, request: Request) -> User:
     get_project(db, project_id)
-    return add_member(db, project_id, body.username)
+    user = add_member(db, project_id, body.username)
+    request.app.state.queue.forget(user_id=user.id)
+    return user
 
 
 @router.delete("/{project_id}/members/{user_id}", status_code=204)
-def remove_member(project_id: int, user_id: int, _: AdminUser, db: SessionDep) -> None:
+def remove_member(project_id: int, user_id: int, _: AdminUser, db: SessionDep, request: Request) -> None:
     with writing(db):
         db.execute(delete(Member).where(Member.project_id == project_id, Member.user_id == user_id))
+    request.app.state.queue.forget(user_id=user_id)
 
 
 @router.get("/{project_id}/progress", response_model=ProgressOut)

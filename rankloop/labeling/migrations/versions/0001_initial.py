@@ -125,6 +125,7 @@ def upgrade() -> None:
     with op.batch_alter_table('slots', schema=None) as batch_op:
         batch_op.create_index('ix_slots_claim', ['project_id', 'status', 'id'], unique=False)
         batch_op.create_index('ix_slots_labeler', ['labeler_id', 'project_id', 'status'], unique=False)
+        batch_op.create_index('ix_slots_lease', ['status', 'lease_expires'], unique=False)
 
     op.create_table('rankings',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -158,6 +159,7 @@ def downgrade() -> None:
 
     op.drop_table('rankings')
     with op.batch_alter_table('slots', schema=None) as batch_op:
+        batch_op.drop_index('ix_slots_lease')
         batch_op.drop_index('ix_slots_labeler')
         batch_op.drop_index('ix_slots_claim')
 

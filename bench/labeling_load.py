@@ -1,0 +1,269 @@
+"""Load benchmark of the labeling app: N concurrent simulated labelers over real HTTP.
+
+A real uvicorn server process serves the app on loopback (SQLite file in WAL mode; PostgreSQL when
+a URL is given or $RANKLOOP_TEST_POSTGRES_URL is set). Each simulated labeler holds one keep-alive
+connection and loops: POST /api/tasks/next, then POST /api/tasks/{id}/submit with a ranking, until
+the fixed number of submissions is reached. A share of submissions is sent twice with the same
+idempotency key (a double click) to exercise deduplication.
+
+Reports submissions per second, p50/p99 latency of both requests, and checks the database
+afterwards through the API: ``lost`` (acknowledged but not stored) and ``duplicates`` (stored more
+than once, or stored without an acknowledgement) must both be 0.
+
+    python bench/labeling_load.py                       # 50 labelers, 3000 submissions, SQLite (+ Postgres if set)
+    python bench/labeling_load.py --postgres-url postgresql://postgres@127.0.0.1:5432/bench
+
+The client is a minimal HTTP/1.1 client on asyncio streams (one connection per labeler), so the
+load generator spends little CPU; it still shares the machine with the server, as does anything
+else running on it (reported as the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ADMIN = ("bench-admin", "bench-admin-password")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "RANKLOOP_DATABASE_URL": url, "RANKLOOP_ADMIN_USER": ADMIN[0], "RANKLOOP_ADMIN_PASSWORD": ADMIN[1],
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "rankloop.labeling.app:app_from_env", "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+    if workers == 1:
+        cmd[cmd.index("--workers"):cmd.index("--workers") + 2] = []
+    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server did not start; see {log}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection: just enough HTTP for this API (JSON, Content-Length)."""
+
+    def __init__(self, port: int, token: str):
+        self.port, self.token = port, token
+        self.r: asyncio.StreamReader | None = None
+        self.w: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post(self, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        data = json.dumps(body).encode() if body is not None else b""
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+        self.w.write(head + data)
+        await self.w.drain()
+        status_line = await self.r.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.r.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+        payload = await self.r.readexactly(length) if length else b""
+        return status, (json.loads(payload) if payload else None)
+
+
+async def run_load(port: int, tokens: dict[str, str], project_id: int, total: int, double_rate: float, seed: int):
+    rng = random.Random(seed)
+    acked: dict[int, int] = {}  # ranking id -> task id
+    lat_next: list[float] = []
+    lat_submit: list[float] = []
+    counts = {"issued": 0, "double_clicks": 0, "double_dup_ok": 0, "errors": 0, "empty": 0}
+
+    async def labeler(name: str) -> None:
+        c = Conn(port, tokens[name])
+        await c.open()
+        while counts["issued"] < total:
+            counts["issued"] += 1
+            t0 = time.perf_counter()
+            st, task = await c.post(f"/api/tasks/next?project_id={project_id}")
+            lat_next.append(time.perf_counter() - t0)
+            if st == 204:
+                counts["empty"] += 1
+                counts["issued"] -= 1
+                return
+            if st != 200:
+                counts["errors"] += 1
+                continue
+            ids = [x["id"] for x in task["candidates"]]
+            rng.shuffle(ids)
+            body = {"order": [[i] for i in ids], "idempotency_key": uuid.uuid4().hex}
+            t0 = time.perf_counter()
+            st, out = await c.post(f"/api/tasks/{task['task_id']}/submit", body)
+            lat_submit.append(time.perf_counter() - t0)
+            if st != 200 or out["duplicate"]:
+                counts["errors"] += 1
+                continue
+            acked[out["ranking_id"]] = task["task_id"]
+            if rng.random() < double_rate:
+                counts["double_clicks"] += 1
+                st, out2 = await c.post(f"/api/tasks/{task['task_id']}/submit", body)
+                if st == 200 and out2["duplicate"] and out2["ranking_id"] == out["ranking_id"]:
+                    counts["double_dup_ok"] += 1
+        c.w.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(labeler(n) for n in tokens))
+    elapsed = time.perf_counter() - t0
+    return acked, lat_next, lat_submit, counts, elapsed
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] * 1000
+
+
+def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap: int, workers: int, double_rate: float,
+              log: Path) -> dict:
+    from rankloop.labeling.client import LabelingClient
+    from rankloop.records import Candidate, Prompt
+
+    port = free_port()
+    proc = start_server(url, port, workers, log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        admin = LabelingClient(base, timeout=120)
+        admin.login(*ADMIN)
+        p = admin.create_project(f"bench-{uuid.uuid4().hex[:6]}", k=k, overlap=overlap)
+        n_items = total  # twice the slots needed at overlap 2: nobody runs dry near the end
+        prompts = [Prompt(id=f"q{i}", text=f"Write a short story about the number {i}.") for i in range(n_items)]
+        cands = [Candidate(id=f"q{i}-{j}", prompt_id=f"q{i}", text=f"Story {j} for {i}: " + "once upon a time " * 20)
+                 for i in range(n_items) for j in range(k)]
+        for s in range(0, n_items, 1000):
+            admin.import_candidates(p["id"], prompts[s:s + 1000], [c for c in cands if int(c.prompt_id[1:]) in range(s, s + 1000)])
+        tokens = {}
+        for i in range(labelers):
+            name = f"bench-l{i}"
+            try:
+                admin.create_user(name, "labeler-password")
+            except Exception:  # noqa: BLE001 - exists from an earlier run on the same database
+                pass
+            admin.add_member(p["id"], name)
+            tokens[name] = LabelingClient(base).login(name, "labeler-password")
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        load_before = os.getloadavg()[0]
+        acked, ln, ls, counts, elapsed = asyncio.run(run_load(port, tokens, p["id"], total, double_rate, 0))
+        load_after = os.getloadavg()[0]
+        stored = admin.rankings(p["id"])
+        stored_ids = [r["id"] for r in stored]
+        by_task: dict[int, int] = {}
+        for r in stored:
+            by_task[r["task_id"]] = by_task.get(r["task_id"], 0) + 1
+        lost = sum(1 for rid in acked if rid not in set(stored_ids))
+        duplicates = sum(n - 1 for n in by_task.values()) + max(0, len(stored) - len(acked))
+        return {
+            "backend": backend, "server_workers": workers, "labelers": labelers, "submissions": len(acked), "k": k,
+            "overlap": overlap, "seconds": round(elapsed, 3), "submissions_per_s": round(len(acked) / elapsed, 1),
+            "requests_per_s": round((len(ln) + len(ls) + counts["double_clicks"]) / elapsed, 1),
+            "next_p50_ms": round(pct(ln, 50), 1), "next_p99_ms": round(pct(ln, 99), 1),
+            "submit_p50_ms": round(pct(ls, 50), 1), "submit_p99_ms": round(pct(ls, 99), 1),
+            "lost": lost, "duplicates": duplicates, "errors": counts["errors"], "double_clicks": counts["double_clicks"],
+            "double_clicks_deduplicated": counts["double_dup_ok"], "stored": len(stored),
+            "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
+        }
+    finally:
+        stop_server(proc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--labelers", type=int, default=50)
+    ap.add_argument("--submissions", type=int, default=3000, help="fixed number of rankings to submit")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--overlap", type=int, default=2)
+    ap.add_argument("--double-click-rate", type=float, default=0.05)
+    ap.add_argument("--backends", default="sqlite,postgres")
+    ap.add_argument("--postgres-url", default=os.environ.get("RANKLOOP_BENCH_POSTGRES_URL") or os.environ.get("RANKLOOP_TEST_POSTGRES_URL"))
+    ap.add_argument("--postgres-workers", type=int, default=2, help="uvicorn processes in front of PostgreSQL")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "labeling_load.json")
+    args = ap.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory() as d:
+        for backend in args.backends.split(","):
+            if backend == "sqlite":
+                url, workers = f"sqlite:///{d}/bench.db", 1
+            elif backend == "postgres":
+                if not args.postgres_url:
+                    print("postgres: skipped (no --postgres-url / $RANKLOOP_TEST_POSTGRES_URL)")
+                    continue
+                url, workers = args.postgres_url, args.postgres_workers
+            else:
+                raise SystemExit(f"unknown backend {backend!r}")
+            print(f"{backend}: {args.labelers} labelers, {args.submissions} submissions …", flush=True)
+            results.append(bench_one(backend, url, args.labelers, args.submissions, args.k, args.overlap, workers,
+                                     args.double_click_rate, ROOT / "bench" / "results" / f"labeling_load_{backend}.log"))
+
+    cols = [("backend", "backend"), ("server_workers", "procs"), ("labelers", "labelers"), ("submissions", "subs"),
+            ("submissions_per_s", "subs/s"), ("next_p50_ms", "next p50"), ("next_p99_ms", "next p99"),
+            ("submit_p50_ms", "submit p50"), ("submit_p99_ms", "submit p99"), ("lost", "lost"), ("duplicates", "dups"),
+            ("double_clicks_deduplicated", "dbl-clicks ok"), ("loadavg_after", "load")]
+    widths = [max(len(h), *(len(str(r[c])) for r in results)) if results else len(h) for c, h in cols]
+    print("  ".join(h.rjust(w) for (_, h), w in zip(cols, widths)))
+    for r in results:
+        print("  ".join(str(r[c]).rjust(w) for (c, _), w in zip(cols, widths)))
+    print("latencies in ms; 'load' = 1-minute load average after the run (2 cores; other jobs included)")
+    meta = {"machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "target": {"sqlite_submissions_per_s": 300,
+            "sqlite_p99_ms": 150, "labelers": 50}, "args": {k: str(v) for k, v in vars(args).items() if k != "postgres_url"}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"results": results, **meta}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    bad = [r for r in results if r["lost"] or r["duplicates"]]
+    if bad:
+        raise SystemExit("FAILED: lost or duplicated rankings")
+
+
+if __name__ == "__main__":
+    main()
