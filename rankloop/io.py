@@ -65,8 +65,12 @@ def _explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, parsed_json)`` for each non-blank line (1-based line numbers)."""
+def iter_jsonl(path: str | Path, on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed_json)`` for each non-blank line (1-based line numbers).
+
+    A line that is not UTF-8 or not JSON raises ``DataError``, or, with ``on_error``, is handed to it
+    and skipped. A truncated or corrupt gzip stream always raises: nothing after it can be read.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "file not found")
@@ -78,13 +82,22 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise DataError(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                    err = DataError(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})")
+                    if on_error is None:
+                        raise err from None
+                    on_error(err)
+                    continue
                 if not line.strip():
                     continue
                 try:
-                    yield lineno, json.loads(line)
+                    obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(path, lineno, f"not valid JSON: {e.msg} (column {e.colno})") from None
+                    err = DataError(path, lineno, f"not valid JSON: {e.msg} (column {e.colno})")
+                    if on_error is None:
+                        raise err from None
+                    on_error(err)
+                    continue
+                yield lineno, obj
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(path, lineno + 1, f"gzip stream is truncated or corrupt ({e})") from None
 
@@ -97,7 +110,14 @@ def _read(
 ) -> list[T]:
     stats = stats if stats is not None else ReadStats()
     out: list[T] = []
-    for lineno, obj in iter_jsonl(path):
+
+    def unreadable(err: DataError) -> None:
+        stats.rows += 1
+        if not skip_invalid:
+            raise err
+        stats.skip(err)
+
+    for lineno, obj in iter_jsonl(path, unreadable):
         stats.rows += 1
         source = f"{path}:{lineno}"
         try:

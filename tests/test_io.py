@@ -1,0 +1,138 @@
+"""Formats at the stage boundaries: rankings JSONL, TRL preference rows, HH-RLHF transcripts —
+and bad input, reported with file and line or counted as skipped."""
+
+import gzip
+import json
+
+import pytest
+
+from rankloop.io import (DataError, ReadStats, detect_format, read_preferences, read_prompts, split_hh,
+                         write_rankings, write_trl)
+from rankloop.records import CandidateText, RankedExample, Ranking
+
+GOOD = {"prompt_id": "p1", "prompt": "q?", "candidates": [{"id": "a", "text": "A"}, {"id": "b", "text": "B"},
+        {"id": "c", "text": "C"}], "ranking": ["b", ["a", "c"]], "labeler": "ann"}
+
+
+def write_lines(path, lines):
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
+    return path
+
+
+def row(**over):
+    return json.dumps({**GOOD, **over})
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_rankings_round_trip(tmp_path):
+    p = write_lines(tmp_path / "r.jsonl", [row(), "", row(prompt_id="p2", ranking=["a", "b", "c"])])
+    assert detect_format(p) == "rankings"
+    ex = read_preferences(p)
+    assert [e.ranking.order for e in ex] == [[["b"], ["a", "c"]], [["a"], ["b"], ["c"]]]
+    assert ex[0].ranking.labeler == "ann" and ex[0].source.endswith("r.jsonl:1") and ex[1].source.endswith(":3")
+    write_rankings(tmp_path / "again.jsonl", ex)
+    assert [e.to_row() for e in read_preferences(tmp_path / "again.jsonl")] == [e.to_row() for e in ex]
+
+
+def test_trl_plain_conversational_implicit_and_margin(tmp_path):
+    rows = [
+        {"prompt": "2+2?", "chosen": " 4", "rejected": " 5", "margin": 1.5},
+        {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
+         "rejected": [{"role": "assistant", "content": "go away"}]},
+    ]
+    p = write_lines(tmp_path / "t.jsonl", [json.dumps(r) for r in rows])
+    assert detect_format(p) == "trl"
+    a, b = read_preferences(p)
+    assert a.texts_in_rank_order() == ([" 4", " 5"], [0, 1]) and a.margin == 1.5
+    assert b.prompt == [{"role": "user", "content": "hi"}] and b.texts_in_rank_order()[0] == ["hello", "go away"]
+    implicit = {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}]}
+    q = write_lines(tmp_path / "i.jsonl", [json.dumps(implicit)])
+    (c,) = read_preferences(q)
+    assert c.prompt == [{"role": "user", "content": "hi"}] and c.texts_in_rank_order()[0] == ["hello", "no"]
+    # A K-way ranking exports as its C(K,2) − ties pairs.
+    ex = RankedExample(prompt_id="p", prompt="q", candidates=[CandidateText(id=i, text=i * 3) for i in "abcd"],
+                       ranking=Ranking(prompt_id="p", order=["a", ["b", "c"], "d"]))
+    assert write_trl(tmp_path / "out.jsonl", [ex]) == 5
+    assert len(read_preferences(tmp_path / "out.jsonl", fmt="trl")) == 5
+
+
+def test_hh_transcripts_gzip(tmp_path):
+    chosen = "\n\nHuman: how do I bake bread?\n\nAssistant: Mix flour.\n\nHuman: then?\n\nAssistant: Bake it."
+    rejected = "\n\nHuman: how do I bake bread?\n\nAssistant: Mix flour.\n\nHuman: then?\n\nAssistant: No idea."
+    p = tmp_path / "hh.jsonl.gz"
+    with gzip.open(p, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n")
+    assert detect_format(p) == "hh"
+    (e,) = read_preferences(p)
+    assert e.prompt.endswith("\n\nHuman: then?\n\nAssistant:")
+    assert e.texts_in_rank_order()[0] == [" Bake it.", " No idea."]
+    assert split_hh(chosen, rejected)[0] == e.prompt
+
+
+def test_hh_real_rows(hh_path):
+    stats = ReadStats()
+    rows = read_preferences(hh_path / "helpful-base/test.jsonl.gz", skip_invalid=True, stats=stats)
+    assert stats.rows == 2354 and len(rows) + stats.skipped == stats.rows
+    assert 1 <= stats.skipped <= 20  # chosen == rejected (2 rows) and a few empty responses
+    assert all(r.prompt.endswith("\n\nAssistant:") for r in rows[:50])
+    with pytest.raises(DataError, match=r"helpful-base/test.jsonl.gz:\d+: .*"):
+        read_preferences(hh_path / "helpful-base/test.jsonl.gz")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (row(ranking=["b", "a", "z"]), "unknown candidate"),
+    (row(ranking=["b", "a", "a"]), "more than once"),
+    (row(candidates=[{"id": "a", "text": "A"}, {"id": "a", "text": "B"}], ranking=["a"]), "K >= 2|repeated"),
+    (row(candidates=[{"id": "a", "text": "A"}], ranking=["a"]), "K >= 2"),
+    (row(candidates=[{"id": "a", "text": " "}, {"id": "b", "text": "B"}], ranking=["a", "b"]), "empty"),
+    ('{"prompt": "q", "chosen": "same", "rejected": "same"}', "equals"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": NaN}', "finite"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}', "margin must be a number"),
+    (b'{"prompt": "q", "chosen": "caf\xe9", "rejected": "b"}', "not valid UTF-8"),
+    ('{"prompt": "q", "chosen": "a", ', "not valid JSON"),
+    ('["a", "b"]', "expected a JSON object"),
+])
+def test_bad_row_names_file_and_line(tmp_path, bad, msg):
+    first = row() if "candidates" in str(bad) or "ranking" in str(bad) else '{"prompt": "q", "chosen": "x", "rejected": "y"}'
+    p = write_lines(tmp_path / "bad.jsonl", [first, bad, first])
+    fmt = "rankings" if first == row() else "trl"
+    with pytest.raises(DataError, match=msg) as e:
+        read_preferences(p, fmt=fmt)
+    assert str(e.value).startswith(f"{p}:2: ") and e.value.line == 2
+    stats = ReadStats()
+    assert len(read_preferences(p, fmt=fmt, skip_invalid=True, stats=stats)) == 2
+    assert stats.rows == 3 and stats.skipped == 1 and ":2:" in stats.reasons[0]
+
+
+def test_truncated_gzip_is_reported(tmp_path):
+    p = tmp_path / "r.jsonl.gz"
+    payload = gzip.compress(("\n".join(row(prompt_id=f"p{i}") for i in range(200)) + "\n").encode())
+    p.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(DataError, match="gzip stream is truncated") as e:
+        read_preferences(p, fmt="rankings")
+    assert str(e.value).startswith(str(p)) and e.value.line is not None
+    with pytest.raises(DataError, match="gzip"):  # skipping rows cannot skip a broken stream
+        read_preferences(p, fmt="rankings", skip_invalid=True)
+
+
+def test_missing_empty_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_preferences(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="file is empty"):
+        detect_format(write_lines(tmp_path / "e.jsonl", [""]))
+    with pytest.raises(DataError, match="cannot tell the format"):
+        detect_format(write_lines(tmp_path / "u.jsonl", ['{"text": "hi"}']))
+
+
+def test_prompts_ids(tmp_path):
+    p = write_lines(tmp_path / "p.jsonl", ['{"prompt": "a"}', '{"id": "x", "messages": [{"role": "user", "content": "b"}]}'])
+    a, b = read_prompts(p)
+    assert (a.id, a.text, b.id) == ("1", "a", "x")
+    with pytest.raises(DataError, match="more than once"):
+        read_prompts(write_lines(tmp_path / "d.jsonl", ['{"id": "x", "text": "a"}', '{"id": "x", "text": "b"}']))
