@@ -63,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "stories260K-hf"))
     ap.add_argument("--iterations", type=int, default=40)
-    ap.add_argument("--kl-target", type=float, default=3.0, help="adaptive run: target KL per response (nats)")
+    ap.add_argument("--kl-target", type=float, default=6.0, help="adaptive run: target KL per response (nats)")
     ap.add_argument("--kl-horizon", type=float, default=128, help="adaptive run: controller horizon (samples)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "ppo_stories.json"))
@@ -79,7 +79,7 @@ def main() -> None:
         prompts.write_text("".join(json.dumps({"id": f"s{i}", "text": s}) + "\n" for i, s in enumerate(STARTS)))
         before = samples(args.model)
         runs = {
-            "adaptive_kl": dict(kl_control="adaptive", kl_coef=0.1, kl_target=args.kl_target, kl_horizon=args.kl_horizon),
+            "adaptive_kl": dict(kl_control="adaptive", kl_coef=0.05, kl_target=args.kl_target, kl_horizon=args.kl_horizon),
             "no_kl": dict(kl_control="fixed", kl_coef=0.0),
         }
         result: dict = {"model": args.model, "reward": "rankloop.rl.rewards:vader_positive (VADER compound, [-1, 1])",

@@ -186,7 +186,9 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
     from rankloop.rl.rollout import PolicyWithValue, Reference, Rollout, forward_in_chunks, make_critic
     from rankloop.sampling import generate, prompt_text
 
-    accelerator = Accelerator()
+    # Several processes and no GPU (torchrun / accelerate launch on CPU): data-parallel over gloo.
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=cpu_ddp)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     device = accelerator.device
     if cfg.batch_size % world or cfg.minibatch_size % (world * cfg.grad_accum_steps):
