@@ -1,0 +1,34 @@
+"""Reward specs: module:function, file.py:function, callables, errors; the built-in VADER reward."""
+
+import pytest
+
+from rankloop.rl.rewards import RewardError, call_reward, load_reward, vader_positive
+
+
+def test_module_and_file_specs(tmp_path):
+    fn = load_reward("rankloop.rl.rewards:length")
+    assert call_reward(fn, ["p", "q"], ["one two", ""]) == [0.2, 0.0]
+    f = tmp_path / "my_reward.py"
+    f.write_text("def score(prompts, responses):\n    return [float(len(r)) for r in responses]\n")
+    fn = load_reward(f"{f}:score")
+    assert call_reward(fn, ["p"], ["abc"]) == [3.0]
+    assert load_reward(len) is len
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(RewardError, match="neither"):
+        load_reward("no_colon_here")
+    with pytest.raises(RewardError, match="cannot import"):
+        load_reward("no.such.module:f")
+    with pytest.raises(RewardError, match="no function"):
+        load_reward("rankloop.rl.rewards:nope")
+    with pytest.raises(RewardError, match="no config.json"):
+        load_reward(str(tmp_path))
+    with pytest.raises(RewardError, match="returned 1 values for 2"):
+        call_reward(lambda p, r: [1.0], ["a", "b"], ["x", "y"])
+
+
+def test_vader_positive_orders_sentiment():
+    s = vader_positive(["", "", ""], ["She was very happy and loved her friends.", "The cat sat.",
+                                      "He was sad and angry, it was awful."])
+    assert s[0] > 0.5 and s[1] == 0.0 and s[2] < -0.5
