@@ -69,6 +69,23 @@ def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Pop
     raise SystemExit(f"server did not start; see {log}")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """user+system CPU seconds of every process in the server's process group (uvicorn workers too)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp) counted from after the command name
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -194,7 +211,9 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
         except ImportError:
             pass
         load_before = os.getloadavg()[0]
+        cpu0, client0 = group_cpu_seconds(proc.pid), time.process_time()
         acked, ln, ls, counts, elapsed = asyncio.run(run_load(port, tokens, p["id"], total, double_rate, 0))
+        server_cpu, client_cpu = group_cpu_seconds(proc.pid) - cpu0, time.process_time() - client0
         load_after = os.getloadavg()[0]
         stored = admin.rankings(p["id"])
         stored_ids = [r["id"] for r in stored]
@@ -212,6 +231,9 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
             "lost": lost, "duplicates": duplicates, "errors": counts["errors"], "double_clicks": counts["double_clicks"],
             "double_clicks_deduplicated": counts["double_dup_ok"], "stored": len(stored),
             "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
+            "server_cpu_ms_per_submission": round(server_cpu * 1000 / max(1, len(acked)), 3),
+            "client_cpu_ms_per_submission": round(client_cpu * 1000 / max(1, len(acked)), 3),
+            "server_cpu_share_of_wall": round(server_cpu / elapsed, 2),
         }
     finally:
         stop_server(proc)
@@ -249,12 +271,14 @@ def main() -> None:
     cols = [("backend", "backend"), ("server_workers", "procs"), ("labelers", "labelers"), ("submissions", "subs"),
             ("submissions_per_s", "subs/s"), ("next_p50_ms", "next p50"), ("next_p99_ms", "next p99"),
             ("submit_p50_ms", "submit p50"), ("submit_p99_ms", "submit p99"), ("lost", "lost"), ("duplicates", "dups"),
-            ("double_clicks_deduplicated", "dbl-clicks ok"), ("loadavg_after", "load")]
+            ("double_clicks_deduplicated", "dbl-clicks ok"), ("server_cpu_ms_per_submission", "srv cpu ms/sub"),
+            ("server_cpu_share_of_wall", "srv cores"), ("loadavg_after", "load")]
     widths = [max(len(h), *(len(str(r[c])) for r in results)) if results else len(h) for c, h in cols]
     print("  ".join(h.rjust(w) for (_, h), w in zip(cols, widths)))
     for r in results:
         print("  ".join(str(r[c]).rjust(w) for (c, _), w in zip(cols, widths)))
-    print("latencies in ms; 'load' = 1-minute load average after the run (2 cores; other jobs included)")
+    print("latencies in ms; 'srv cpu ms/sub' = server CPU per submission (next + submit), 'srv cores' = CPU the server\n"
+          "got during the run; 'load' = 1-minute load average after the run (other jobs on the machine included)")
     meta = {"machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "target": {"sqlite_submissions_per_s": 300,
             "sqlite_p99_ms": 150, "labelers": 50}, "args": {k: str(v) for k, v in vars(args).items() if k != "postgres_url"}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,9 @@ open slot, or a leased one whose lease expired, of an item they hold no slot of.
 on constraints, not on luck:
 
 - ``UNIQUE (item_id, slot_no)``: a slot is one row, so two labelers cannot hold the same one; the
-  claim is a conditional ``UPDATE … WHERE status = 'open' OR lease expired`` whose row count says
-  whether we won. On PostgreSQL the candidate row is picked with ``FOR UPDATE SKIP LOCKED`` so
+  claim is a conditional ``UPDATE … WHERE status = 'open'`` whose row count says whether we won. On PostgreSQL the candidate row is picked with ``FOR UPDATE SKIP LOCKED`` so
   concurrent claimers skip each other instead of queueing; on SQLite writers are serialised
-  (``db.writing``).
+  (``Queue.writing``: a process lock and ``BEGIN IMMEDIATE``).
 - ``UNIQUE (item_id, labeler_id)``: never the same item twice to one labeler (a race that would
   break it fails the transaction, which is retried).
 - ``UNIQUE (slot_id)`` and ``UNIQUE (labeler_id, idempotency_key)`` on rankings: a slot is
@@ -17,10 +16,11 @@ on constraints, not on luck:
 Leases that run out are reaped (the slot reopened, a gold slot dropped) at most every
 ``REAP_EVERY`` seconds per process, inside a claiming transaction.
 
-This is the hot path of the app (every labeler, every few seconds), so it runs on a plain
-SQLAlchemy ``Connection`` with pre-built SQL: about four statements per request, project settings
-and item texts memoised in process (items never change after import; project settings are
-re-read every ``SETTINGS_TTL`` seconds).
+This is the hot path of the app (every labeler, every few seconds), so it runs fixed SQL on the
+pooled DB-API connection (SQLAlchemy's per-statement machinery costs more than SQLite's work
+here): three statements per request, project settings and memberships memoised for
+``SETTINGS_TTL`` seconds and item texts for the life of the process (items never change after
+import). The schema is still SQLAlchemy's and Alembic's (``models``, ``migrations``).
 
 Gold items get a slot per labeler when served, at the project's ``gold_rate``: a labeler is given
 a gold item whenever fewer than ``gold_rate`` × (tasks so far + 1) of their tasks were gold.
@@ -28,7 +28,9 @@ a gold item whenever fewer than ``gold_rate`` × (tasks so far + 1) of their tas
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -37,9 +39,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from fastapi import HTTPException
-from sqlalchemy import JSON, Boolean, DateTime, bindparam, text
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
 
 from rankloop.labeling.schemas import CandidateView, SubmitIn, SubmitOut, TaskOut
 from rankloop.records import normalise_order
@@ -47,7 +47,6 @@ from rankloop.records import normalise_order
 RETRIES = 8
 REAP_EVERY = 5.0
 SETTINGS_TTL = 5.0
-TS = DateTime(timezone=True)
 
 
 def now_utc() -> datetime:
@@ -75,48 +74,37 @@ class Settings:
     gold_rate: float
 
 
-def _sql(dialect: str) -> dict[str, Any]:
-    lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
-    return {
-        "held": text("SELECT id, item_id, project_id FROM slots WHERE labeler_id = :uid AND status = 'leased' "
-                     "AND project_id IN :pids ORDER BY id LIMIT 1").bindparams(bindparam("pids", expanding=True)),
-        "renew": text("UPDATE slots SET lease_expires = :until WHERE id = :sid").bindparams(bindparam("until", type_=TS)),
-        "reap_open": text("UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
-                          "WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NOT NULL")
-        .bindparams(bindparam("now", type_=TS)),
-        "reap_gold": text("DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL")
-        .bindparams(bindparam("now", type_=TS)),
-        "claim": text("SELECT s.id, s.item_id FROM slots s WHERE s.project_id = :pid AND s.status = 'open' "
-                      "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
-                      "ORDER BY s.id LIMIT 1" + lock),
-        "take": text("UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
-                     "WHERE id = :sid AND status = 'open'").bindparams(bindparam("now", type_=TS), bindparam("until", type_=TS)),
-        "my_counts": text("SELECT count(*), coalesce(sum(CASE WHEN is_gold THEN 1 ELSE 0 END), 0) FROM slots "
-                          "WHERE labeler_id = :uid AND project_id = :pid"),
-        "gold_item": text("SELECT i.id FROM items i WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
-                          "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) ORDER BY i.id LIMIT 1"),
-        "gold_slot": text("INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
-                          "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id")
-        .bindparams(bindparam("now", type_=TS), bindparam("until", type_=TS), bindparam("true", type_=Boolean)),
-        "slot": text("SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key "
-                     "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid")
-        .columns(lease_expires=TS),
-        "key_used": text("SELECT slot_id FROM rankings WHERE labeler_id = :uid AND idempotency_key = :key"),
-        "insert_ranking": text(
-            "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
-            "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, :rationale, "
-            ":key, :is_gold, :now) RETURNING id"
-        ).bindparams(bindparam("order", type_=JSON), bindparam("now", type_=TS), bindparam("all_bad", type_=Boolean),
-                     bindparam("unsafe", type_=Boolean), bindparam("is_gold", type_=Boolean)),
-        "done": text("UPDATE slots SET status = 'done' WHERE id = :sid"),
-        "settings": text("SELECT mode, instructions, lease_seconds, gold_rate FROM projects WHERE id = :pid"),
-        "member_of": text("SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id"),
-        "exists": text("SELECT id FROM projects WHERE id = :pid"),
-        "item": text("SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
-                     "FROM items i JOIN prompts p ON p.id = i.prompt_row_id WHERE i.id = :iid")
-        .columns(candidate_ids=JSON, content=JSON),
-        "texts": text("SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow"),
-    }
+SQL = {
+    "mine": "SELECT id, item_id, project_id FROM slots WHERE labeler_id = :uid AND status = 'leased' ORDER BY id",
+    "renew": "UPDATE slots SET lease_expires = :until WHERE id = :sid",
+    "reap_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
+                 "WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NOT NULL",
+    "reap_gold": "DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL",
+    "claim": "SELECT s.id, s.item_id FROM slots s WHERE s.project_id = :pid AND s.status = 'open' "
+             "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
+             "ORDER BY s.id LIMIT 1{lock}",
+    "take": "UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
+            "WHERE id = :sid AND status = 'open'",
+    "my_counts": "SELECT count(*), coalesce(sum(CASE WHEN is_gold THEN 1 ELSE 0 END), 0) FROM slots "
+                 "WHERE labeler_id = :uid AND project_id = :pid",
+    "gold_item": "SELECT i.id FROM items i WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
+                 "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) ORDER BY i.id LIMIT 1",
+    "gold_slot": "INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
+                 "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id",
+    "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key "
+            "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
+    "key_used": "SELECT slot_id FROM rankings WHERE labeler_id = :uid AND idempotency_key = :key",
+    "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
+                      "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, "
+                      ":rationale, :key, :is_gold, :now) RETURNING id",
+    "done": "UPDATE slots SET status = 'done' WHERE id = :sid",
+    "settings": "SELECT mode, instructions, lease_seconds, gold_rate FROM projects WHERE id = :pid",
+    "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
+    "exists": "SELECT id FROM projects WHERE id = :pid",
+    "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
+            "FROM items i JOIN prompts p ON p.id = i.prompt_row_id WHERE i.id = :iid",
+    "texts": "SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow",
+}
 
 
 class Queue:
@@ -124,8 +112,18 @@ class Queue:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.sql = _sql(engine.dialect.name)
         self.sqlite = engine.dialect.name == "sqlite"
+        pg = engine.dialect.name == "postgresql"
+        self.integrity_error = engine.dialect.dbapi.IntegrityError
+        self.sql = {k: v.replace("{lock}", " FOR UPDATE OF s SKIP LOCKED" if pg else "") for k, v in SQL.items()}
+        if not self.sqlite:  # psycopg's parameter style
+            self.sql = {k: re.sub(r"(?<!:):(\w+)", r"%(\1)s", v) for k, v in self.sql.items()}
+        if pg:
+            from psycopg.types.json import Json
+
+            self._json = Json
+        else:
+            self._json = lambda v: json.dumps(v, ensure_ascii=False)
         self._write_lock = getattr(engine, "info_write_lock", None)
         self._items: dict[int, ItemView] = {}
         self._settings: dict[int, tuple[float, Settings]] = {}
@@ -135,15 +133,51 @@ class Queue:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ plumbing
+    def ts(self, dt: datetime) -> Any:
+        """A UTC time as stored: SQLAlchemy's SQLite text format, or a timestamptz."""
+        return dt.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else dt
+
+    def read_ts(self, v: Any) -> datetime | None:
+        if isinstance(v, str):
+            v = datetime.fromisoformat(v)
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+    def read_json(self, v: Any) -> Any:
+        return json.loads(v) if self.sqlite else v
+
     @contextmanager
-    def writing(self) -> Iterator[Connection]:
-        """One write transaction; on SQLite under the process's write lock, with BEGIN IMMEDIATE."""
+    def writing(self) -> Iterator[Any]:
+        """A cursor in one write transaction; on SQLite under the process's write lock, begun with
+        ``BEGIN IMMEDIATE`` (the pool's SQLite connections are in autocommit mode, see ``db``)."""
         with self._write_lock if self._write_lock is not None else nullcontext():
-            with self.engine.connect() as conn:
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
                 if self.sqlite:
-                    conn.execution_options(sqlite_immediate=True)
-                with conn.begin():
-                    yield conn
+                    cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                    raw.commit() if not self.sqlite else cur.execute("COMMIT")
+                except BaseException:
+                    raw.rollback() if not self.sqlite else cur.execute("ROLLBACK")
+                    raise
+            finally:
+                raw.close()  # back to the pool
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        raw = self.engine.raw_connection()
+        try:
+            yield raw.cursor()
+            raw.rollback()
+        finally:
+            raw.close()
+
+    def q(self, cur: Any, name: str, **params: Any) -> Any:
+        cur.execute(self.sql[name], params)
+        return cur
 
     def forget(self, project_id: int | None = None, user_id: int | None = None) -> None:
         """Drop memoised settings/memberships (after an admin changes them in this process)."""
@@ -156,75 +190,75 @@ class Queue:
                 self._settings.clear()
                 self._members.clear()
 
-    def settings(self, conn: Connection, pid: int) -> Settings:
+    def settings(self, cur: Any, pid: int) -> Settings:
         hit = self._settings.get(pid)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        row = conn.execute(self.sql["settings"], {"pid": pid}).first()
+        row = self.q(cur, "settings", pid=pid).fetchone()
         if row is None:
             raise HTTPException(404, f"project {pid} not found")
-        s = Settings(row[0], row[1], row[2], row[3])
+        s = Settings(row[0], row[1], int(row[2]), float(row[3]))
         self._settings[pid] = (time.monotonic() + SETTINGS_TTL, s)
         return s
 
-    def projects_of(self, conn: Connection, uid: int, is_admin: bool, project_id: int | None) -> list[int]:
+    def projects_of(self, cur: Any, uid: int, is_admin: bool, project_id: int | None) -> list[int]:
         hit = self._members.get(uid)
         if hit is not None and hit[0] > time.monotonic():
             mine = hit[1]
         else:
-            mine = [r[0] for r in conn.execute(self.sql["member_of"], {"uid": uid})]
+            mine = [r[0] for r in self.q(cur, "member_of", uid=uid).fetchall()]
             self._members[uid] = (time.monotonic() + SETTINGS_TTL, mine)
         if project_id is None:
             return mine
-        if project_id in mine or (is_admin and conn.execute(self.sql["exists"], {"pid": project_id}).first()):
+        if project_id in mine or (is_admin and self.q(cur, "exists", pid=project_id).fetchone()):
             return [project_id]
         raise HTTPException(404, f"project {project_id} not found among your projects")
 
-    def item(self, conn: Connection, item_id: int) -> ItemView:
+    def item(self, cur: Any, item_id: int) -> ItemView:
         v = self._items.get(item_id)
         if v is not None:
             return v
-        it = conn.execute(self.sql["item"], {"iid": item_id}).one()
-        texts = dict(conn.execute(self.sql["texts"], {"prow": it.prompt_row_id}).all())
-        cands = tuple((c, texts[c]) for c in it.candidate_ids)
-        v = ItemView(item_id, it.project_id, it.external_id, it.content, cands, bool(it.is_gold), frozenset(it.candidate_ids))
+        project_id, cids, is_gold, prow, prompt_id, content = self.q(cur, "item", iid=item_id).fetchone()
+        cids, content = self.read_json(cids), self.read_json(content)
+        texts = dict(self.q(cur, "texts", prow=prow).fetchall())
+        v = ItemView(item_id, project_id, prompt_id, content, tuple((c, texts[c]) for c in cids), bool(is_gold), frozenset(cids))
         with self._lock:
             if len(self._items) > 100_000:
                 self._items.clear()
             self._items[item_id] = v
         return v
 
-    def _task(self, conn: Connection, item_id: int, slot_id: int, pid: int, until: datetime) -> TaskOut:
-        view, st = self.item(conn, item_id), self.settings(conn, pid)
+    def _task(self, cur: Any, item_id: int, slot_id: int, pid: int, until: datetime) -> TaskOut:
+        view, st = self.item(cur, item_id), self.settings(cur, pid)
         cands = list(view.candidates)
         random.Random(slot_id).shuffle(cands)  # each labeler sees their own order: no shared position bias
         return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, instructions=st.instructions, prompt_id=view.prompt_id,
                        prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands], lease_expires=until)
 
     # ------------------------------------------------------------ assignment
-    def _reap(self, conn: Connection, now: datetime) -> None:
+    def _reap(self, cur: Any, now: datetime) -> None:
         if time.monotonic() - self._last_reap < self.reap_every:
             return
         self._last_reap = time.monotonic()
-        conn.execute(self.sql["reap_open"], {"now": now})
-        conn.execute(self.sql["reap_gold"], {"now": now})
+        self.q(cur, "reap_open", now=self.ts(now))
+        self.q(cur, "reap_gold", now=self.ts(now))
 
-    def _claim(self, conn: Connection, pid: int, uid: int, now: datetime) -> tuple[int, int, datetime] | None:
-        st = self.settings(conn, pid)
+    def _claim(self, cur: Any, pid: int, uid: int, now: datetime) -> tuple[int, int, datetime] | None:
+        st = self.settings(cur, pid)
         until = now + timedelta(seconds=st.lease_seconds)
         if st.gold_rate > 0:
-            total, gold = conn.execute(self.sql["my_counts"], {"uid": uid, "pid": pid}).one()
+            total, gold = self.q(cur, "my_counts", uid=uid, pid=pid).fetchone()
             if gold < st.gold_rate * (total + 1):
-                gid = conn.execute(self.sql["gold_item"], {"pid": pid, "uid": uid}).scalar()
+                gid = self.q(cur, "gold_item", pid=pid, uid=uid).fetchone()
                 if gid is not None:
-                    sid = conn.execute(self.sql["gold_slot"], {"pid": pid, "iid": gid, "uid": uid, "true": True, "now": now,
-                                                               "until": until}).scalar_one()
-                    return sid, gid, until
+                    sid = self.q(cur, "gold_slot", pid=pid, iid=gid[0], uid=uid, true=True, now=self.ts(now),
+                                 until=self.ts(until)).fetchone()[0]
+                    return sid, gid[0], until
         for _ in range(RETRIES):
-            row = conn.execute(self.sql["claim"], {"pid": pid, "uid": uid}).first()
+            row = self.q(cur, "claim", pid=pid, uid=uid).fetchone()
             if row is None:
                 return None
-            if conn.execute(self.sql["take"], {"uid": uid, "now": now, "until": until, "sid": row[0]}).rowcount == 1:
+            if self.q(cur, "take", uid=uid, now=self.ts(now), until=self.ts(until), sid=row[0]).rowcount == 1:
                 return row[0], row[1], until
         return None
 
@@ -232,33 +266,34 @@ class Queue:
         """The task the labeler holds (lease renewed), else a newly claimed one; None when none is left."""
         for attempt in range(RETRIES):
             try:
-                with self.writing() as conn:
-                    pids = self.projects_of(conn, uid, is_admin, project_id)
+                with self.writing() as cur:
+                    pids = self.projects_of(cur, uid, is_admin, project_id)
                     if not pids:
                         return None
                     now = now_utc()
-                    held = conn.execute(self.sql["held"], {"uid": uid, "pids": pids}).first()
-                    if held is not None:
-                        until = now + timedelta(seconds=self.settings(conn, held[2]).lease_seconds)
-                        conn.execute(self.sql["renew"], {"until": until, "sid": held[0]})
-                        return self._task(conn, held[1], held[0], held[2], until)
-                    self._reap(conn, now)
+                    held = [r for r in self.q(cur, "mine", uid=uid).fetchall() if r[2] in pids]
+                    if held:
+                        sid, iid, pid = held[0]
+                        until = now + timedelta(seconds=self.settings(cur, pid).lease_seconds)
+                        self.q(cur, "renew", until=self.ts(until), sid=sid)
+                        return self._task(cur, iid, sid, pid, until)
+                    self._reap(cur, now)
                     for pid in pids:
-                        got = self._claim(conn, pid, uid, now)
+                        got = self._claim(cur, pid, uid, now)
                         if got is not None:
-                            return self._task(conn, got[1], got[0], pid, got[2])
+                            return self._task(cur, got[1], got[0], pid, got[2])
                     return None
-            except IntegrityError:  # a concurrent claim by the same labeler: start over
+            except self.integrity_error:  # a concurrent claim by the same labeler: start over
                 if attempt == RETRIES - 1:
                     raise
         return None
 
     def get_task(self, task_id: int, uid: int, is_admin: bool) -> TaskOut:
-        with self.engine.connect() as conn:
-            s = conn.execute(self.sql["slot"], {"sid": task_id}).first()
-            if s is None or (s.labeler_id != uid and not is_admin):
+        with self.reading() as cur:
+            s = self.q(cur, "slot", sid=task_id).fetchone()
+            if s is None or (s[1] != uid and not is_admin):
                 raise HTTPException(404, f"task {task_id} not found among your tasks")
-            return self._task(conn, s.item_id, task_id, s.project_id, s.lease_expires or now_utc())
+            return self._task(cur, s[0], task_id, s[2], self.read_ts(s[4]) or now_utc())
 
     # ------------------------------------------------------------ submission
     def submit(self, task_id: int, uid: int, body: SubmitIn) -> SubmitOut:
@@ -269,27 +304,27 @@ class Queue:
         conflict = False  # after a unique violation: find out which, in a fresh transaction
         for attempt in range(RETRIES):
             try:
-                with self.writing() as conn:
-                    s = conn.execute(self.sql["slot"], {"sid": task_id}).first()
-                    if s is None or s.labeler_id != uid:
+                with self.writing() as cur:
+                    s = self.q(cur, "slot", sid=task_id).fetchone()
+                    if s is None or s[1] != uid:
                         raise HTTPException(404, f"task {task_id} is not yours (unknown, or its lease expired and it "
                                                  "was given to someone else)")
-                    if s.id is not None:  # already answered
-                        if s.idempotency_key == body.idempotency_key:
-                            return SubmitOut(ranking_id=s.id, task_id=task_id, duplicate=True)
+                    item_id, _, pid, is_gold, _, done_id, done_key = s
+                    if done_id is not None:  # already answered
+                        if done_key == body.idempotency_key:
+                            return SubmitOut(ranking_id=done_id, task_id=task_id, duplicate=True)
                         raise HTTPException(409, f"task {task_id} was already submitted (with another idempotency key)")
                     if conflict:
-                        other = conn.execute(self.sql["key_used"], {"uid": uid, "key": body.idempotency_key}).scalar()
+                        other = self.q(cur, "key_used", uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:
-                            raise HTTPException(409, f"idempotency key already used for task {other}")
-                    check_permutation(order, self.item(conn, s.item_id).ids)
-                    rid = conn.execute(self.sql["insert_ranking"], {
-                        "sid": task_id, "pid": s.project_id, "iid": s.item_id, "uid": uid, "order": order,
-                        "all_bad": body.all_bad, "unsafe": body.unsafe, "rationale": body.rationale or None,
-                        "key": body.idempotency_key, "is_gold": bool(s.is_gold), "now": now_utc()}).scalar_one()
-                    conn.execute(self.sql["done"], {"sid": task_id})
+                            raise HTTPException(409, f"idempotency key already used for task {other[0]}")
+                    check_permutation(order, self.item(cur, item_id).ids)
+                    rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
+                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
+                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc())).fetchone()[0]
+                    self.q(cur, "done", sid=task_id)
                     return SubmitOut(ranking_id=rid, task_id=task_id, duplicate=False)
-            except IntegrityError:
+            except self.integrity_error:
                 conflict = True
                 if attempt == RETRIES - 1:
                     raise
