@@ -78,13 +78,11 @@ def export(
 
 
 def _session(database_url: Optional[str]):
-    from sqlalchemy.orm import Session
-
-    from rankloop.labeling.db import make_engine, resolve_url, upgrade
+    from rankloop.labeling.db import make_engine, make_sessionmaker, resolve_url, upgrade
 
     url = resolve_url(database_url)
     upgrade(url)
-    return Session(make_engine(url))
+    return make_sessionmaker(make_engine(url))()
 
 
 @labeling.command("create-user")
@@ -141,12 +139,17 @@ def import_cmd(
     from rankloop.labeling.export import find_project
     from rankloop.labeling.importer import import_items, read_files
 
+    from rankloop.labeling.export import ExportError
+
     with _session(database_url) as db:
         try:
             ps, cs, gold = read_files(candidates, prompts)
             out = import_items(db, find_project(db, project), ps, cs, gold)
         except HTTPException as e:
             typer.echo(f"error: {e.detail}", err=True)
+            raise typer.Exit(2) from None
+        except (OSError, ExportError) as e:
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
     typer.echo(out.model_dump_json())
 
