@@ -20,6 +20,7 @@ def quickstart(
     ppo_iterations: Optional[int] = typer.Option(None, help="PPO iterations per round"),
     port: int = typer.Option(8000, help="labeling app port with --labelers human"),
     seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; 1 helps on a busy machine)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with any QuickstartConfig field"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:
@@ -32,7 +33,7 @@ def quickstart(
     if labelers not in ("simulated", "human"):
         raise typer.BadParameter("--labelers must be 'simulated' or 'human'")
     qs = load_config(QuickstartConfig, config, output=str(output), tiny=tiny or None, labelers=labelers,
-                     rounds=rounds, ppo_iterations=ppo_iterations, port=port, seed=seed,
+                     rounds=rounds, ppo_iterations=ppo_iterations, port=port, seed=seed, threads=threads,
                      progress=False if no_progress else None)
     run_quickstart(qs)
 

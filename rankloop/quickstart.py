@@ -37,6 +37,7 @@ class QuickstartConfig(Config):
     rm_epochs: float = Field(4, gt=0, description="Reward-model epochs per round.")
     port: int = Field(8000, description="Port of the labeling app with --labelers human.")
     seed: int = Field(0, description="Seed of prompts, sampling, labelers and training.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch's default).")
     progress: bool = Field(True, description="Show progress bars.")
 
     def sized(self) -> "QuickstartConfig":
@@ -44,7 +45,7 @@ class QuickstartConfig(Config):
             return self
         return self.model_copy(update=dict(train_prompts=min(self.train_prompts, 32),
                                            eval_prompts=min(self.eval_prompts, 16),
-                                           ppo_iterations=min(self.ppo_iterations, 8), rm_epochs=min(self.rm_epochs, 3)))
+                                           ppo_iterations=min(self.ppo_iterations, 10), rm_epochs=min(self.rm_epochs, 3)))
 
     def pretrain_config(self) -> PretrainConfig:
         return PretrainConfig(**TINY_PRETRAIN) if self.tiny else PretrainConfig()
@@ -62,10 +63,12 @@ def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "Any":
                                   project_prefix="quickstart"),
         reward=dict(epochs=qs.rm_epochs, lr=3e-4 if tiny else 2e-4, batch_size=8, max_length=128,
                     scheduler="cosine", warmup_steps=5),
+        # A firm KL leash (β₀ = 0.2 adaptive, target 3 nats): looser settings reach a higher proxy
+        # reward but a lower gold score on this task (see docs/quickstart.md).
         ppo=dict(iterations=qs.ppo_iterations, batch_size=16 if tiny else 32, minibatch_size=8, ppo_epochs=4,
-                 learning_rate=1e-3 if tiny else 3e-4, kl_control="adaptive", kl_coef=0.05, kl_target=6.0,
-                 kl_horizon=1000 if tiny else 2000, missing_eos_penalty=1.0, save_every=5),
-        eval_samples=2, seed=qs.seed, progress=qs.progress,
+                 learning_rate=3e-4 if tiny else 1e-4, kl_control="adaptive", kl_coef=0.2, kl_target=3.0,
+                 kl_horizon=200, missing_eos_penalty=1.0, save_every=5),
+        eval_samples=2, seed=qs.seed, threads=qs.threads, progress=qs.progress,
     )
 
 
@@ -84,7 +87,7 @@ def run_quickstart(qs: QuickstartConfig) -> dict:
     timings: list[dict] = []
 
     # 1. the base model (cached)
-    pcfg = qs.pretrain_config()
+    pcfg = qs.pretrain_config().model_copy(update={"threads": qs.threads})
     cached = (pretrained_dir(pcfg) / "DONE").exists()
     console.rule("pre-training" + (" (cached)" if cached else ""))
     t0 = time.perf_counter()
