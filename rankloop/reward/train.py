@@ -379,7 +379,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     scorer.train()
     epoch_cache: dict[int, list[list[int]]] = {}
     sums = torch.zeros(5, device=device)  # Σ loss, rankings, correct pairs, Σ margin, pairs
-    t_log = time.perf_counter()
+    t_log = t_train = time.perf_counter()
     with progress:
         task = progress.add_task("train", total=total_steps, completed=start_step, info="")
         for step in range(start_step, total_steps):
@@ -424,6 +424,8 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
                 checkpoint(done)
             progress.update(task, completed=done)
 
+    train_seconds = time.perf_counter() - t_train
+
     # 5. Evaluate, fit the normalisation (Stiennon et al. 2020), save ---------------------
     final_eval = evaluate(total_steps)
     acc.wait_for_everyone()
@@ -431,7 +433,8 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         norm = _fit_normalisation(cfg, model, tok, train, eval_set, device, score_encoded, encode_examples, max_length)
         extra = {"train_config.json": cfg}
         summary = {"steps": total_steps, "rankings": len(train), "skipped": stats.skipped,
-                   "trainable_parameters": trainable, "parameters": total}
+                   "trainable_parameters": trainable, "parameters": total, "resumed_at": start_step,
+                   "train_loop_seconds": round(train_seconds, 3)}
         if final_eval is not None:
             summary["eval"] = {k: v for k, v in final_eval.items() if k != "scores"}
         extra["train_summary.json"] = summary
