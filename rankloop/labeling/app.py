@@ -7,6 +7,7 @@ process (see ``db``).
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rankloop
 from rankloop.labeling.assign import Queue
-from rankloop.labeling.db import make_engine, make_sessionmaker, resolve_url, upgrade
+from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolve_url, upgrade
 from rankloop.labeling.models import User
 from rankloop.labeling.routes import auth, pages, projects, tasks, users
 from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
@@ -76,12 +77,16 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     url = resolve_url(database_url)
     if migrate:
         upgrade(url)
-    engine = make_engine(url)
+    engine = make_engine(url, background_checkpoint=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # The app's long-lived objects (modules, schemas, routes) never become garbage: keep them
+        # out of the cyclic collector so a full collection does not stall requests for tens of ms.
+        gc.collect()
+        gc.freeze()
         yield
-        engine.dispose()
+        dispose(engine)
 
     app = FastAPI(title="rankloop labeling", version=getattr(rankloop, "__version__", "0"), lifespan=lifespan,
                   description="Collect K-way human rankings of model outputs; export them for reward-model training.")

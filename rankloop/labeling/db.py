@@ -41,7 +41,11 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, background_checkpoint: bool = False) -> Engine:
+    """An engine with the pragmas above. ``background_checkpoint`` (the app's engine): WAL
+    checkpoints run every ``CHECKPOINT_EVERY`` s in a thread of their own (``PASSIVE``: never
+    blocking a writer) instead of inside whichever request's commit crosses SQLite's
+    1000-page mark; a safety-net autocheckpoint stays at 20000 pages."""
     url = resolve_url(url)
     if is_sqlite(url):
         if url in ("sqlite://", "sqlite:///:memory:"):
@@ -58,6 +62,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-32000")
             cur.execute("PRAGMA temp_store=MEMORY")
+            if background_checkpoint:
+                cur.execute("PRAGMA wal_autocheckpoint=20000")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -66,10 +72,40 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         engine.info_write_lock = threading.Lock()  # type: ignore[attr-defined]
+        if background_checkpoint:
+            _start_checkpointer(engine)
     else:
         engine = create_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
         engine.info_write_lock = None  # type: ignore[attr-defined]
     return engine
+
+
+CHECKPOINT_EVERY = 1.0
+
+
+def _start_checkpointer(engine: Engine) -> None:
+    stop = threading.Event()
+    engine.info_checkpoint_stop = stop  # type: ignore[attr-defined]
+
+    def run() -> None:
+        while not stop.wait(CHECKPOINT_EVERY):
+            try:
+                raw = engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    raw.close()
+            except Exception:  # noqa: BLE001 - a missed checkpoint is retried next second
+                pass
+
+    threading.Thread(target=run, name="sqlite-checkpoint", daemon=True).start()
+
+
+def dispose(engine: Engine) -> None:
+    stop = getattr(engine, "info_checkpoint_stop", None)
+    if stop is not None:
+        stop.set()
+    engine.dispose()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -107,7 +107,7 @@ class Slot(Base):
         UniqueConstraint("item_id", "slot_no"),  # an item's places: two labelers never share one
         UniqueConstraint("item_id", "labeler_id"),  # never the same item twice to one labeler
         Index("ix_slots_claim", "project_id", "status", "id"),
-        Index("ix_slots_labeler", "labeler_id", "project_id", "status"),
+        Index("ix_slots_labeler", "labeler_id", "status", "project_id"),
         Index("ix_slots_lease", "status", "lease_expires"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

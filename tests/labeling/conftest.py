@@ -60,9 +60,11 @@ def sqlite_url(tmp_path):
 def app(db_url):
     from rankloop.labeling.app import create_app
 
+    from rankloop.labeling.db import dispose
+
     app = create_app(db_url, admin=ADMIN)
     yield app
-    app.state.engine.dispose()
+    dispose(app.state.engine)
 
 
 @pytest.fixture

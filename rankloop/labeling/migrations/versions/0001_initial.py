@@ -124,7 +124,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('slots', schema=None) as batch_op:
         batch_op.create_index('ix_slots_claim', ['project_id', 'status', 'id'], unique=False)
-        batch_op.create_index('ix_slots_labeler', ['labeler_id', 'project_id', 'status'], unique=False)
+        batch_op.create_index('ix_slots_labeler', ['labeler_id', 'status', 'project_id'], unique=False)
         batch_op.create_index('ix_slots_lease', ['status', 'lease_expires'], unique=False)
 
     op.create_table('rankings',
