@@ -11,7 +11,8 @@ import secrets
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Form, HTTPException, Request
+from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, select
 
