@@ -12,9 +12,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request
-from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, select
+from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 
 from rankloop.labeling import importer, stats
 from rankloop.labeling.db import writing
