@@ -38,7 +38,8 @@ def run_quickstart_phase(args, work: Path) -> dict:
     from rankloop.quickstart import QuickstartConfig, run_quickstart
 
     t0 = time.perf_counter()
-    summary = run_quickstart(QuickstartConfig(output=str(work / "quickstart"), tiny=args.tiny, progress=False))
+    summary = run_quickstart(QuickstartConfig(output=str(work / "quickstart"), tiny=args.tiny, progress=False,
+                                              threads=args.threads))
     total = time.perf_counter() - t0
     return {"summary": summary, "wall_s": total}
 
@@ -65,6 +66,16 @@ def active_vs_random(args, run: Path, work: Path) -> dict:
                                   policy_name="initial")
         write_jsonl(cands_path, cands)
     cands = read_candidates(cands_path)
+    # One noise level for every arm, calibrated on the whole pool: an arm that picks close calls
+    # must not get them labeled with less noise.
+    from rankloop.corpus import gold_scores
+    from rankloop.simulate import calibrate_sigma
+
+    texts: dict[str, list[str]] = {}
+    for c in cands:
+        texts.setdefault(c.prompt_id, []).append(c.text)
+    by_id = {p.id: p for p in pool}
+    sigma = calibrate_sigma([gold_scores([by_id[k]] * len(v), v) for k, v in texts.items()], 0.73)
     results: dict[str, list[float]] = {"random": [], "spread": [], "ensemble": []}
     seeds = [0] if args.tiny else list(range(args.active_seeds))
     for seed in seeds:
@@ -72,7 +83,7 @@ def active_vs_random(args, run: Path, work: Path) -> dict:
         sd.mkdir(exist_ok=True)
         cfg = LoopConfig(output=str(sd), policy=policy, prompts=str(run / "prompts.jsonl"), k=4, seed=seed,
                          sampling=SamplingSettings(**qs["sampling"]),
-                         labeling=LabelingSettings(labelers=4, overlap=1, project_prefix=f"active-{seed}"),
+                         labeling=LabelingSettings(labelers=4, overlap=1, project_prefix=f"active-{seed}", sigma=sigma),
                          reward=qs["reward"], progress=False)
         import random
 
@@ -92,7 +103,7 @@ def active_vs_random(args, run: Path, work: Path) -> dict:
             res = step_reward(cfg, data, gold_eval, md / "rm")
             results[method].append(res["rm_accuracy"])
             print(f"  seed {seed} {method:8s} RM accuracy {res['rm_accuracy']:.3f}", flush=True)
-    out = {"label_budget_prompts": seed_n + budget, "seed_prompts": seed_n, "chosen_prompts": budget,
+    out = {"sigma": sigma, "label_budget_prompts": seed_n + budget, "seed_prompts": seed_n, "chosen_prompts": budget,
            "pool_prompts": n_pool, "seeds": len(seeds), "heldout_rankings": sum(1 for _ in gold_eval.open())}
     for m, accs in results.items():
         out[f"rm_acc_{m}"] = statistics.mean(accs)
@@ -106,6 +117,7 @@ def main() -> None:
     ap.add_argument("--cached", action="store_true", help="reuse the cached pre-trained model")
     ap.add_argument("--active-seeds", type=int, default=3, help="seeds of the active-vs-random comparison")
     ap.add_argument("--skip-active", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "quickstart.json")
     args = ap.parse_args()
@@ -115,12 +127,16 @@ def main() -> None:
         os.environ["RANKLOOP_CACHE"] = str(work / "cache")  # pre-training is part of the measured run
     import torch
 
+    load_start = os.getloadavg()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res = run_quickstart_phase(args, work)
     s = res["summary"]
     out = {
         "size": "tiny" if args.tiny else "full",
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_at_end": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+                    "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
+                    "note": "load averages above the core count mean other jobs shared the CPU: times are contended"},
         "pretrain_cached": bool(args.cached),
         "total_wall_s": round(res["wall_s"], 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -69,6 +69,9 @@ class LabelingSettings(Config):
                          "with two or more).")
     agreement: float = Field(0.73, gt=0.5, lt=1, description="Target agreement between two simulated labelers "
                              "(InstructGPT's 73%); the noise is calibrated to it each round.")
+    sigma: float | None = Field(None, ge=0, description="Fixed noise σ of the simulated labelers (None: calibrated "
+                                "each round so two labelers agree on `agreement` of that round's pairs). Fix it "
+                                "when comparing selection methods, so chosen items are not labeled with less noise.")
     gold: str = Field("rankloop.corpus:gold_scores", description="The hidden preference simulated labelers judge "
                       "by: 'module:function' scoring (prompts, responses) -> list[float].")
     password: str = Field("simulated-labeler", description="Password of the simulated labelers' accounts.")
@@ -300,10 +303,14 @@ def _start_server(app, host: str, port: int):
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
-    for _ in range(200):
-        if server.started:
+    for _ in range(400):
+        if server.started or not t.is_alive():
             break
         time.sleep(0.05)
+    if not server.started:
+        server.should_exit = True
+        raise RuntimeError(f"could not start the labeling app on http://{host}:{port} (is the port in use? "
+                           "set labeling.port, or --port for the quickstart)")
     return server, t
 
 
@@ -339,7 +346,7 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
         return pid
 
     if lab.mode == "simulated":
-        from rankloop.simulate import SimulatedLabeler, calibrate_sigma
+        from rankloop.simulate import SimulatedLabeler, calibrate_sigma, expected_agreement
 
         gold = load_fn(lab.gold)
         by_prompt: dict[str, list[str]] = {}
@@ -347,7 +354,7 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
             by_prompt.setdefault(c.prompt_id, []).append(c.text)
         ptext = {p.id: p for p in prompts}
         groups = [list(gold([ptext[pid]] * len(ts), ts)) for pid, ts in by_prompt.items()]
-        sigma = calibrate_sigma(groups, lab.agreement)
+        sigma = lab.sigma if lab.sigma is not None else calibrate_sigma(groups, lab.agreement)
         labelers = [SimulatedLabeler(f"sim-labeler-{i}", sigma, gold, seed=cfg.seed * 1000 + rnd)
                     for i in range(lab.labelers)]
         from rankloop.simulate import label_project
@@ -360,7 +367,7 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
             with _bar(cfg, f"simulated labeling (σ = {sigma:.3f})", total) as (bar, task):
                 bar.update(task, completed=admin.progress(pid)["slots_done"])
                 stats = label_project(admin, pid, labelers, lab.password, on_submit=lambda: bar.advance(task))
-        info.update(sigma=sigma, expected_agreement=lab.agreement, **stats)
+        info.update(sigma=sigma, expected_agreement=expected_agreement(groups, sigma), **stats)
     else:
         server, thread = _start_server(app, lab.host, lab.port)
         try:

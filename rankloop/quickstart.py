@@ -43,9 +43,12 @@ class QuickstartConfig(Config):
     def sized(self) -> "QuickstartConfig":
         if not self.tiny:
             return self
-        return self.model_copy(update=dict(train_prompts=min(self.train_prompts, 32),
-                                           eval_prompts=min(self.eval_prompts, 16),
-                                           ppo_iterations=min(self.ppo_iterations, 10), rm_epochs=min(self.rm_epochs, 3)))
+        return self.model_copy(update=dict(train_prompts=min(self.train_prompts, 48),
+                                           eval_prompts=min(self.eval_prompts, 24),
+                                           ppo_iterations=min(self.ppo_iterations, 10), rm_epochs=min(self.rm_epochs, 4),
+                                           # tiny matrices gain nothing from a second thread, and lose
+                                           # much when the cores are shared
+                                           threads=self.threads or 1))
 
     def pretrain_config(self) -> PretrainConfig:
         return PretrainConfig(**TINY_PRETRAIN) if self.tiny else PretrainConfig()
@@ -59,7 +62,8 @@ def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "Any":
         output=str(run), policy=str(policy), prompts=str(run / "prompts.jsonl"),
         eval_prompts=str(run / "eval_prompts.jsonl"), rounds=qs.rounds, k=qs.k,
         sampling=SamplingSettings(max_new_tokens=40 if tiny else 48),
-        labeling=LabelingSettings(mode=qs.labelers, labelers=4, overlap=2, port=qs.port,
+        labeling=LabelingSettings(mode=qs.labelers, labelers=4, overlap=2 if qs.labelers == "simulated" else 1,
+                                  port=qs.port,
                                   project_prefix="quickstart"),
         reward=dict(epochs=qs.rm_epochs, lr=3e-4 if tiny else 2e-4, batch_size=8, max_length=128,
                     scheduler="cosine", warmup_steps=5),

@@ -100,6 +100,17 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _binned(x: list[float], *ys: list[float], bins: int = 8) -> tuple[list[float], ...]:
+    """Means of ``ys`` in ``bins`` equal-count bins of ``x`` (the per-iteration KL is noisy)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    size = max(1, math.ceil(len(order) / bins))
+    chunks = [order[s:s + size] for s in range(0, len(order), size)]
+    out = [[sum(x[i] for i in c) / len(c) for c in chunks]]
+    for y in ys:
+        out.append([sum(y[i] for i in c) / len(c) for c in chunks])
+    return tuple(out)
+
+
 def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -140,8 +151,13 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
         x = [math.sqrt(max(m["ppo/kl_ref"], 0.0)) for m in metrics[:n]]
         g0, p0 = gold[0]["gold"], gold[0]["proxy"]
         c = colours[r["round"] % len(colours)]
-        ax.plot(x, [g["proxy"] - p0 for g in gold[:n]], "--", color=c, alpha=0.8, label=f"round {r['round']}: proxy (RM)")
-        ax.plot(x, [g["gold"] - g0 for g in gold[:n]], "-", color=c, label=f"round {r['round']}: gold")
+        dp = [g["proxy"] - p0 for g in gold[:n]]
+        dg = [g["gold"] - g0 for g in gold[:n]]
+        ax.scatter(x, dp, marker="s", s=10, color=c, alpha=0.3)
+        ax.scatter(x, dg, marker="o", s=10, color=c, alpha=0.3)
+        bx, bp, bg = _binned(x, dp, dg)
+        ax.plot(bx, bp, "--", color=c, label=f"round {r['round']}: proxy (RM), binned mean")
+        ax.plot(bx, bg, "-", color=c, lw=2, label=f"round {r['round']}: gold, binned mean")
         any_line = True
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("√KL(π ‖ π_start of round)  per response, nats^½")

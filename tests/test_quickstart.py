@@ -38,7 +38,7 @@ def test_quickstart_tiny(tmp_path):
 
     s = json.loads((out / "summary.json").read_text())
     r0 = s["rounds"][0]
-    assert r0["rankings"] == 2 * 32  # 32 prompts, two labelers each
+    assert r0["rankings"] == 2 * 48  # 48 prompts, two labelers each
     assert 0.6 < r0["agreement"] < 0.86  # calibrated to 73%
     assert r0["rm_accuracy"] is not None and s["final_kl"] is not None and s["final_kl"] > 0
     assert s["final_gold"] > s["initial_gold"], s  # the policy's gold score rose
