@@ -204,12 +204,15 @@ def run_child(side: str, model: str, iterations: int, threads: int, py: str) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 timed iterations per side (< 5 minutes)")
-    ap.add_argument("--iterations", type=int, default=None, help="timed iterations per side (default 5, quick 3)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1: the machine is shared)")
+    ap.add_argument("--quick", action="store_true", help="2 iterations per side, no warm-up (< 5 minutes on an idle "
+                    "4-core laptop)")
+    ap.add_argument("--iterations", type=int, default=None, help="timed iterations per side (default 5 after a "
+                    "warm-up; quick: 2, no warm-up)")
+    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch threads per side")
     ap.add_argument("--models", default="gpt2-20m,stories260k")
     ap.add_argument("--python", default=str(VENV_PY), help="the interpreter with TRL 1.12 and rankloop installed")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "ppo_vs_trl.json"))
+    ap.add_argument("--note", default="", help="recorded in the JSON (e.g. the machine's load)")
     ap.add_argument("--child", choices=["rankloop", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -227,8 +230,9 @@ def main() -> None:
 
     if not Path(args.python).exists():
         sys.exit(f"{args.python} not found: create the benchmark environment first (see the docstring)")
-    timed = args.iterations or (3 if args.quick else 5)
-    iterations = timed + 1  # the first iteration is a warm-up
+    timed = args.iterations or (2 if args.quick else 5)
+    warmup = 0 if args.quick else 1  # at these sizes an iteration is seconds long; quick skips the warm-up
+    iterations = timed + warmup
     cache = Path(tempfile.mkdtemp(prefix="rankloop-bench-"))
     models: dict[str, str] = {}
     for name in args.models.split(","):
@@ -244,19 +248,18 @@ def main() -> None:
 
     t_start = time.time()
     results: dict = {"settings": {"prompts_per_iteration": BATCH, "new_tokens": NEW_TOKENS, "ppo_epochs": EPOCHS,
-                                  "minibatch": MINIBATCH, "timed_iterations": timed, "warmup_iterations": 1,
+                                  "minibatch": MINIBATCH, "timed_iterations": timed, "warmup_iterations": warmup,
                                   "threads_per_side": args.threads, "cpu_count": os.cpu_count(),
                                   "load_average_at_start": os.getloadavg(),
-                                  "note": "medians; the machine's 2 cores were shared with other work while "
-                                          "this ran, so absolute timings are noisy"},
+                                  "note": args.note},
                      "models": {}}
     for name, path in models.items():
         print(f"[{name}] rankloop ...", flush=True)
         ours = run_child("rankloop", path, iterations, args.threads, args.python)
         print(f"[{name}] trl ...", flush=True)
         theirs = run_child("trl", path, iterations, args.threads, args.python)
-        r_s = statistics.median(ours["iteration_s"][1:])
-        t_s = statistics.median(theirs["iteration_s"][1:])
+        r_s = statistics.median(ours["iteration_s"][warmup:])
+        t_s = statistics.median(theirs["iteration_s"][warmup:])
         results["models"][name] = {
             "rankloop_s": round(r_s, 3), "trl_s": round(t_s, 3), "ratio": round(r_s / t_s, 3),
             "rankloop_rss_mib": round(ours["rss_mib"], 1), "trl_rss_mib": round(theirs["rss_mib"], 1),
@@ -276,7 +279,7 @@ def main() -> None:
         print(f"{name:<12} {m['rankloop_s']:>13.2f} {m['trl_s']:>9.2f} {m['ratio']:>6.2f} "
               f"{m['rankloop_rss_mib']:>10.0f} MiB {m['trl_rss_mib']:>5.0f} MiB {m['sampler_tok_s']:>14.0f} "
               f"{m['generate_tok_s']:>15.0f}")
-    print(f"\n(medians of {timed} iterations after 1 warm-up; {args.threads} thread(s) per side; load average "
+    print(f"\n(medians of {timed} iterations after {warmup} warm-up; {args.threads} thread(s) per side; load average "
           f"{results['settings']['load_average_at_start'][0]:.1f} at start) → {args.output}")
 
 
