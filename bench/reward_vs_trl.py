@@ -165,6 +165,7 @@ def main() -> None:
     p.add_argument("--ks", default="4,9")
     p.add_argument("--backbones", default="gpt2-20m,minilm")
     p.add_argument("--output", default=str(ROOT / "bench/results/reward_vs_trl.json"))
+    p.add_argument("--merge", nargs="+", help="merge the JSON results of cells run as separate processes into --output")
     # worker-only arguments
     p.add_argument("--worker", choices=["rankloop", "trl"])
     p.add_argument("--backbone")
@@ -177,6 +178,8 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker_main(args)
+    if args.merge:
+        return merge(args.merge, args.output)
 
     try:
         import trl  # noqa: F401
@@ -235,16 +238,36 @@ def main() -> None:
                 }
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(args.output, results)
+    table(results)
+    print(f"wrote {args.output}")
+
+
+def table(results: dict) -> None:
     head = f"{'K':>3} {'backbone':<10} {'rankloop s/ep':>13} {'TRL s/ep':>9} {'ratio':>6} {'rankloop acc':>12} " \
            f"{'TRL acc':>8} {'rankloop RSS':>12} {'TRL RSS':>8}"
     print("\n" + head + "\n" + "-" * len(head))
-    for k in ks:
-        for name in backbones:
-            r = results[f"K={k}"][name]
-            print(f"{k:>3} {name:<10} {r['rankloop_s']:>13.2f} {r['trl_s']:>9.2f} {r['ratio']:>6.3f} "
+    for kk in sorted(k for k in results if k.startswith("K=")):
+        for name, r in results[kk].items():
+            print(f"{kk[2:]:>3} {name:<10} {r['rankloop_s']:>13.2f} {r['trl_s']:>9.2f} {r['ratio']:>6.3f} "
                   f"{r['rankloop_acc']:>12.4f} {r['trl_acc']:>8.4f} {r['rankloop_rss_mib']:>9.0f} MiB "
                   f"{r['trl_rss_mib']:>5.0f} MiB")
-    print(f"\nseconds are per epoch (median of {repeats}); accuracy is held-out pairwise; wrote {args.output}")
+    s = results["settings"]
+    print(f"\nseconds are per epoch (median of {s['repeats']}); accuracy is held-out pairwise")
+
+
+def merge(parts: list[str], output: str) -> None:
+    from rankloop.io import write_json
+
+    results: dict = {}
+    for part in parts:
+        r = json.loads(Path(part).read_text())
+        settings = r.pop("settings")
+        results.setdefault("settings", {**settings, "cells_run_as_separate_concurrent_processes": len(parts)})
+        for kk, cells in r.items():
+            results.setdefault(kk, {}).update(cells)
+    write_json(output, results)
+    table(results)
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -265,6 +265,19 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         for stale in list(ckpt_root.glob(".tmp-*")) if ckpt_root.exists() else []:
             shutil.rmtree(stale, ignore_errors=True)  # a run killed mid-write
     resume_from = latest_checkpoint(out) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(out) is not None:
+        from rankloop.config import ConfigError
+
+        raise ConfigError(f"{ckpt_root} holds checkpoints of an earlier run: pass --resume to continue it, "
+                          "or choose another --output")
+    if cfg.normalise_on not in ("train", "eval", "none") and not Path(cfg.normalise_on).exists():
+        from rankloop.config import ConfigError
+
+        raise ConfigError(f"normalise_on: {cfg.normalise_on} is neither train, eval, none nor an existing file")
+    if cfg.normalise_on == "eval" and not cfg.eval_data:
+        from rankloop.config import ConfigError
+
+        raise ConfigError("normalise_on: 'eval' needs eval_data")
     if cfg.resume and resume_from is None:
         console.print(f"[yellow]--resume: no complete checkpoint in {ckpt_root}; starting from the beginning[/]")
     random.seed(cfg.seed)
