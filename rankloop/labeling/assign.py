@@ -135,7 +135,8 @@ class Queue:
     # ------------------------------------------------------------ plumbing
     def ts(self, dt: datetime) -> Any:
         """A UTC time as stored: SQLAlchemy's SQLite text format, or a timestamptz."""
-        return dt.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else dt
+        # == strftime("%Y-%m-%d %H:%M:%S.%f") of the UTC time, several times faster
+        return dt.replace(tzinfo=None).isoformat(" ", "microseconds") if self.sqlite else dt
 
     def read_ts(self, v: Any) -> datetime | None:
         if isinstance(v, str):
