@@ -76,7 +76,7 @@ class Settings:
 
 SQL = {
     "mine": "SELECT id, item_id, project_id FROM slots WHERE labeler_id = :uid AND status = 'leased' ORDER BY id",
-    "renew": "UPDATE slots SET lease_expires = :until WHERE id = :sid",
+    "renew": "UPDATE slots SET lease_expires = :until WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
     "reap_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
                  "WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NOT NULL",
     "reap_gold": "DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL",
@@ -272,12 +272,13 @@ class Queue:
                     if not pids:
                         return None
                     now = now_utc()
-                    held = [r for r in self.q(cur, "mine", uid=uid).fetchall() if r[2] in pids]
-                    if held:
-                        sid, iid, pid = held[0]
+                    for sid, iid, pid in self.q(cur, "mine", uid=uid).fetchall():
+                        if pid not in pids:
+                            continue
                         until = now + timedelta(seconds=self.settings(cur, pid).lease_seconds)
-                        self.q(cur, "renew", until=self.ts(until), sid=sid)
-                        return self._task(cur, iid, sid, pid, until)
+                        # (0 rows: another process reaped the expired lease meanwhile; claim afresh)
+                        if self.q(cur, "renew", until=self.ts(until), sid=sid, uid=uid).rowcount == 1:
+                            return self._task(cur, iid, sid, pid, until)
                     self._reap(cur, now)
                     for pid in pids:
                         got = self._claim(cur, pid, uid, now)
