@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rankloop
@@ -62,7 +63,10 @@ def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
         if db.execute(select(func.count()).select_from(User)).scalar_one():
             return False
         db.add(User(username=username, password_hash=hash_password(password), role="admin", active=True))
-        db.commit()
+        try:
+            db.commit()
+        except IntegrityError:  # another app process starting at the same time made it
+            return False
         return True
 
 
