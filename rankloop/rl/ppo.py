@@ -25,8 +25,8 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import random
 import shutil
@@ -377,7 +377,6 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
             t_fwd = time.perf_counter()
 
             # ---- 5. gather: pad prompts on the left and responses on the right to the global widths
-            P_local = sample.prompt_ids.size(1)
             parts = {
                 "prompt_ids": sample.prompt_ids.to(device), "prompt_mask": sample.prompt_mask.to(device),
                 "response_ids": resp, "mask": sample.response_mask.to(device),
@@ -392,7 +391,6 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
                         v = accelerator.pad_across_processes(v, dim=1, pad_index=pad_val.get(k, 0),
                                                              pad_first=k.startswith("prompt"))
                     parts[k] = accelerator.gather(v.contiguous())
-            del P_local
             P = parts["prompt_ids"].size(1)
             mask = parts["mask"].float()
             ro = Rollout(input_ids=torch.cat([parts["prompt_ids"], parts["response_ids"]], 1),
@@ -430,7 +428,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
                         adv_a = advantages[rows_a][:, :sub.mask.size(1)]
                         ret_a = returns[rows_a][:, :sub.mask.size(1)]
                         sync = a == cfg.grad_accum_steps - 1
-                        ctx = accelerator.no_sync(model) if (not sync and world > 1) else _null()
+                        ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
                         with ctx:
                             logits, values = model(sub.input_ids, sub.attention_mask, sub.prompt_len,
                                                    cfg.temperature)
@@ -543,11 +541,3 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
                   str(out_dir / "value_head.safetensors"))
     accelerator.wait_for_everyone()
     return out_dir
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
