@@ -165,6 +165,8 @@ def main() -> None:
     p.add_argument("--ks", default="4,9")
     p.add_argument("--backbones", default="gpt2-20m,minilm")
     p.add_argument("--output", default=str(ROOT / "bench/results/reward_vs_trl.json"))
+    p.add_argument("--train-rankings", type=int, help="override the training rankings per K")
+    p.add_argument("--eval-rankings", type=int, help="override the held-out rankings per K")
     p.add_argument("--merge", nargs="+", help="merge the JSON results of cells run as separate processes into --output")
     # worker-only arguments
     p.add_argument("--worker", choices=["rankloop", "trl"])
@@ -193,6 +195,8 @@ def main() -> None:
     args.epochs = args.epochs or (1.0 if quick else 2.0)
     sizes = {4: (64, 150), 9: (24, 60)} if quick else {4: (512, 300), 9: (192, 150)}  # (train, held-out) rankings
     ks = [int(k) for k in args.ks.split(",")]
+    if args.train_rankings or args.eval_rankings:
+        sizes = {k: (args.train_rankings or n, args.eval_rankings or m) for k, (n, m) in sizes.items()}
     results: dict = {"settings": {"quick": quick, "repeats": repeats, "epochs": args.epochs, "batch_rankings": args.batch,
                                   "lr": args.lr, "max_length": 128, "trl_version": __import__("trl").__version__,
                                   "cpu_threads": os.cpu_count(),
