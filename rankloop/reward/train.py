@@ -311,7 +311,9 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     lengths = [e.max_len for e in train]
     steps_per_epoch = len(epoch_batches(lengths, 0, cfg.seed, global_batch, cfg.group_by_length, world * accum))
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} rankings are too few for {world} process(es) × {accum} micro-batches")
+        from rankloop.io import DataError
+
+        raise DataError(cfg.data, None, f"{len(train)} rankings are too few for {world} process(es) × {accum} micro-batches")
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     # 3. Model, optimizer, schedule; --resume restores all three and the RNG ---------------
