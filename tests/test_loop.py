@@ -44,7 +44,7 @@ def _config(tmp: Path, policy: Path, **over) -> dict:
         "reward": {"epochs": 1, "batch_size": 4, "max_length": 64},
         "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "save_every": 1,
                 "learning_rate": 1e-3},
-        "eval_samples": 1, "progress": False,
+        "eval_samples": 1, "progress": False, "threads": 1,
     }
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
