@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-in-split", action="store_true", help="skip the 80/20 same-split runs")
+    p.add_argument("--no-cross", action="store_true", help="skip the cross-split runs")
     p.add_argument("--train-on", choices=list(SPLITS), help="only the run(s) that train on this split")
     p.add_argument("--output", default=str(ROOT / "bench/results/reward_hh.json"))
     args = p.parse_args()
@@ -100,7 +101,7 @@ def main() -> None:
             data[split], skipped = load(split, tmp, limit)
             results.setdefault("skipped_invalid_rows", {})[split] = skipped
         for a, b in (("harmless-base", "helpful-base"), ("helpful-base", "harmless-base")):
-            if args.train_on and a != args.train_on:
+            if (args.train_on and a != args.train_on) or args.no_cross:
                 continue
             name = f"train {a} → eval {b}"
             print(f"== {name}", flush=True)
