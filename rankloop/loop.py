@@ -588,6 +588,7 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
         raise ConfigError("simulated labeling needs labeling.gold")
     gold_spec = cfg.gold_spec()
     cfgd = cfg.model_dump()
+    _check_stage_settings(cfg)
 
     # 0. held-out material, once per run: the initial policy's samples and gold rankings
     rm_eval = Path(cfg.rm_eval_data) if cfg.rm_eval_data else None
@@ -667,6 +668,22 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
 
     write_json(run / "timings.json", timings)
     return run
+
+
+def _check_stage_settings(cfg: LoopConfig) -> None:
+    """Fail before any work on a misspelt or invalid ``reward:`` / ``ppo:`` setting."""
+    from pydantic import ValidationError
+
+    from rankloop.reward.train import RewardTrainConfig
+    from rankloop.rl.ppo import PPOConfig
+
+    for name, cls, extra in (("reward", RewardTrainConfig, dict(data="-", model="-", output="-")),
+                             ("ppo", PPOConfig, dict(policy="-", output="-"))):
+        try:
+            cls(**{**getattr(cfg, name), **extra})
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"{name}: {msgs}") from None
 
 
 def _pool(prompts: list[Prompt], cfg: LoopConfig, rnd: int) -> list[Prompt]:
