@@ -27,9 +27,14 @@ def base_model(tmp_path_factory) -> Path:
     from rankloop.pretrain import PretrainConfig, pretrain
 
     cache = tmp_path_factory.mktemp("cache")
-    os.environ["RANKLOOP_CACHE"] = str(cache)
+    old = os.environ.get("RANKLOOP_CACHE")
+    os.environ["RANKLOOP_CACHE"] = str(cache)  # the killed-and-resumed subprocess inherits it
     cfg = PretrainConfig(corpus_size=2000, vocab_size=400, hidden=32, layers=2, heads=2, steps=60, batch_size=16)
-    return pretrain(cfg, progress=False)
+    yield pretrain(cfg, progress=False)
+    if old is None:
+        os.environ.pop("RANKLOOP_CACHE", None)
+    else:
+        os.environ["RANKLOOP_CACHE"] = old
 
 
 def _config(tmp: Path, policy: Path, **over) -> dict:
