@@ -30,7 +30,16 @@ test: install
 quickstart: install
 	$(VENV)/bin/rankloop quickstart
 
-bench: install
+# The PPO benchmark runs both sides in its own venv with TRL 1.12, the last release with PPOTrainer.
+bench/.venv-trl/.installed:
+	test -x bench/.venv-trl/bin/python || $(PYTHON) -m venv bench/.venv-trl
+	bench/.venv-trl/bin/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	bench/.venv-trl/bin/pip install -q 'trl==1.12.*' vaderSentiment psutil
+	bench/.venv-trl/bin/pip install -q -e .
+	touch $@
+
+bench: install bench/.venv-trl/.installed
+	$(PIP) install -q -e '.[test,bench-reward]'
 	$(PY) bench/reward_vs_trl.py --quick
 	$(PY) bench/ppo_vs_trl.py --quick
 	$(PY) bench/labeling_load.py
