@@ -456,8 +456,9 @@ def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out
     defaults = dict(iterations=20, batch_size=32, minibatch_size=8, ppo_epochs=4, learning_rate=3e-4,
                     kl_control="adaptive", kl_coef=0.1, kl_target=4.0, kl_horizon=2000,
                     max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed, missing_eos_penalty=1.0)
-    pcfg = PPOConfig(**{**defaults, **cfg.ppo}, policy=str(policy), prompts=str(prompts_path), output=str(out),
-                     resume=resume, progress=cfg.progress)
+    # The KL is always against the original model, however many rounds the policy has moved.
+    pcfg = PPOConfig(**{**defaults, **cfg.ppo}, policy=str(policy), reference=cfg.policy, prompts=str(prompts_path),
+                     output=str(out), resume=resume, progress=cfg.progress)
     scorer = RewardScorer.from_pretrained(rm_dir)
     gold_spec = cfg.gold_spec()
     gold = load_fn(gold_spec) if gold_spec else None

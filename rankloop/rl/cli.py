@@ -14,7 +14,9 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("ppo")
     def ppo(
-        policy: Optional[str] = typer.Option(None, "--policy", help="Initial policy (HF id or path); also the reference."),
+        policy: Optional[str] = typer.Option(None, "--policy", help="Initial policy (HF id or path)."),
+        reference: Optional[str] = typer.Option(None, "--reference", help="Frozen reference for the KL penalty "
+                                                "(default: the initial policy)."),
         reward: Optional[str] = typer.Option(None, "--reward", help="Reward-model directory, or module:function / file.py:function "
                                              "scoring (prompts, responses) -> list[float]; e.g. rankloop.rl.rewards:vader_positive."),
         prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts JSONL."),
@@ -54,7 +56,7 @@ def register(app: typer.Typer) -> None:
         from rankloop.sampling import PromptTooLongError
 
         err = Console(stderr=True)
-        overrides = dict(policy=policy, reward=reward, prompts=str(prompts) if prompts else None,
+        overrides = dict(policy=policy, reference=reference, reward=reward, prompts=str(prompts) if prompts else None,
                          output=str(output) if output else None, resume=resume or None, iterations=iterations,
                          batch_size=batch_size, minibatch_size=minibatch_size, grad_accum_steps=grad_accum_steps,
                          ppo_epochs=ppo_epochs, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -43,7 +43,10 @@ class PPOConfig(Config):
     """Every knob of ``rankloop ppo``. Loss functions take plain numbers from here, never the config."""
 
     # --- inputs and outputs
-    policy: str = Field(description="Initial policy: a Hugging Face model id or a local path. Also the reference.")
+    policy: str = Field(description="Initial policy: a Hugging Face model id or a local path.")
+    reference: str | None = Field(None, description="The frozen reference π_ref of the KL penalty (same tokenizer "
+                                  "as the policy). Default: the initial policy. In later rounds of the loop this "
+                                  "is the original model, so the KL stays anchored to it (InstructGPT's π^SFT).")
     reward: str | None = Field(None, description="A rankloop reward-model directory, or 'module:function' / "
                                "'file.py:function' scoring (prompts, responses) -> list[float]. "
                                "Not needed when run_ppo is given a reward function.")
@@ -224,8 +227,12 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
 
         stop_ids = default_stop_ids(lm, tokenizer)
     critic = make_critic(lm) if cfg.critic == "separate" else None
+    separate_ref = cfg.reference is not None and cfg.reference != cfg.policy
     if cfg.lora:
         lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, task="causal")
+    if separate_ref:
+        reference = Reference(load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer), shares_policy=False)
+    elif cfg.lora:  # the adapter-free weights are the reference: no second copy in memory
         reference = Reference(lm, shares_policy=True)
     else:
         reference = Reference.frozen_copy(lm)

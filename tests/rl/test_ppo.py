@@ -221,3 +221,15 @@ def test_two_process_data_parallel_equals_one_process(tiny_gpt2, prompts_file, t
     for a, b in zip(m1, m2):
         assert a["objective/reward"] == pytest.approx(b["objective/reward"], abs=1e-6)
         assert a["ppo/approx_kl"] == pytest.approx(b["ppo/approx_kl"], rel=1e-3, abs=1e-7)
+
+
+def test_reference_other_than_the_policy_anchors_the_kl(tiny_gpt2, prompts_file, tmp_path):
+    """A second round starts from the round-1 policy but keeps the KL against the original model:
+    the first rollout's KL is then > 0 (it would be exactly 0 against the round-1 policy itself)."""
+    first = run_ppo(small_cfg(tiny_gpt2, tmp_path / "r1", prompts_file))
+    again = run_ppo(small_cfg(first, tmp_path / "r2-self", prompts_file, iterations=1))
+    anchored = run_ppo(small_cfg(first, tmp_path / "r2-orig", prompts_file, iterations=1, reference=str(tiny_gpt2)))
+    kl_self = json.loads((again / "metrics.jsonl").read_text().splitlines()[0])["ppo/kl_ref"]
+    kl_orig = json.loads((anchored / "metrics.jsonl").read_text().splitlines()[0])["ppo/kl_ref"]
+    assert kl_self == 0.0
+    assert kl_orig > 0.0
