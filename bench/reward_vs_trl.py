@@ -66,9 +66,15 @@ def minilm() -> Path:
     return Path(get_model_path())
 
 
-def run_worker(side: str, backbone: Path, train: Path, eval_: Path, args, out: Path) -> dict:
+def run_worker(side: str, backbone: Path, train: Path, eval_: Path, args, out: Path, k: int) -> dict:
+    batch = args.batch
+    if side == "rankloop" and args.equal_steps:
+        # TRL makes one example of every pair, so at equal epochs it takes (K−1)× rankloop's optimizer
+        # steps (no ties). --equal-steps gives rankloop B/(K−1) rankings per step instead: the same
+        # number of optimizer steps, fewer sequences per forward.
+        batch = max(1, round(args.batch / (k - 1)))
     cmd = [sys.executable, __file__, "--worker", side, "--backbone", str(backbone), "--train", str(train),
-           "--eval", str(eval_), "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr", str(args.lr),
+           "--eval", str(eval_), "--epochs", str(args.epochs), "--batch", str(batch), "--lr", str(args.lr),
            "--result", str(out)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -175,6 +181,8 @@ def main() -> None:
     p.add_argument("--eval")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--equal-steps", action="store_true",
+                   help="give rankloop B/(K-1) rankings per step, so both sides take the same optimizer steps")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--result")
     args = p.parse_args()
@@ -197,7 +205,7 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     if args.train_rankings or args.eval_rankings:
         sizes = {k: (args.train_rankings or n, args.eval_rankings or m) for k, (n, m) in sizes.items()}
-    results: dict = {"settings": {"quick": quick, "repeats": repeats, "epochs": args.epochs, "batch_rankings": args.batch,
+    results: dict = {"settings": {"quick": quick, "repeats": repeats, "epochs": args.epochs, "batch_rankings": args.batch, "equal_steps": args.equal_steps,
                                   "lr": args.lr, "max_length": 128, "trl_version": __import__("trl").__version__,
                                   "cpu_threads": os.cpu_count(),
                                   "note": "2 shared CPU cores; other jobs were running, so timings are noisy"}}
@@ -221,7 +229,7 @@ def main() -> None:
                 for r in range(repeats):
                     for side in ("rankloop", "trl"):
                         res = run_worker(side, path, tmp / f"train-k{k}.jsonl", tmp / f"eval-k{k}.jsonl", args,
-                                         tmp / f"{side}.json")
+                                         tmp / f"{side}.json", k)
                         runs[side].append(res)
                         print(f"{cell} {side} run {r + 1}: {res['seconds']:.1f}s acc {res['acc']:.4f} "
                               f"rss {res['rss_mib']:.0f} MiB", flush=True)
