@@ -287,9 +287,11 @@ def print_summary(summary: dict, report: Path | None = None) -> None:
     from rich.table import Table
 
     console = Console()
-    t = Table(title="rankloop — summary", title_justify="left")
-    for col in ("round", "rankings", "agreement", "RM acc", "PPO iters", "KL from initial", "proxy", "gold",
-                "win rate"):
+    # Short headers so the table fits an 80-column terminal; the caption spells them out.
+    t = Table(title="rankloop — summary", title_justify="left", caption_justify="left",
+              caption="labels: rankings collected · agree: labelers' pairwise agreement · KL: nats per response "
+                      "from the initial policy · win: gold win rate against the initial policy")
+    for col in ("round", "labels", "agree", "RM acc", "PPO its", "KL", "proxy", "gold", "win"):
         t.add_column(col, justify="right")
     t.add_row("initial", "", "", "", "", "0", "", _fmt(summary.get("initial_gold")), "")
     for r in summary["rounds"]:
