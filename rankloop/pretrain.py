@@ -69,7 +69,7 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
 
     from rankloop.config import save_config
     from rankloop.corpus import generate_corpus
-    from rankloop.models import tiny_config, train_tokenizer
+    from rankloop.models import adamw, tiny_config, train_tokenizer
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -93,7 +93,7 @@ def pretrain(cfg: PretrainConfig, force: bool = False, progress: bool = True) ->
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     model = AutoModelForCausalLM.from_config(mcfg)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:

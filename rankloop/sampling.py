@@ -49,6 +49,11 @@ class SampleBatch:
     prompt_index: list[int]  # row → index into the prompts list
     pad_token_id: int = 0
     stats: dict = field(default_factory=dict)
+    # With ``generate(..., policy_stats=True)``, the policy's own view of what it sampled, taken in the
+    # decode loop (0 on response padding): the PPO rollout needs no second forward pass for them.
+    logprobs: torch.Tensor | None = None  # (N, R) log softmax(logits / temperature)[token], before top-k/p
+    entropy: torch.Tensor | None = None  # (N, R) entropy of softmax(logits / temperature)
+    hidden: torch.Tensor | None = None  # (N, R, H) last hidden state at the position that predicted the token
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -152,28 +157,65 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return logits
 
 
+def _unwrap_lm(model):
+    """The transformers model under a peft wrapper (adapters stay active: they live in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class _Stepper:
+    """One decode step of a causal LM with a KV cache: (n, L) new tokens → (n, V) logits at the last one.
+
+    With ``keep_hidden`` it runs the backbone and the LM head separately, so the last hidden state
+    (the input of a value head) is at hand; otherwise it calls the model with ``logits_to_keep=1``.
+    """
+
+    def __init__(self, model, keep_hidden: bool):
+        from transformers import DynamicCache
+
+        self.model, self.keep_hidden = model, keep_hidden
+        self.cache = DynamicCache(config=model.config)
+        self.hidden: torch.Tensor | None = None  # (n, H) after a step with keep_hidden
+        if keep_hidden:
+            base = _unwrap_lm(model)
+            self.backbone = getattr(base, base.base_model_prefix)
+            self.head = base.get_output_embeddings()
+
+    def __call__(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  past_key_values=self.cache, use_cache=True)
+        if not self.keep_hidden:
+            return self.model(**kw, logits_to_keep=1).logits[:, -1, :]
+        self.hidden = self.backbone(**kw).last_hidden_state[:, -1, :]
+        return self.head(self.hidden)
+
+
 @torch.inference_mode()
 def _generate_chunk(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, min_new_tokens: int,
                     temperature: float, top_p: float, top_k: int, stop: torch.Tensor, pad_id: int,
-                    gen: torch.Generator | None, row_gens: list[torch.Generator] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one chunk. Returns (response_ids (n, R), finished (n,))."""
-    from transformers import DynamicCache
+                    gen: torch.Generator | None, row_gens: list[torch.Generator] | None = None,
+                    policy_stats: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Decode one chunk. Returns (response_ids (n, R), finished (n,), stats); stats holds
+    ``logprobs``/``entropy`` (n, R) and ``hidden`` (n, R, H) when ``policy_stats``."""
+    from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
 
     device = ids.device
     n = ids.size(0)
-    cache = DynamicCache(config=model.config)
+    step_fn = _Stepper(model, keep_hidden=policy_stats)
     P = ids.size(1)
     # One mask for the whole decode, sliced per step (no per-step concatenation).
     attn_full = torch.cat([mask, torch.ones((n, max_new_tokens), dtype=mask.dtype, device=device)], dim=1)
     pos = positions(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    step_logits = step_fn(ids, mask, pos)
     next_pos = pos[:, -1:] + 1  # (n, 1)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
+    kept: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": [], "hidden": []}
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()  # (n, V)
+        logits = step_logits.float()  # (n, V)
+        if policy_stats:  # π itself at the sampling temperature (top-k/p and min_new_tokens not applied)
+            scaled = logits / temperature if temperature not in (0, 1) else logits
+            kept["entropy"].append(entropy_from_logits(scaled))
+            kept["hidden"].append(step_fn.hidden.float())
         if not torch.isfinite(logits).all():
             bad = (~torch.isfinite(logits)).any(-1).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite logits while sampling (step {step}, rows {bad[:8]})")
@@ -193,15 +235,17 @@ def _generate_chunk(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tok
                 nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)  # (n,)
         tokens.append(nxt)
+        if policy_stats:
+            kept["logprobs"].append(logprobs_from_logits(scaled, nxt))
         if stop.numel():
             done = done | torch.isin(nxt, stop)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        out = model(input_ids=nxt[:, None], attention_mask=attn_full[:, :P + step + 1], position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)
+        step_logits = step_fn(nxt[:, None], attn_full[:, :P + step + 1], next_pos)
         next_pos = next_pos + 1
     resp = torch.stack(tokens, dim=1) if tokens else torch.empty((n, 0), dtype=torch.long, device=device)
-    return resp, done
+    stats = {k: torch.stack(v, dim=1) for k, v in kept.items() if v}
+    return resp, done, stats
 
 
 def response_mask_from(resp: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
@@ -218,7 +262,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_to
              min_new_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              stop_token_ids: Sequence[int] | None = None, seed: int | None = None, batch_size: int = 64,
              max_prompt_tokens: int | None = None, truncate_prompts: bool = False,
-             generator: torch.Generator | None = None, row_seeds: Sequence[int] | None = None) -> SampleBatch:
+             generator: torch.Generator | None = None, row_seeds: Sequence[int] | None = None,
+             policy_stats: bool = False) -> SampleBatch:
     """Sample ``k`` responses for every prompt (rows prompt-major: k adjacent rows per prompt).
 
     ``temperature = 0`` is greedy. ``stop_token_ids`` defaults to the model's generation-config
@@ -228,7 +273,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_to
     number of processes (PPO uses this: resume and data-parallel runs sample the same tokens).
     ``max_prompt_tokens`` bounds prompt length (see ``encode_prompts``). Rows are decoded in chunks
     of ``batch_size``; chunks are padded separately, so a short prompt never waits on a long one
-    from another chunk.
+    from another chunk. ``policy_stats`` also returns, per response token, the policy's log-prob,
+    entropy and last hidden state as computed in the decode loop (``SampleBatch.logprobs`` etc.).
     """
     if k < 1:
         raise ValueError("k must be >= 1")
@@ -249,7 +295,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_to
         raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {len(rows)} rows")
     was_training = model.training
     model.eval()
-    p_ids, p_masks, r_ids, dones = [], [], [], []
+    p_ids, p_masks, r_ids, dones, chunk_stats = [], [], [], [], []
     try:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
@@ -260,14 +306,15 @@ def generate(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_to
                 row_gens = [torch.Generator(device=device) for _ in chunk]
                 for g, s in zip(row_gens, row_seeds[start:start + batch_size]):
                     g.manual_seed(int(s))
-            resp, done = _generate_chunk(model, ids, mask, max_new_tokens=max_new_tokens,
-                                         min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
-                                         top_k=top_k, stop=stop, pad_id=pad_id, gen=generator,
-                                         row_gens=row_gens)
+            resp, done, st = _generate_chunk(model, ids, mask, max_new_tokens=max_new_tokens,
+                                             min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
+                                             top_k=top_k, stop=stop, pad_id=pad_id, gen=generator,
+                                             row_gens=row_gens, policy_stats=policy_stats)
             p_ids.append(ids)
             p_masks.append(mask)
             r_ids.append(resp)
             dones.append(done)
+            chunk_stats.append(st)
     finally:
         model.train(was_training)
     P = max(t.size(1) for t in p_ids)
@@ -279,9 +326,16 @@ def generate(model, tokenizer, prompts: Sequence[str], *, k: int = 1, max_new_to
     response_mask = response_mask_from(response_ids, stop)
     response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
     texts = decode_responses(tokenizer, response_ids, response_mask, stop, prompt_ids, prompt_mask)
+    kept: dict[str, torch.Tensor] = {}
+    if policy_stats:
+        for name in ("logprobs", "entropy", "hidden"):
+            padded = [torch.nn.functional.pad(st[name], (0, 0) * (st[name].dim() - 2) + (0, R - st[name].size(1)))
+                      for st in chunk_stats]
+            m = response_mask.to(padded[0].dtype)
+            kept[name] = torch.cat(padded) * (m[..., None] if name == "hidden" else m)
     return SampleBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                        response_mask=response_mask, finished=finished, texts=texts,
-                       prompt_index=[i for i, _ in rows], pad_token_id=pad_id)
+                       prompt_index=[i for i, _ in rows], pad_token_id=pad_id, **kept)
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor, stop: torch.Tensor,

@@ -248,7 +248,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     from transformers import get_scheduler
 
     from rankloop.io import ReadStats, read_preferences, write_json
-    from rankloop.models import count_parameters, load_tokenizer
+    from rankloop.models import adamw, count_parameters, load_tokenizer
     from rankloop.reward.eval import encode_examples, ranking_metrics, score_encoded
     from rankloop.reward.model import ScoreModule
 
@@ -326,7 +326,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         model.load_state_dict(state["trainable"], strict=False)
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     start_step = 0
     if state is not None:

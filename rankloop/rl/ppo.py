@@ -6,7 +6,8 @@ Stiennon et al. 2020; Ouyang et al. 2022).
     1. prompts      — this iteration's slice of a seeded, shuffled prompt stream
     2. rollout      — sample one response per prompt (each row its own seeded stream)
     3. score        — the reward (a reward model or a function), minus the missing-EOS penalty
-    4. forward      — log π_θold, V_θold and entropy (policy), log π_ref (reference)
+    4. forward      — log π_ref (reference); log π_θold, entropy and V_θold come from the sampler
+                      (or from a forward pass of the policy, ``old_logprobs = "forward"``)
     5. gather       — every process holds the whole batch (the update is split by minibatch rows)
     6. penalise     — per-token rewards −β·KL_t, with the score on the last response token
     7. advantages   — GAE(γ, λ) over the response tokens, whitened over the batch
@@ -69,6 +70,11 @@ class PPOConfig(Config):
                                    "prompt instead of stopping with an error.")
     generation_batch_size: int = Field(64, ge=1, description="Rows decoded together.")
     forward_batch_size: int = Field(64, ge=1, description="Rows per no-grad forward pass during the rollout.")
+    old_logprobs: Literal["sampler", "forward"] = Field(
+        "sampler", description="Where log π_θold, its entropy and V_θold come from: 'sampler' takes them from the "
+        "decode loop (no second policy forward pass; as TRL does); 'forward' recomputes them with a teacher-forced "
+        "forward pass — slower, but bit-identical to the update's and the reference's arithmetic, so the KL to an "
+        "identical reference is exactly 0 rather than ~1e-7.")
 
     # --- reward
     missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of a response that "
@@ -180,7 +186,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
 
     from rankloop.config import save_config
     from rankloop.io import read_prompts, write_json
-    from rankloop.models import apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer
+    from rankloop.models import adamw, apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer
     from rankloop.records import Prompt
     from rankloop.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
     from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_penalised_rewards,
@@ -242,7 +248,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
     policy.eval()  # no dropout: the rollout's log-probs and the update's must be of one distribution
     reference.lm.to(device)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    optimizer = adamw(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     model, optimizer = accelerator.prepare(policy, optimizer)
     if cfg.kl_control == "adaptive":
         kl_ctl: FixedKLController | AdaptiveKLController = AdaptiveKLController(cfg.kl_coef, cfg.kl_target,
@@ -359,7 +365,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
                               temperature=cfg.temperature, stop_token_ids=stop_ids,
                               batch_size=cfg.generation_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
                               truncate_prompts=cfg.truncate_prompts,
-                              row_seeds=[_row_seed(cfg.seed, it, r) for r in rows])
+                              row_seeds=[_row_seed(cfg.seed, it, r) for r in rows],
+                              policy_stats=cfg.old_logprobs == "sampler")
             t_gen = time.perf_counter()
 
             # ---- 3. score
@@ -373,12 +380,15 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
                 scores = scores - cfg.missing_eos_penalty * (~sample.finished.cpu()).float()
             t_score = time.perf_counter()
 
-            # ---- 4. forward: old log-probs, values, entropy, reference log-probs
+            # ---- 4. forward: reference log-probs (and the policy's, unless the sampler kept them)
             ids, am = sample.input_ids.to(device), sample.attention_mask.to(device)
             resp = sample.response_ids.to(device)
+            sampled = None
+            if cfg.old_logprobs == "sampler":
+                sampled = {"logprobs": sample.logprobs, "entropy": sample.entropy, "hidden": sample.hidden}
             try:
                 fw = forward_in_chunks(unwrapped, reference, ids, am, resp, sample.prompt_ids.size(1),
-                                       cfg.temperature, cfg.forward_batch_size)
+                                       cfg.temperature, cfg.forward_batch_size, sampled=sampled)
             except FloatingPointError as e:
                 raise fail(str(e), it, "forward") from None
             t_fwd = time.perf_counter()

@@ -78,6 +78,14 @@ class PolicyWithValue(nn.Module):
         values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
         return logits, values
 
+    def values_from_hidden(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           prompt_len: int) -> torch.Tensor:
+        """V(s_t) (B, R) from the policy's last hidden states (B, R, H), e.g. the sampler's; a separate
+        critic runs its own forward pass over input_ids instead."""
+        if self.critic is not None:
+            hidden = response_hidden(self.critic, input_ids, attention_mask, prompt_len)
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
     def value_state_dict(self) -> dict[str, torch.Tensor]:
         """The value head (and separate critic) weights, saved beside the policy."""
         sd = {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
@@ -149,18 +157,35 @@ class Rollout:
 
 @torch.no_grad()
 def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, attention_mask, response_ids,
-                      prompt_len: int, temperature: float, chunk: int) -> dict[str, torch.Tensor]:
-    """old_logp, values, entropy (policy) and ref_logp (reference), each (N, R), in row chunks."""
+                      prompt_len: int, temperature: float, chunk: int,
+                      sampled: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """old_logp, values, entropy (policy) and ref_logp (reference), each (N, R), in row chunks.
+
+    ``sampled`` — the sampler's own ``logprobs``, ``entropy`` and ``hidden`` (see
+    ``generate(policy_stats=True)``) — replaces the policy's teacher-forced forward pass: old_logp
+    and entropy are taken from it and V from the value head on its hidden states. They agree with
+    the forward pass to float rounding (the KV-cache decode sums in another order), so the KL to an
+    identical reference is ~1e-7 instead of exactly 0.
+    """
     out: dict[str, list[torch.Tensor]] = {"old_logp": [], "values": [], "entropy": [], "ref_logp": []}
     for s in range(0, input_ids.size(0), chunk):
         ids, am, resp = input_ids[s:s + chunk], attention_mask[s:s + chunk], response_ids[s:s + chunk]
-        logits, values = policy(ids, am, prompt_len, temperature)
-        out["old_logp"].append(logprobs_from_logits(logits, resp))
-        out["entropy"].append(entropy_from_logits(logits))
+        checks = []
+        if sampled is None:
+            logits, values = policy(ids, am, prompt_len, temperature)
+            out["old_logp"].append(logprobs_from_logits(logits, resp))
+            out["entropy"].append(entropy_from_logits(logits))
+            checks.append(("policy logits", logits))
+        else:
+            out["old_logp"].append(sampled["logprobs"][s:s + chunk])
+            out["entropy"].append(sampled["entropy"][s:s + chunk])
+            values = policy.values_from_hidden(sampled["hidden"][s:s + chunk], ids, am, prompt_len)
+            checks.append(("policy log-probs", out["old_logp"][-1]))
         out["values"].append(values.float())
         ref_logits = reference.logits(ids, am, prompt_len, temperature)
         out["ref_logp"].append(logprobs_from_logits(ref_logits, resp))
-        for name, t in (("policy logits", logits), ("reference logits", ref_logits), ("values", values)):
+        checks += [("reference logits", ref_logits), ("values", values)]
+        for name, t in checks:
             if not torch.isfinite(t).all():
                 raise FloatingPointError(name)
     return {k: torch.cat(v) for k, v in out.items()}
