@@ -88,3 +88,51 @@ def test_normalisation_fit_gives_mean0_std1():
     n = Normalisation.fit(raw)
     z = (raw - n.offset) / n.scale
     assert z.mean().item() == pytest.approx(0, abs=1e-6) and z.std(unbiased=False).item() == pytest.approx(1)
+
+
+def test_common_prefix_length():
+    from rankloop.reward.model import common_prefix_length, split_shared_prefix
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 7]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each keeps a token of its own
+    assert common_prefix_length([[5], [5, 6]]) == 0
+    assert split_shared_prefix([[[1, 2, 3], [1, 2, 4]], [[7, 8], [9, 8]]], 0) is None  # one group shares nothing
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_scores_and_grads_equal_whole_sequences(scorer_dir, lora):
+    """Forwarding each ranking's common prefix once gives the scores and gradients of forwarding every
+    whole sequence (causal backbones; ranking groups of different sizes and prefix lengths)."""
+    from rankloop.models import apply_lora
+    from rankloop.reward.model import ScoreModule, is_causal_scorer, split_shared_prefix
+
+    tok = load_tokenizer(scorer_dir)
+    torch.manual_seed(0)
+    if not is_causal_scorer(load_sequence_scorer(scorer_dir, tokenizer=tok)):
+        pytest.skip("encoders read the whole sequence both ways: no shared prefix")
+    prompts = ["the cat sat on the mat and", "once upon a time", "good morning, said the little bird, and"]
+    replies = [[" it slept.", " it ran away fast.", " then?", " the dog came too, wagging."],
+               [" a king", " there lived a girl who sang"], [" flew.", " sang a song.", " sat."]]
+    groups = [encode_texts(tok, [p + r for r in rs], 64) for p, rs in zip(prompts, replies)]
+    shared = split_shared_prefix(groups, tok.pad_token_id)
+    assert shared is not None and shared.tokens < sum(len(x) for g in groups for x in g)
+    flat_seqs = [x for g in groups for x in g]
+    results = []
+    for use_shared in (False, True):
+        torch.manual_seed(0)
+        model = load_sequence_scorer(scorer_dir, tokenizer=tok)
+        if lora:
+            model = apply_lora(model, task="reward")
+        module = ScoreModule(model)
+        if use_shared:
+            scores = module(shared=shared)
+        else:
+            scores = module(*pad_batch(flat_seqs, tok.pad_token_id))
+        (scores * torch.linspace(-1, 1, len(scores))).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((scores.detach(), grads))
+    (s0, g0), (s1, g1) = results
+    assert torch.allclose(s0, s1, atol=1e-5), (s0 - s1).abs().max()
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], atol=1e-5), (n, (g0[n] - g1[n]).abs().max())
