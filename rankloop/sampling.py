@@ -157,7 +157,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return logits
 
 
-def _unwrap_lm(model):
+def unwrap_peft(model):
     """The transformers model under a peft wrapper (adapters stay active: they live in its layers)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -176,7 +176,7 @@ class _Stepper:
         self.cache = DynamicCache(config=model.config)
         self.hidden: torch.Tensor | None = None  # (n, H) after a step with keep_hidden
         if keep_hidden:
-            base = _unwrap_lm(model)
+            base = unwrap_peft(model)
             self.backbone = getattr(base, base.base_model_prefix)
             self.head = base.get_output_embeddings()
 

@@ -19,11 +19,7 @@ import torch
 from torch import nn
 
 from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
-from rankloop.sampling import positions
-
-
-def _base(lm: nn.Module) -> nn.Module:
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+from rankloop.sampling import positions, unwrap_peft as _base
 
 
 def backbone_of(lm: nn.Module) -> nn.Module:
