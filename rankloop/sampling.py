@@ -368,12 +368,12 @@ def sample_candidates(model_path: str | Path, prompts: list[Prompt], k: int, *, 
                       stop_token_ids: Sequence[int] | None = None, seed: int = 0, batch_size: int = 32,
                       policy_name: str | None = None, round: int = 0, dtype: str = "float32",
                       max_prompt_tokens: int | None = None, truncate_prompts: bool = False,
-                      model=None, tokenizer=None) -> list[Candidate]:
+                      model=None, tokenizer=None, device: str | None = None) -> list[Candidate]:
     """K candidates per prompt as ``Candidate`` records (ids ``{prompt_id}-r{round}-{j}``).
 
     Responses that are empty after decoding cannot be labeled and are dropped with a warning;
     ``min_new_tokens = 1`` (the default) makes them rare. Pass ``model``/``tokenizer`` to reuse
-    loaded ones (the loop does).
+    loaded ones (the loop does); ``device`` moves a model loaded here (default: CPU).
     """
     from rankloop.models import load_causal_lm, load_tokenizer
 
@@ -381,6 +381,8 @@ def sample_candidates(model_path: str | Path, prompts: list[Prompt], k: int, *, 
         tokenizer = load_tokenizer(model_path, padding_side="left")
     if model is None:
         model = load_causal_lm(model_path, dtype=dtype, tokenizer=tokenizer)
+        if device is not None:
+            model = model.to(device)
     texts = [prompt_text(p, tokenizer) for p in prompts]
     batch = generate(model, tokenizer, texts, k=k, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                      temperature=temperature, top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids,

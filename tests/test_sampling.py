@@ -153,3 +153,14 @@ def test_sample_cli_writes_k_candidates(tiny_gpt2, tmp_path):
     again = sample_candidates(tiny_gpt2, [Prompt(id=f"p{i}", text=t) for i, t in enumerate(PROMPTS)], 3,
                               max_new_tokens=8, round=2)
     assert [c.text for c in again] == [r["text"] for r in rows]
+    # --device: explicit cpu gives the same candidates; a device this machine lacks is a clear error
+    out2 = tmp_path / "cpu.jsonl"
+    res = CliRunner().invoke(app, ["sample", "--model", str(tiny_gpt2), "--prompts", str(prompts), "--k", "3",
+                                   "--output", str(out2), "--max-new-tokens", "8", "--round", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert out2.read_text() == out.read_text()
+    if not torch.cuda.is_available():
+        res = CliRunner().invoke(app, ["sample", "--model", str(tiny_gpt2), "--prompts", str(prompts),
+                                       "--output", str(tmp_path / "x.jsonl"), "--device", "cuda"])
+        assert res.exit_code == 2 and "not usable here" in res.output
+        assert not (tmp_path / "x.jsonl").exists()

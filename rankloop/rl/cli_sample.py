@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
         round: int = typer.Option(0, "--round", help="Labeling round recorded in each candidate."),
         max_prompt_tokens: Optional[int] = typer.Option(None, help="Longest prompt in tokens."),
         truncate_prompts: bool = typer.Option(False, help="Keep the end of over-long prompts instead of failing."),
+        device: str = typer.Option("auto", help="Where to run: auto (cuda when available, else cpu), cpu, cuda, "
+                                   "cuda:N, mps."),
+        dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16 (bfloat16 is very "
+                                  "slow on CPUs without native support)."),
     ) -> None:
         """Write K sampled candidates per prompt (candidates.jsonl) for ranking."""
         import time
@@ -39,6 +43,15 @@ def register(app: typer.Typer) -> None:
         from rankloop.sampling import PromptTooLongError, sample_candidates
 
         err = Console(stderr=True)
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as e:
+            err.print(f"[bold red]error:[/] --device {device!r} is not usable here: {e}", highlight=False)
+            raise typer.Exit(2)
         rows = read_prompts(prompts)
         stops = [int(s) for s in stop_token_ids.split(",")] if stop_token_ids else None
         t0 = time.perf_counter()
@@ -46,7 +59,8 @@ def register(app: typer.Typer) -> None:
             cands = sample_candidates(model, rows, k, max_new_tokens=max_new_tokens, temperature=temperature,
                                       top_p=top_p, top_k=top_k, stop_token_ids=stops, seed=seed,
                                       batch_size=batch_size, policy_name=policy_name, round=round,
-                                      max_prompt_tokens=max_prompt_tokens, truncate_prompts=truncate_prompts)
+                                      max_prompt_tokens=max_prompt_tokens, truncate_prompts=truncate_prompts,
+                                      device=device, dtype=dtype)
         except PromptTooLongError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(2)
