@@ -99,17 +99,17 @@ def test_common_prefix_length():
     assert split_shared_prefix([[[1, 2, 3], [1, 2, 4]], [[7, 8], [9, 8]]], 0) is None  # one group shares nothing
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prefix_scores_and_grads_equal_whole_sequences(scorer_dir, lora):
+def test_shared_prefix_scores_and_grads_equal_whole_sequences(tmp_path_factory, arch, lora):
     """Forwarding each ranking's common prefix once gives the scores and gradients of forwarding every
     whole sequence (causal backbones; ranking groups of different sizes and prefix lengths)."""
     from rankloop.models import apply_lora
     from rankloop.reward.model import ScoreModule, is_causal_scorer, split_shared_prefix
 
+    scorer_dir = build_tiny(tmp_path_factory.mktemp(f"shared-{arch}"), arch, "reward", seed=1)
     tok = load_tokenizer(scorer_dir)
-    torch.manual_seed(0)
-    if not is_causal_scorer(load_sequence_scorer(scorer_dir, tokenizer=tok)):
-        pytest.skip("encoders read the whole sequence both ways: no shared prefix")
+    assert is_causal_scorer(load_sequence_scorer(scorer_dir, tokenizer=tok))  # encoders never share
     prompts = ["the cat sat on the mat and", "once upon a time", "good morning, said the little bird, and"]
     replies = [[" it slept.", " it ran away fast.", " then?", " the dog came too, wagging."],
                [" a king", " there lived a girl who sang"], [" flew.", " sang a song.", " sat."]]

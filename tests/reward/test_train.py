@@ -129,6 +129,22 @@ def test_all_pairs_batch_equals_expanded_pairs_one_by_one(tiny_gpt2, rank_data):
         assert torch.allclose(grads_k[n], p.grad, atol=1e-5), n
 
 
+def test_shared_prefix_training_equals_whole_sequence_training(tmp_path, tiny_gpt2, rank_data):
+    """train-rm with the shared prefix (default) follows whole-sequence training: the same step losses
+    and the same weights up to float rounding (which Adam amplifies on near-zero gradients, so the
+    weights are compared against how far they moved)."""
+    runs, losses = {}, {}
+    for share in (True, False):
+        out = train_reward_model(_cfg(rank_data["train"], tiny_gpt2, tmp_path / f"share-{share}", max_steps=5,
+                                      share_prefix=share, lr=1e-3))
+        runs[share] = weights(out)
+        losses[share] = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+                         if "loss" in json.loads(x)]
+    assert len(losses[True]) == 5 and losses[True] == pytest.approx(losses[False], abs=1e-5)
+    step = moved(weights(tiny_gpt2), runs[True])
+    assert step > 1e-3 and max_diff(runs[True], runs[False]) < 0.05 * step  # measured 1.5 %
+
+
 def test_gradient_accumulation_equals_bigger_batch(tmp_path, tiny_gpt2, rank_data):
     # The gradient of one step: 4 micro-batches of 2 rankings ≡ one batch of 8.
     from accelerate import Accelerator
