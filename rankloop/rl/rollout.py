@@ -38,10 +38,12 @@ def response_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask
     """Last hidden states at the positions that predict the response tokens.
 
     input_ids/attention_mask (B, P + R) → (B, R, H): position P − 1 + t predicts response token t.
+    The last token predicts nothing and, being last, is attended to by no other position, so it is
+    left out of the forward pass (exact under causal attention; one position fewer to compute).
     """
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                   use_cache=False)
-    return out.last_hidden_state[:, prompt_len - 1:-1]
+    out = backbone(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                   position_ids=positions(attention_mask)[:, :-1], use_cache=False)
+    return out.last_hidden_state[:, prompt_len - 1:]
 
 
 def lm_response_logits(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
