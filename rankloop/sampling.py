@@ -162,6 +162,12 @@ def unwrap_peft(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def backbone_of(lm):
+    """The transformer without its LM head (``model.model`` for Llama, ``model.transformer`` for GPT-2)."""
+    base = unwrap_peft(lm)
+    return getattr(base, base.base_model_prefix)
+
+
 class _Stepper:
     """One decode step of a causal LM with a KV cache: (n, L) new tokens → (n, V) logits at the last one.
 
@@ -176,9 +182,8 @@ class _Stepper:
         self.cache = DynamicCache(config=model.config)
         self.hidden: torch.Tensor | None = None  # (n, H) after a step with keep_hidden
         if keep_hidden:
-            base = unwrap_peft(model)
-            self.backbone = getattr(base, base.base_model_prefix)
-            self.head = base.get_output_embeddings()
+            self.backbone = backbone_of(model)
+            self.head = unwrap_peft(model).get_output_embeddings()
 
     def __call__(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

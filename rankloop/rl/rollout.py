@@ -19,13 +19,7 @@ import torch
 from torch import nn
 
 from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
-from rankloop.sampling import positions, unwrap_peft as _base
-
-
-def backbone_of(lm: nn.Module) -> nn.Module:
-    """The transformer without its LM head (``model.model`` for Llama, ``model.transformer`` for GPT-2)."""
-    base = _base(lm)
-    return getattr(base, base.base_model_prefix)
+from rankloop.sampling import backbone_of, positions, unwrap_peft as _base
 
 
 def hidden_size(lm: nn.Module) -> int:
@@ -168,7 +162,7 @@ def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, 
     out: dict[str, list[torch.Tensor]] = {"old_logp": [], "values": [], "entropy": [], "ref_logp": []}
     for s in range(0, input_ids.size(0), chunk):
         ids, am, resp = input_ids[s:s + chunk], attention_mask[s:s + chunk], response_ids[s:s + chunk]
-        checks = []
+        checks = []  # (the sampler already stopped on non-finite logits of its own)
         if sampled is None:
             logits, values = policy(ids, am, prompt_len, temperature)
             out["old_logp"].append(logprobs_from_logits(logits, resp))
@@ -178,7 +172,6 @@ def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, 
             out["old_logp"].append(sampled["logprobs"][s:s + chunk])
             out["entropy"].append(sampled["entropy"][s:s + chunk])
             values = policy.values_from_hidden(sampled["hidden"][s:s + chunk], ids, am, prompt_len)
-            checks.append(("policy log-probs", out["old_logp"][-1]))
         out["values"].append(values.float())
         ref_logits = reference.logits(ids, am, prompt_len, temperature)
         out["ref_logp"].append(logprobs_from_logits(ref_logits, resp))
