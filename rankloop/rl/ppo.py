@@ -361,12 +361,15 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
             batch_prompts = [texts[idx[r]] for r in rows]
 
             # ---- 2. rollout
-            sample = generate(unwrapped.lm, tokenizer, batch_prompts, max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.temperature, stop_token_ids=stop_ids,
-                              batch_size=cfg.generation_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                              truncate_prompts=cfg.truncate_prompts,
-                              row_seeds=[_row_seed(cfg.seed, it, r) for r in rows],
-                              policy_stats=cfg.old_logprobs == "sampler")
+            try:
+                sample = generate(unwrapped.lm, tokenizer, batch_prompts, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, stop_token_ids=stop_ids,
+                                  batch_size=cfg.generation_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                                  truncate_prompts=cfg.truncate_prompts,
+                                  row_seeds=[_row_seed(cfg.seed, it, r) for r in rows],
+                                  policy_stats=cfg.old_logprobs == "sampler")
+            except FloatingPointError as e:  # the sampler's own non-finite-logits check
+                raise fail(str(e).removeprefix("non-finite "), it, "rollout") from None
             t_gen = time.perf_counter()
 
             # ---- 3. score

@@ -229,6 +229,20 @@ def test_cli_sigkill_then_resume_equals_uninterrupted(tiny_gpt2, prompts_file, t
     assert rows == [1, 2, 3, 4, 5]
 
 
+def test_non_finite_policy_stops_in_the_rollout_with_the_step(tiny_gpt2, prompts_file, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bad = tmp_path / "nan-policy"
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_gpt2))
+    with torch.no_grad():
+        lm.lm_head.weight[:] = math.nan  # tied to the embeddings: every logit is NaN
+    lm.save_pretrained(str(bad))
+    AutoTokenizer.from_pretrained(str(tiny_gpt2)).save_pretrained(str(bad))
+    with pytest.raises(NonFiniteError, match=r"non-finite logits while sampling .* iteration 1, step 'rollout'.*"
+                                             r"none \(no checkpoint written yet\)"):
+        run_ppo(small_cfg(bad, tmp_path / "run", prompts_file, iterations=1))
+
+
 def test_cli_nan_exit_code_and_message(tiny_gpt2, prompts_file, tmp_path):
     r = _cli(["ppo", "--policy", str(tiny_gpt2), "--reward", "rankloop.rl.rewards:nan_reward", "--prompts",
               str(prompts_file), "--output", str(tmp_path / "o"), "--iterations", "1", "--batch-size", "8",
