@@ -38,6 +38,7 @@ def train_rm(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 [float32]."),
     skip_invalid: Optional[bool] = typer.Option(None, "--skip-invalid/--no-skip-invalid", help="Skip and count malformed rows."),
     normalise_on: Optional[str] = typer.Option(None, "--normalise-on", help="train | eval | none | FILE: reference set for mean 0, std 1 [train]."),
+    pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="Forward candidates without padding (same scores) [pack]."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Train a reward model on K-way rankings (or pairs): one forward per candidate, all pairs from its K scores."""
@@ -50,7 +51,7 @@ def train_rm(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         max_length=max_length, loss=loss, freeze_layers=freeze_layers, lora=lora, lora_r=lora_r,
         lora_alpha=lora_alpha, save_every=save_every, eval_every=eval_every, resume=resume, seed=seed,
-        dtype=dtype, skip_invalid=skip_invalid, normalise_on=normalise_on, progress=False if no_progress else None,
+        dtype=dtype, skip_invalid=skip_invalid, normalise_on=normalise_on, pack=pack, progress=False if no_progress else None,
     )
     try:
         train_reward_model(cfg)

@@ -21,12 +21,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from rankloop.records import PromptContent, render_prompt
+
+if TYPE_CHECKING:
+    from rankloop.reward.packing import PackedBatch
 
 NORMALISATION_FILE = "reward_normalisation.json"
 
@@ -74,84 +77,13 @@ def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return m(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
 
 
-@dataclass
-class SharedPrefixBatch:
-    """The candidates of B rankings as one shared prefix per ranking plus one suffix per candidate.
-
-    A ranking's K sequences are the same prompt followed by K responses, so their token ids begin
-    with a common prefix. A causal model's states on that prefix do not depend on what follows, so
-    the prefix is forwarded once per ranking and its key/value cache is shared by the K suffixes —
-    the same scores as forwarding each whole sequence, for fewer tokens.
-    """
-
-    prefix_ids: torch.Tensor  # (B, P) right-padded
-    prefix_mask: torch.Tensor  # (B, P)
-    owner: torch.Tensor  # (N,) ranking of each candidate (candidates ranking-major)
-    suffix_ids: torch.Tensor  # (N, S) right-padded
-    suffix_mask: torch.Tensor  # (N, S)
-
-    def to(self, device) -> "SharedPrefixBatch":
-        return SharedPrefixBatch(*(t.to(device) for t in (self.prefix_ids, self.prefix_mask, self.owner,
-                                                           self.suffix_ids, self.suffix_mask)))
-
-    @property
-    def tokens(self) -> int:
-        """Real tokens forwarded (the whole-sequence path forwards Σ len(sequence))."""
-        return int(self.prefix_mask.sum() + self.suffix_mask.sum())
-
-
-def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    """Tokens shared by all sequences at their start, leaving each at least one token of its own."""
-    n = max(min(len(x) for x in seqs) - 1, 0)
-    first = seqs[0]
-    for i in range(n):
-        if any(x[i] != first[i] for x in seqs):
-            return i
-    return n
-
-
-def split_shared_prefix(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -> SharedPrefixBatch | None:
-    """One ``SharedPrefixBatch`` for groups of sequences (one group per ranking); ``None`` when some
-    group shares no token (nothing to save, and a ranking cannot have an empty prefix)."""
-    cuts = [common_prefix_length(g) for g in groups]
-    if not cuts or min(cuts) == 0:
-        return None
-    prefix_ids, prefix_mask = pad_batch([g[0][:c] for g, c in zip(groups, cuts)], pad_id)
-    suffix_ids, suffix_mask = pad_batch([x[c:] for g, c in zip(groups, cuts) for x in g], pad_id)
-    owner = torch.tensor([b for b, g in enumerate(groups) for _ in g], dtype=torch.long)
-    return SharedPrefixBatch(prefix_ids, prefix_mask, owner, suffix_ids, suffix_mask)
-
-
-def shared_prefix_scores(model: nn.Module, batch: SharedPrefixBatch) -> torch.Tensor:
-    """``(N,)`` scores of a causal scorer, forwarding each ranking's prefix once (see
-    ``SharedPrefixBatch``); equal to ``sequence_scores`` on the whole sequences up to float rounding.
-
-    1. the prefixes (B, P) with a key/value cache; 2. the cache repeated to the candidates (N rows,
-    still differentiable: every suffix's gradient flows back into its prefix); 3. the suffixes
-    (N, S) at positions continuing their own prefix, attending to its real tokens only; 4. the head
-    at each suffix's last real token.
-    """
-    m = _unwrap(model)
-    backbone = getattr(m, m.base_model_prefix)
-    out = backbone(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, use_cache=True)  # 1
-    cache = out.past_key_values
-    cache.reorder_cache(batch.owner)  # 2
-    prefix_len = batch.prefix_mask.sum(1)[batch.owner]  # (N,)
-    pos = prefix_len[:, None] + torch.arange(batch.suffix_ids.shape[1], device=prefix_len.device)  # 3
-    mask = torch.cat([batch.prefix_mask[batch.owner], batch.suffix_mask], dim=1)
-    hidden = backbone(input_ids=batch.suffix_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                      use_cache=True).last_hidden_state  # (N, S, H)
-    idx = batch.suffix_mask.sum(1) - 1  # 4
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    return m.score(last).squeeze(-1).float()
-
-
 class ScoreModule(nn.Module):
     """``forward(input_ids, attention_mask) -> (N,)`` around a sequence-classification model.
 
-    The trainer hands this wrapper to ``accelerator.prepare`` so data-parallel wrappers see one
+    The trainer hands this wrapper to ``accelerate.prepare`` so data-parallel wrappers see one
     forward call (DDP's gradient hooks need the call to go through the wrapped module). Given a
-    ``shared`` batch instead (causal scorers), each ranking's common prefix is forwarded once.
+    ``packed`` batch instead (``rankloop.reward.packing``), the candidates are forwarded without
+    padding, causal models sharing each ranking's prompt tokens.
     """
 
     def __init__(self, model: nn.Module):
@@ -159,9 +91,11 @@ class ScoreModule(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                shared: SharedPrefixBatch | None = None) -> torch.Tensor:
-        if shared is not None:
-            return shared_prefix_scores(self.model, shared)
+                packed: "PackedBatch | None" = None) -> torch.Tensor:
+        if packed is not None:
+            from rankloop.reward.packing import packed_scores
+
+            return packed_scores(self.model, packed)
         return sequence_scores(self.model, input_ids, attention_mask)
 
 

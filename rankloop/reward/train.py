@@ -63,8 +63,10 @@ class RewardTrainConfig(Config):
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     disable_dropout: bool = Field(True, description="Set every dropout to 0: deterministic scores, as TRL's RewardTrainer does.")
-    share_prefix: bool = Field(True, description="Causal backbones: forward the tokens a ranking's K candidates "
-                               "share (the prompt) once, not K times — same scores, fewer tokens.")
+    pack: bool = Field(True, description="Forward the candidates without padding: laid end to end in rows, "
+                       "attention kept within each candidate by a block-diagonal mask — same scores, fewer tokens.")
+    share_prefix: bool = Field(True, description="With pack, causal backbones: forward the tokens a ranking's K "
+                               "candidates share (the prompt) once, not K times — same scores, fewer tokens.")
     group_by_length: bool = Field(True, description="Group rankings of similar length into a batch to cut padding.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype (float32 on CPU).")
     seed: int = Field(0, description="Seed for the head's initialisation and the data order.")
@@ -115,23 +117,25 @@ def split_batch(batch: list[int], parts: int) -> list[list[int]]:
     return [batch[i * n // parts : (i + 1) * n // parts] for i in range(parts)]
 
 
-def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, share_prefix: bool = False):
-    """Whole rankings → one flat forward batch plus the (B, K) layout the losses read.
+def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack: dict | None = None):
+    """Whole rankings → one forward batch plus the (B, K) layout the losses read.
 
-    Returns ``input_ids, attention_mask (N, T)`` with N = Σ_b K_b — or, with ``share_prefix``,
-    ``shared`` (a ``SharedPrefixBatch``: each ranking's common prefix once, then the K suffixes)
-    when every ranking has one — and ``index (B, K)`` mapping each slot to its row in N
-    (padding → 0), ``ranks (B, K)``, ``mask (B, K)``, ``margin (B,)`` or None.
+    Returns ``input_ids, attention_mask (N, T)`` with N = Σ_b K_b (right-padded) — or, given
+    ``pack`` (the keyword arguments of ``pack_rankings`` beyond the ids), ``packed``: a
+    ``PackedBatch`` of the same N candidates without padding — and ``index (B, K)`` mapping each
+    slot to its candidate in N (padding → 0), ``ranks (B, K)``, ``mask (B, K)``, ``margin (B,)`` or None.
     """
     import torch
 
-    from rankloop.reward.model import pad_batch, split_shared_prefix
+    from rankloop.reward.model import pad_batch
+    from rankloop.reward.packing import pack_rankings
 
     rows = [encoded[i] for i in idx]
     k = max(len(r.ids) for r in rows)
-    shared = split_shared_prefix([r.ids for r in rows], pad_id) if share_prefix else None
-    input_ids = attention_mask = None
-    if shared is None:
+    input_ids = attention_mask = packed = None
+    if pack is not None:
+        packed = pack_rankings([r.ids for r in rows], pad_id, **pack)
+    else:
         input_ids, attention_mask = pad_batch([s for r in rows for s in r.ids], pad_id)
     index = torch.zeros((len(rows), k), dtype=torch.long)
     ranks = torch.zeros((len(rows), k), dtype=torch.long)
@@ -146,7 +150,7 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, share
     margin = None
     if use_margin and any(r.margin is not None for r in rows):
         margin = torch.tensor([r.margin or 0.0 for r in rows], dtype=torch.float32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "shared": shared, "index": index,
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "packed": packed, "index": index,
             "ranks": ranks, "mask": mask, "margin": margin}
 
 
@@ -257,6 +261,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     from rankloop.models import adamw, count_parameters, load_tokenizer
     from rankloop.reward.eval import encode_examples, ranking_metrics, score_encoded
     from rankloop.reward.model import ScoreModule, is_causal_scorer
+    from rankloop.reward.packing import can_pack
 
     # 1. Set-up ------------------------------------------------------------------------------
     # Several processes and no GPU (torchrun / accelerate launch on CPU): data-parallel over gloo.
@@ -343,7 +348,12 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         console.print(f"resumed from {resume_from} at step {start_step}")
     scorer, optimizer = acc.prepare(ScoreModule(model), optimizer)
     device = acc.device
-    share_prefix = cfg.share_prefix and is_causal_scorer(model)
+    pack = None
+    if cfg.pack and can_pack(model):
+        pack = {"causal": is_causal_scorer(model), "share_prefix": cfg.share_prefix,
+                "hidden_size": getattr(model.config, "hidden_size", 1024)}
+    elif cfg.pack and main:
+        console.print("[yellow]pack: this backbone's attention or head cannot take packed rows; padding instead[/]")
 
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -418,7 +428,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
                 sync = m == accum - 1
                 with acc.no_sync(scorer) if (not sync and world > 1) else _null():
                     sums += micro_step(scorer, acc, train, idx, len(batch), cfg.loss, tok.pad_token_id, cfg.use_margin,
-                                       share_prefix)
+                                       pack)
             # 4c. Update.
             if cfg.max_grad_norm is not None:
                 grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -475,7 +485,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
 
 
 def micro_step(scorer, acc, encoded, idx: list[int], n_global: int, loss: str, pad_id: int, use_margin: bool = True,
-               share_prefix: bool = False):
+               pack: dict | None = None):
     """Forward each candidate of the rankings ``idx`` once, take every pair loss from their K
     scores, and backward ``Σ per-ranking loss · num_processes / n_global`` — the share of this
     micro-batch in the mean over the optimizer step's ``n_global`` rankings (DDP then averages
@@ -485,9 +495,9 @@ def micro_step(scorer, acc, encoded, idx: list[int], n_global: int, loss: str, p
     from rankloop.reward.loss import pair_metrics, ranking_loss
 
     device = acc.device
-    b = collate(encoded, idx, pad_id, use_margin, share_prefix)
-    if b["shared"] is not None:
-        flat = scorer(shared=b["shared"].to(device))  # (N,) one score per candidate
+    b = collate(encoded, idx, pad_id, use_margin, pack)
+    if b["packed"] is not None:
+        flat = scorer(packed=b["packed"].to(device))  # (N,) one score per candidate
     else:
         flat = scorer(b["input_ids"].to(device), b["attention_mask"].to(device))
     s = flat[b["index"].to(device)]  # (B, K)

@@ -91,43 +91,73 @@ def test_normalisation_fit_gives_mean0_std1():
 
 
 def test_common_prefix_length():
-    from rankloop.reward.model import common_prefix_length, split_shared_prefix
+    from rankloop.reward.packing import common_prefix_length
 
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 7]]) == 2
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each keeps a token of its own
     assert common_prefix_length([[5], [5, 6]]) == 0
-    assert split_shared_prefix([[[1, 2, 3], [1, 2, 4]], [[7, 8], [9, 8]]], 0) is None  # one group shares nothing
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_ffd_rows_and_row_length():
+    from rankloop.reward.packing import choose_row_length, ffd_rows
+
+    assert ffd_rows([5, 3, 4, 2, 6], 8) == [[4, 3], [0, 1], [2]]  # 6+2, 5+3, 4 (longest first, first fit)
+    assert sorted(i for r in ffd_rows([7] * 5 + [1] * 9, 10) for i in r) == list(range(14))
+    # Small hidden size: attention over long rows is dear, so rows stay at the longest segment.
+    assert choose_row_length([10, 10, 10, 10], hidden_size=1) == 10
+    # Large hidden size: longer rows waste no positions (one row of 3 + 3 + 2 instead of rows of 3).
+    assert choose_row_length([3, 3, 2], hidden_size=4096) == 8
+
+
+def test_packed_tree_mask_hand_worked():
+    """One ranking of 2 candidates sharing 2 prompt tokens: [p p a a | p p b] → [p p a a b]."""
+    from rankloop.reward.packing import pack_rankings
+
+    pb = pack_rankings([[[1, 2, 3, 4], [1, 2, 5]]], pad_id=0, causal=True, share_prefix=True, hidden_size=1)
+    assert pb.input_ids.tolist() == [[1, 2, 3, 4, 5]]
+    assert pb.position_ids.tolist() == [[0, 1, 2, 3, 2]]  # b continues the prompt, not a
+    assert pb.read_col.tolist() == [3, 4]
+    allowed = (pb.attention_bias(torch.float32)[0, 0] == 0).int().tolist()
+    assert allowed == [[1, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0],
+                       [1, 1, 1, 0, 0],
+                       [1, 1, 1, 1, 0],
+                       [1, 1, 0, 0, 1]]  # b sees the prompt and itself, never a
+    enc = pack_rankings([[[1, 2], [3]]], pad_id=0, causal=False, share_prefix=True, hidden_size=1)
+    assert enc.read_col.tolist() == [0, 2] and enc.read_row.tolist() == [0, 0]  # [CLS] of each; encoders never share
+    assert (enc.attention_bias(torch.float32)[0, 0] == 0).int().tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "bert"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prefix_scores_and_grads_equal_whole_sequences(tmp_path_factory, arch, lora):
-    """Forwarding each ranking's common prefix once gives the scores and gradients of forwarding every
-    whole sequence (causal backbones; ranking groups of different sizes and prefix lengths)."""
+def test_packed_scores_and_grads_equal_padded(tmp_path_factory, arch, lora):
+    """Packed candidates (causal: each ranking's common prefix once) give the scores and gradients of
+    forwarding every whole padded sequence (ranking groups of different sizes and prefix lengths)."""
     from rankloop.models import apply_lora
-    from rankloop.reward.model import ScoreModule, is_causal_scorer, split_shared_prefix
+    from rankloop.reward.model import ScoreModule, is_causal_scorer
+    from rankloop.reward.packing import can_pack, pack_rankings
 
-    scorer_dir = build_tiny(tmp_path_factory.mktemp(f"shared-{arch}"), arch, "reward", seed=1)
+    scorer_dir = build_tiny(tmp_path_factory.mktemp(f"packed-{arch}"), arch, "reward", seed=1)
     tok = load_tokenizer(scorer_dir)
-    assert is_causal_scorer(load_sequence_scorer(scorer_dir, tokenizer=tok))  # encoders never share
+    probe = load_sequence_scorer(scorer_dir, tokenizer=tok)
+    causal = is_causal_scorer(probe)
+    assert can_pack(probe) and causal == (arch != "bert")
     prompts = ["the cat sat on the mat and", "once upon a time", "good morning, said the little bird, and"]
     replies = [[" it slept.", " it ran away fast.", " then?", " the dog came too, wagging."],
                [" a king", " there lived a girl who sang"], [" flew.", " sang a song.", " sat."]]
     groups = [encode_texts(tok, [p + r for r in rs], 64) for p, rs in zip(prompts, replies)]
-    shared = split_shared_prefix(groups, tok.pad_token_id)
-    assert shared is not None and shared.tokens < sum(len(x) for g in groups for x in g)
+    packed = pack_rankings(groups, tok.pad_token_id, causal, True, probe.config.hidden_size)
     flat_seqs = [x for g in groups for x in g]
+    assert packed.tokens < sum(len(x) for x in flat_seqs) if causal else packed.tokens == sum(map(len, flat_seqs))
     results = []
-    for use_shared in (False, True):
+    for use_packed in (False, True):
         torch.manual_seed(0)
         model = load_sequence_scorer(scorer_dir, tokenizer=tok)
+        model.eval()  # dropout off: the two paths must see the same function
         if lora:
             model = apply_lora(model, task="reward")
         module = ScoreModule(model)
-        if use_shared:
-            scores = module(shared=shared)
-        else:
-            scores = module(*pad_batch(flat_seqs, tok.pad_token_id))
+        scores = module(packed=packed) if use_packed else module(*pad_batch(flat_seqs, tok.pad_token_id))
         (scores * torch.linspace(-1, 1, len(scores))).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((scores.detach(), grads))

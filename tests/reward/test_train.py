@@ -129,14 +129,14 @@ def test_all_pairs_batch_equals_expanded_pairs_one_by_one(tiny_gpt2, rank_data):
         assert torch.allclose(grads_k[n], p.grad, atol=1e-5), n
 
 
-def test_shared_prefix_training_equals_whole_sequence_training(tmp_path, tiny_gpt2, rank_data):
-    """train-rm with the shared prefix (default) follows whole-sequence training: the same step losses
+def test_packed_training_equals_padded_training(tmp_path, tiny_gpt2, rank_data):
+    """train-rm with packed rows and the shared prefix (default) follows padded training: the same step losses
     and the same weights up to float rounding (which Adam amplifies on near-zero gradients, so the
     weights are compared against how far they moved)."""
     runs, losses = {}, {}
     for share in (True, False):
         out = train_reward_model(_cfg(rank_data["train"], tiny_gpt2, tmp_path / f"share-{share}", max_steps=5,
-                                      share_prefix=share, lr=1e-3))
+                                      pack=share, lr=1e-3))
         runs[share] = weights(out)
         losses[share] = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
                          if "loss" in json.loads(x)]
