@@ -8,12 +8,20 @@ same epochs, and the same number of sequences per forward pass (rankloop: B rank
 candidates; TRL: B·K/2 pairs × 2). Held-out pairwise accuracy is computed by the same function
 for both trained models.
 
+At equal epochs rankloop takes fewer optimizer steps than TRL — a step of B rankings carries
+B·C(K,2) pairs where TRL's carries B·K/2 — so at the same learning rate it has moved less after
+one epoch. ``--sqrt-lr`` trains rankloop once more at the learning rate the square-root scaling
+rule for Adam gives for its bigger step (Malladi et al. 2022) and reports that accuracy too
+(``rankloop_acc_sqrt_lr``); the timed runs always use the same learning rate on both sides.
+
 Each side of each cell runs in its own subprocess, so peak RSS (ru_maxrss) is that side's alone.
 Seconds are the training loop's wall time per epoch (TRL: ``trainer.train()``; rankloop: its
 numbered-step loop), the median over ``--repeats`` runs.
 
     python bench/reward_vs_trl.py --quick     # < 5 minutes on this machine
     python bench/reward_vs_trl.py             # more data, 2 epochs, 3 repeats
+    python bench/reward_vs_trl.py --epochs 1 --repeats 1 --sqrt-lr \
+        --output bench/results/reward_vs_trl_full.json   # the full-size figures in docs/reward.md
 
 TRL is a benchmark-only dependency: ``pip install trl`` (it is not a rankloop dependency).
 Writes bench/results/reward_vs_trl.json: for each K and backbone rankloop_s, trl_s, ratio
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -66,7 +75,8 @@ def minilm() -> Path:
     return Path(get_model_path())
 
 
-def run_worker(side: str, backbone: Path, train: Path, eval_: Path, args, out: Path, k: int) -> dict:
+def run_worker(side: str, backbone: Path, train: Path, eval_: Path, args, out: Path, k: int,
+               lr: float | None = None) -> dict:
     batch = args.batch
     if side == "rankloop" and args.equal_steps:
         # TRL makes one example of every pair, so at equal epochs it takes (K−1)× rankloop's optimizer
@@ -74,7 +84,7 @@ def run_worker(side: str, backbone: Path, train: Path, eval_: Path, args, out: P
         # number of optimizer steps, fewer sequences per forward.
         batch = max(1, round(args.batch / (k - 1)))
     cmd = [sys.executable, __file__, "--worker", side, "--backbone", str(backbone), "--train", str(train),
-           "--eval", str(eval_), "--epochs", str(args.epochs), "--batch", str(batch), "--lr", str(args.lr),
+           "--eval", str(eval_), "--epochs", str(args.epochs), "--batch", str(batch), "--lr", str(lr or args.lr),
            "--result", str(out)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -184,6 +194,10 @@ def main() -> None:
     p.add_argument("--equal-steps", action="store_true",
                    help="give rankloop B/(K-1) rankings per step, so both sides take the same optimizer steps")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--sqrt-lr", action="store_true",
+                   help="also train rankloop once more at lr × sqrt(pairs per rankloop step / pairs per TRL step) — "
+                        "the square-root rule for Adam (Malladi et al. 2022) — and report its accuracy beside the "
+                        "equal-lr one (rankloop_acc_sqrt_lr)")
     p.add_argument("--result")
     args = p.parse_args()
     if args.worker:
@@ -205,10 +219,10 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     if args.train_rankings or args.eval_rankings:
         sizes = {k: (args.train_rankings or n, args.eval_rankings or m) for k, (n, m) in sizes.items()}
-    results: dict = {"settings": {"quick": quick, "repeats": repeats, "epochs": args.epochs, "batch_rankings": args.batch, "equal_steps": args.equal_steps,
+    results: dict = {"settings": {"quick": quick, "repeats": repeats, "epochs": args.epochs, "batch_rankings": args.batch, "equal_steps": args.equal_steps, "sqrt_lr": args.sqrt_lr,
                                   "lr": args.lr, "max_length": 128, "trl_version": __import__("trl").__version__,
                                   "cpu_threads": os.cpu_count(),
-                                  "note": "2 shared CPU cores; other jobs were running, so timings are noisy"}}
+                                  "load_average_at_start": round(os.getloadavg()[0], 2)}}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -233,6 +247,15 @@ def main() -> None:
                         runs[side].append(res)
                         print(f"{cell} {side} run {r + 1}: {res['seconds']:.1f}s acc {res['acc']:.4f} "
                               f"rss {res['rss_mib']:.0f} MiB", flush=True)
+                # Accuracy at a learning rate scaled for rankloop's bigger step (see --sqrt-lr).
+                sqrt_lr = None
+                if args.sqrt_lr:
+                    pairs_per_ranking = runs["trl"][0]["pairs"] / sizes[k][0]
+                    lr_scale = math.sqrt(2 * pairs_per_ranking / k)  # (B·pairs/ranking) / (B·K/2 pairs per TRL step)
+                    sqrt_lr = run_worker("rankloop", path, tmp / f"train-k{k}.jsonl", tmp / f"eval-k{k}.jsonl",
+                                         args, tmp / "rankloop-sqrt.json", k, lr=args.lr * lr_scale)
+                    sqrt_lr["lr"] = args.lr * lr_scale
+                    print(f"{cell} rankloop at lr {sqrt_lr['lr']:.2e}: acc {sqrt_lr['acc']:.4f}", flush=True)
                 med = {s: statistics.median(x["seconds"] for x in v) / args.epochs for s, v in runs.items()}
                 results.setdefault(f"K={k}", {})[name] = {
                     "rankloop_s": round(med["rankloop"], 2), "trl_s": round(med["trl"], 2),
@@ -248,6 +271,9 @@ def main() -> None:
                     "rankloop_s_all": [round(x["seconds"], 2) for x in runs["rankloop"]],
                     "trl_s_all": [round(x["seconds"], 2) for x in runs["trl"]],
                 }
+                if sqrt_lr is not None:
+                    results[f"K={k}"][name].update({"rankloop_sqrt_lr": float(f"{sqrt_lr['lr']:.3g}"),
+                                                    "rankloop_acc_sqrt_lr": round(sqrt_lr["acc"], 4)})
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(args.output, results)
     table(results)
@@ -262,7 +288,8 @@ def table(results: dict) -> None:
         for name, r in results[kk].items():
             print(f"{kk[2:]:>3} {name:<10} {r['rankloop_s']:>13.2f} {r['trl_s']:>9.2f} {r['ratio']:>6.3f} "
                   f"{r['rankloop_acc']:>12.4f} {r['trl_acc']:>8.4f} {r['rankloop_rss_mib']:>9.0f} MiB "
-                  f"{r['trl_rss_mib']:>5.0f} MiB")
+                  f"{r['trl_rss_mib']:>5.0f} MiB" + (f"   acc at lr {r['rankloop_sqrt_lr']:.2g}: {r['rankloop_acc_sqrt_lr']:.4f}"
+                                                      if "rankloop_acc_sqrt_lr" in r else ""))
     s = results["settings"]
     print(f"\nseconds are per epoch (median of {s['repeats']}); accuracy is held-out pairwise")
 
