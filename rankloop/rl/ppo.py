@@ -75,6 +75,9 @@ class PPOConfig(Config):
         "decode loop (no second policy forward pass; as TRL does); 'forward' recomputes them with a teacher-forced "
         "forward pass — slower, but bit-identical to the update's and the reference's arithmetic, so the KL to an "
         "identical reference is exactly 0 rather than ~1e-7.")
+    pack: bool = Field(True, description="Teacher-forced passes (update, reference) on packed rows: each row's "
+                       "real tokens end to end, a block-diagonal mask keeping them apart — the same values "
+                       "without computing the prompts' left padding or the padding after a stop.")
 
     # --- reward
     missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of a response that "
@@ -237,14 +240,15 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
     if cfg.lora:
         lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, task="causal")
     if separate_ref:
-        reference = Reference(load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer), shares_policy=False)
+        reference = Reference(load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer), shares_policy=False,
+                              pack=cfg.pack)
     elif cfg.lora:  # the adapter-free weights are the reference: no second copy in memory
-        reference = Reference(lm, shares_policy=True)
+        reference = Reference(lm, shares_policy=True, pack=cfg.pack)
     else:
-        reference = Reference.frozen_copy(lm)
+        reference = Reference.frozen_copy(lm, pack=cfg.pack)
     if cfg.freeze_layers:
         freeze_bottom(lm.get_base_model() if cfg.lora else lm, cfg.freeze_layers)
-    policy = PolicyWithValue(lm, critic=critic, value_head_std=cfg.value_head_std).to(device)
+    policy = PolicyWithValue(lm, critic=critic, value_head_std=cfg.value_head_std, pack=cfg.pack).to(device)
     policy.eval()  # no dropout: the rollout's log-probs and the update's must be of one distribution
     reference.lm.to(device)
     trainable = [p for p in policy.parameters() if p.requires_grad]

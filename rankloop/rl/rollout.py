@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from rankloop.packing import pack_padded, packed_hidden, supports_packing
 from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
 from rankloop.sampling import backbone_of, positions, unwrap_peft as _base
 
@@ -28,30 +29,38 @@ def hidden_size(lm: nn.Module) -> int:
 
 
 def response_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    prompt_len: int) -> torch.Tensor:
+                    prompt_len: int, pack: bool = True) -> torch.Tensor:
     """Last hidden states at the positions that predict the response tokens.
 
     input_ids/attention_mask (B, P + R) → (B, R, H): position P − 1 + t predicts response token t.
     The last token predicts nothing and, being last, is attended to by no other position, so it is
     left out of the forward pass (exact under causal attention; one position fewer to compute).
+    With ``pack`` (and an attention that takes a 4D mask) the rows' real tokens — the prompt
+    without its left padding, the response up to its stop — are packed end to end
+    (``rankloop.packing``): the same states, without computing the padding.
     """
-    out = backbone(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                   position_ids=positions(attention_mask)[:, :-1], use_cache=False)
+    ids, am = input_ids[:, :-1], attention_mask[:, :-1]
+    if pack and supports_packing(backbone):
+        batch = pack_padded(ids, am, prompt_len - 1, hidden_size(backbone)).to(ids.device)
+        return packed_hidden(backbone, batch, use_cache=False)  # (B, R, H)
+    out = backbone(input_ids=ids, attention_mask=am, position_ids=positions(attention_mask)[:, :-1], use_cache=False)
     return out.last_hidden_state[:, prompt_len - 1:]
 
 
 def lm_response_logits(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, pack: bool = True) -> torch.Tensor:
     """(B, P + R) → (B, R, V) logits / temperature at the response positions."""
-    h = response_hidden(backbone_of(lm), input_ids, attention_mask, prompt_len)
+    h = response_hidden(backbone_of(lm), input_ids, attention_mask, prompt_len, pack)
     logits = _base(lm).get_output_embeddings()(h)
     return logits / temperature if temperature != 1.0 else logits
 
 
 class PolicyWithValue(nn.Module):
-    def __init__(self, lm: nn.Module, critic: nn.Module | None = None, value_head_std: float = 0.0):
+    def __init__(self, lm: nn.Module, critic: nn.Module | None = None, value_head_std: float = 0.0,
+                 pack: bool = True):
         super().__init__()
         self.lm = lm
+        self.pack = pack  # teacher-forced passes on packed rows (see response_hidden)
         self.critic = critic  # a separate backbone for V, or None to share the policy's
         self.value_head = nn.Linear(hidden_size(lm), 1)
         nn.init.normal_(self.value_head.weight, std=value_head_std) if value_head_std > 0 else nn.init.zeros_(
@@ -61,12 +70,12 @@ class PolicyWithValue(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R)."""
-        h = response_hidden(backbone_of(self.lm), input_ids, attention_mask, prompt_len)  # (B, R, H)
+        h = response_hidden(backbone_of(self.lm), input_ids, attention_mask, prompt_len, self.pack)  # (B, R, H)
         logits = _base(self.lm).get_output_embeddings()(h)
         if temperature != 1.0:
             logits = logits / temperature
         if self.critic is not None:
-            h = response_hidden(self.critic, input_ids, attention_mask, prompt_len)
+            h = response_hidden(self.critic, input_ids, attention_mask, prompt_len, self.pack)
         values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
         return logits, values
 
@@ -75,7 +84,7 @@ class PolicyWithValue(nn.Module):
         """V(s_t) (B, R) from the policy's last hidden states (B, R, H), e.g. the sampler's; a separate
         critic runs its own forward pass over input_ids instead."""
         if self.critic is not None:
-            hidden = response_hidden(self.critic, input_ids, attention_mask, prompt_len)
+            hidden = response_hidden(self.critic, input_ids, attention_mask, prompt_len, self.pack)
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def value_state_dict(self) -> dict[str, torch.Tensor]:
@@ -97,23 +106,24 @@ def make_critic(lm: nn.Module) -> nn.Module:
 class Reference:
     """log π_ref of response tokens: a frozen copy, or the LoRA policy with its adapter disabled."""
 
-    def __init__(self, lm: nn.Module, shares_policy: bool):
+    def __init__(self, lm: nn.Module, shares_policy: bool, pack: bool = True):
         self.lm = lm
         self.shares_policy = shares_policy
+        self.pack = pack
         if not shares_policy:
             self.lm.eval()
             for p in self.lm.parameters():
                 p.requires_grad_(False)
 
     @classmethod
-    def frozen_copy(cls, lm: nn.Module) -> "Reference":
-        return cls(copy.deepcopy(lm), shares_policy=False)
+    def frozen_copy(cls, lm: nn.Module, pack: bool = True) -> "Reference":
+        return cls(copy.deepcopy(lm), shares_policy=False, pack=pack)
 
     @torch.no_grad()
     def logits(self, input_ids, attention_mask, prompt_len, temperature=1.0) -> torch.Tensor:
         ctx = self.lm.disable_adapter() if self.shares_policy else contextlib.nullcontext()
         with ctx:
-            return lm_response_logits(self.lm, input_ids, attention_mask, prompt_len, temperature)
+            return lm_response_logits(self.lm, input_ids, attention_mask, prompt_len, temperature, self.pack)
 
 
 @dataclass

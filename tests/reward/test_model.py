@@ -99,7 +99,7 @@ def test_common_prefix_length():
 
 
 def test_ffd_rows_and_row_length():
-    from rankloop.reward.packing import choose_row_length, ffd_rows
+    from rankloop.packing import choose_row_length, ffd_rows
 
     assert ffd_rows([5, 3, 4, 2, 6], 8) == [[4, 3], [0, 1], [2]]  # 6+2, 5+3, 4 (longest first, first fit)
     assert sorted(i for r in ffd_rows([7] * 5 + [1] * 9, 10) for i in r) == list(range(14))

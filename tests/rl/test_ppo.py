@@ -75,6 +75,35 @@ def test_first_rollout_kl_exactly_zero_with_forward_logprobs(tiny_gpt2, prompts_
     assert row["ppo/kl_ref"] == 0.0 and row["objective/kl_k1"] == 0.0
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_packed_teacher_forced_pass_equals_padded(tmp_path_factory, arch):
+    """The update's forward on packed rows (left padding and post-stop padding left out) gives the
+    padded forward's log-probs, values and gradients at every real response position."""
+    from rankloop.models import build_tiny, load_causal_lm, load_tokenizer
+    from rankloop.rl.loss import logprobs_from_logits
+    from rankloop.rl.rollout import PolicyWithValue
+    from rankloop.sampling import generate
+
+    d = build_tiny(tmp_path_factory.mktemp(f"pack-{arch}"), arch, "causal")
+    tok = load_tokenizer(d, "left")
+    s = generate(load_causal_lm(d, tokenizer=tok), tok, PROMPT_TEXTS, max_new_tokens=7, seed=3,
+                 stop_token_ids=list(range(3, 60)))
+    m = s.response_mask.bool()
+    assert (s.attention_mask[:, : s.prompt_ids.size(1)] == 0).any() and (~m).any()  # both kinds of padding
+    out = []
+    for pack in (False, True):
+        torch.manual_seed(0)
+        pol = PolicyWithValue(load_causal_lm(d, tokenizer=tok), value_head_std=0.1, pack=pack).eval()
+        logits, values = pol(s.input_ids, s.attention_mask, s.prompt_ids.size(1), 0.7)
+        logp = logprobs_from_logits(logits, s.response_ids)
+        ((logp * m).sum() + (values * m).pow(2).sum()).backward()
+        out.append((logp[m].detach(), values[m].detach(), {n: p.grad for n, p in pol.named_parameters()}))
+    (l0, v0, g0), (l1, v1, g1) = out
+    assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(v0, v1, atol=1e-5)
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], atol=1e-5), (n, (g0[n] - g1[n]).abs().max())
+
+
 def test_sampler_policy_stats_match_the_teacher_forced_forward(tiny_llama):
     """The log-probs, entropies and values the sampler keeps equal a forward pass of the policy."""
     from rankloop.models import load_causal_lm, load_tokenizer

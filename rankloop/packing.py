@@ -1,0 +1,159 @@
+"""Packed batches: sequences laid end to end in rows, attention kept inside each by a mask.
+
+A padded batch of N sequences costs ``N × longest`` token positions in every layer. A
+``PackedBatch`` lays the real tokens out end to end in rows instead and gives attention a
+block-diagonal additive mask, so each token sees exactly what it would see in its own padded row:
+
+- **segments** — the unit that attends internally: one sequence, or (reward models, causal
+  backbones) one ranking laid out as a *tree*: the prompt tokens its K candidates share, once,
+  followed by each candidate's own suffix. A suffix token attends to the shared prefix and to the
+  earlier tokens of its own branch only, and its position id continues the prefix, so its hidden
+  state is the one it has in the whole sequence ``prefix + suffix`` (the layout of tree attention
+  in speculative decoding);
+- **rows** — segments are bin-packed (first fit, longest first) into rows of one length, chosen to
+  minimise an estimate of the compute, ``rows · L · (1 + L / 6H)``;
+- **read positions** — where the caller reads outputs, in the caller's own layout.
+
+Used by the reward-model trainer (``rankloop.reward.packing``) and by PPO's teacher-forced passes
+(``rankloop.rl.rollout``). Equal to the padded forward to float rounding (tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+from torch import nn
+
+Segment = tuple[list[int], list[int], list[int]]  # token ids, position ids, branch ids (0 = shared)
+
+
+@dataclass
+class PackedBatch:
+    """Segments in R rows of L positions.
+
+    ``segment`` (R, L): the segment each position belongs to, −1 for padding at a row's end;
+    ``branch`` (R, L): 0 for a segment's shared part, i ≥ 1 for its i-th branch;
+    ``read_row``, ``read_col``: the packed position of each output the caller reads (any shape).
+    """
+
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L)
+    segment: torch.Tensor  # (R, L)
+    branch: torch.Tensor  # (R, L)
+    read_row: torch.Tensor
+    read_col: torch.Tensor
+    causal: bool
+
+    def to(self, device) -> "PackedBatch":
+        return replace(self, **{k: getattr(self, k).to(device) for k in
+                                ("input_ids", "position_ids", "segment", "branch", "read_row", "read_col")})
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) token positions forwarded."""
+        return int((self.segment >= 0).sum())
+
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(R, 1, L, L)`` additive mask: query q may attend key k iff both are in one segment, k is on
+        q's branch or the shared part, and (causal) k ≤ q. Padding attends to itself only."""
+        seg, br = self.segment, self.branch
+        n = seg.shape[1]
+        allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, Lq, Lk)
+        allowed &= (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
+        if self.causal:
+            allowed &= torch.ones(n, n, dtype=torch.bool, device=seg.device).tril()
+        allowed |= torch.eye(n, dtype=torch.bool, device=seg.device)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+        return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """A 4D additive mask is honoured as given by the sdpa and eager attention implementations
+    (flash-attention kernels take no such mask)."""
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def ffd_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
+    """First-fit decreasing bin packing of segment ``lengths`` into rows of ``row_len``: segment indices per row."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, f in enumerate(free):
+            if lengths[i] <= f:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(row_len - lengths[i])
+    return rows
+
+
+def choose_row_length(lengths: Sequence[int], hidden_size: int, max_factor: int = 4) -> int:
+    """The row length L, from the longest segment up to ``max_factor`` times it, that minimises
+    ``rows · L · (1 + L / (6·H))``: per token the linear layers cost ~24·H² FLOPs and attention over
+    L keys ~4·L·H, so attention adds L/(6H) of the linear cost."""
+    longest = max(lengths)
+    best, best_cost = longest, float("inf")
+    for row_len in range(longest, max_factor * longest + 1, max(1, longest // 16)):
+        cost = len(ffd_rows(lengths, row_len)) * row_len * (1 + row_len / (6 * hidden_size))
+        if cost < best_cost:
+            best, best_cost = row_len, cost
+    return best
+
+
+def pack_segments(segments: Sequence[Segment], pad_id: int, causal: bool,
+                  hidden_size: int) -> tuple[PackedBatch, list[tuple[int, int]]]:
+    """Bin-pack ``segments`` into rows; returns the batch (no read positions yet) and each segment's
+    ``(row, column)`` of its first token."""
+    lengths = [len(s[0]) for s in segments]
+    row_len = choose_row_length(lengths, hidden_size)
+    rows = ffd_rows(lengths, row_len)
+    shape = (len(rows), row_len)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    segment = torch.full(shape, -1, dtype=torch.long)
+    branch = torch.zeros(shape, dtype=torch.long)
+    start: list[tuple[int, int]] = [(0, 0)] * len(segments)
+    for r, members in enumerate(rows):
+        col = 0
+        for s in members:
+            toks, pos, br = segments[s]
+            n = len(toks)
+            input_ids[r, col:col + n] = torch.tensor(toks)
+            position_ids[r, col:col + n] = torch.tensor(pos)
+            segment[r, col:col + n] = s
+            branch[r, col:col + n] = torch.tensor(br)
+            start[s] = (r, col)
+            col += n
+    empty = torch.zeros(0, dtype=torch.long)
+    return PackedBatch(input_ids, position_ids, segment, branch, empty, empty, causal), start
+
+
+def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, first_col: int, hidden_size: int,
+                pad_id: int = 0) -> PackedBatch:
+    """A padded causal batch (B, T) — each row's real tokens contiguous, as with a left-padded prompt
+    followed by a right-padded response — as one segment per row; read positions ``(B, T − first_col)``
+    for the columns from ``first_col`` on. A padding column reads its row's last real token (any
+    finite state: the caller masks it)."""
+    ids, mask = input_ids.cpu(), attention_mask.cpu().bool()
+    lengths = mask.sum(1).tolist()
+    begin = mask.long().argmax(1).tolist()  # first real column of each row
+    segments = [(ids[b, begin[b]:begin[b] + n].tolist(), list(range(n)), [0] * n) for b, n in enumerate(lengths)]
+    batch, start = pack_segments(segments, pad_id, causal=True, hidden_size=hidden_size)
+    cols = torch.arange(first_col, ids.shape[1])  # (T')
+    offset = (cols[None, :] - torch.tensor(begin)[:, None]).clamp(min=0)  # (B, T') offset in the row's segment
+    offset = torch.minimum(offset, torch.tensor(lengths)[:, None] - 1)
+    rows = torch.tensor([r for r, _ in start])[:, None].expand_as(offset)
+    read_col = torch.tensor([c for _, c in start])[:, None] + offset
+    return replace(batch, read_row=rows.contiguous(), read_col=read_col)
+
+
+def packed_hidden(backbone: nn.Module, batch: PackedBatch, **kwargs) -> torch.Tensor:
+    """The backbone's last hidden states at ``batch``'s read positions: ``(*read.shape, H)``."""
+    dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_bias(dtype),
+                      position_ids=batch.position_ids, **kwargs).last_hidden_state  # (R, L, H)
+    return hidden[batch.read_row, batch.read_col]
