@@ -14,6 +14,8 @@ block-diagonal additive mask, so each token sees exactly what it would see in it
   minimise an estimate of the compute, ``rows · L · (1 + L / 6H)``;
 - **read positions** — where the caller reads outputs, in the caller's own layout.
 
+A batch is packed only when that removes at least 10 % of the padded positions (``worth_packing``).
+
 Used by the reward-model trainer (``rankloop.reward.packing``) and by PPO's teacher-forced passes
 (``rankloop.rl.rollout``). Equal to the padded forward to float rounding (tests).
 """
@@ -67,6 +69,15 @@ class PackedBatch:
         allowed |= torch.eye(n, dtype=torch.bool, device=seg.device)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+MIN_SAVING = 0.10  # pack only when it removes at least this share of the padded positions
+
+
+def worth_packing(batch: "PackedBatch", padded_positions: int, min_saving: float = MIN_SAVING) -> bool:
+    """Packing pays when it cuts enough positions: the 4D mask and longer attention rows cost a little,
+    which on a tiny model (stories260K: 1.3 s vs 0.9 s per PPO update at 7 % saved) outweighs a small saving."""
+    return batch.input_ids.numel() <= (1 - min_saving) * padded_positions
 
 
 def supports_packing(model: nn.Module) -> bool:

@@ -122,12 +122,13 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
 
     Returns ``input_ids, attention_mask (N, T)`` with N = Σ_b K_b (right-padded) — or, given
     ``pack`` (the keyword arguments of ``pack_rankings`` beyond the ids), ``packed``: a
-    ``PackedBatch`` of the same N candidates without padding — and ``index (B, K)`` mapping each
+    ``PackedBatch`` of the same N candidates without padding, when that saves enough — and ``index (B, K)`` mapping each
     slot to its candidate in N (padding → 0), ``ranks (B, K)``, ``mask (B, K)``, ``margin (B,)`` or None.
     """
     import torch
 
     from rankloop.reward.model import pad_batch
+    from rankloop.packing import worth_packing
     from rankloop.reward.packing import pack_rankings
 
     rows = [encoded[i] for i in idx]
@@ -135,7 +136,9 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
     input_ids = attention_mask = packed = None
     if pack is not None:
         packed = pack_rankings([r.ids for r in rows], pad_id, **pack)
-    else:
+        if not worth_packing(packed, sum(len(r.ids) for r in rows) * max(r.max_len for r in rows)):
+            packed = None
+    if packed is None:
         input_ids, attention_mask = pad_batch([s for r in rows for s in r.ids], pad_id)
     index = torch.zeros((len(rows), k), dtype=torch.long)
     ranks = torch.zeros((len(rows), k), dtype=torch.long)

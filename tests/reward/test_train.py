@@ -133,6 +133,11 @@ def test_packed_training_equals_padded_training(tmp_path, tiny_gpt2, rank_data):
     """train-rm with packed rows and the shared prefix (default) follows padded training: the same step losses
     and the same weights up to float rounding (which Adam amplifies on near-zero gradients, so the
     weights are compared against how far they moved)."""
+    tok = load_tokenizer(tiny_gpt2)
+    enc = encode_examples(read_preferences(rank_data["train"]), tok, 64)
+    packed = collate(enc, list(range(4)), tok.pad_token_id,
+                     pack={"causal": True, "share_prefix": True, "hidden_size": 32})["packed"]
+    assert packed is not None  # these batches do take the packed path
     runs, losses = {}, {}
     for share in (True, False):
         out = train_reward_model(_cfg(rank_data["train"], tiny_gpt2, tmp_path / f"share-{share}", max_steps=5,

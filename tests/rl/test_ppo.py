@@ -80,6 +80,7 @@ def test_packed_teacher_forced_pass_equals_padded(tmp_path_factory, arch):
     """The update's forward on packed rows (left padding and post-stop padding left out) gives the
     padded forward's log-probs, values and gradients at every real response position."""
     from rankloop.models import build_tiny, load_causal_lm, load_tokenizer
+    from rankloop.packing import pack_padded, worth_packing
     from rankloop.rl.loss import logprobs_from_logits
     from rankloop.rl.rollout import PolicyWithValue
     from rankloop.sampling import generate
@@ -90,6 +91,8 @@ def test_packed_teacher_forced_pass_equals_padded(tmp_path_factory, arch):
                  stop_token_ids=list(range(3, 60)))
     m = s.response_mask.bool()
     assert (s.attention_mask[:, : s.prompt_ids.size(1)] == 0).any() and (~m).any()  # both kinds of padding
+    ids, am = s.input_ids[:, :-1], s.attention_mask[:, :-1]
+    assert worth_packing(pack_padded(ids, am, s.prompt_ids.size(1) - 1, 32), ids.numel())  # the packed path runs
     out = []
     for pack in (False, True):
         torch.manual_seed(0)
