@@ -301,7 +301,9 @@ def merge(parts: list[str], output: str) -> None:
     for part in parts:
         r = json.loads(Path(part).read_text())
         settings = r.pop("settings")
-        results.setdefault("settings", {**settings, "cells_run_as_separate_concurrent_processes": len(parts)})
+        results.setdefault("settings", {**settings, "merged_from": []})["merged_from"].append(
+            {"file": Path(part).name, "cells": [f"{kk} {b}" for kk, cells in r.items() for b in cells],
+             "wall_seconds": settings.get("wall_seconds")})
         for kk, cells in r.items():
             results.setdefault(kk, {}).update(cells)
     write_json(output, results)
