@@ -29,7 +29,7 @@ from torch import nn
 from rankloop.records import PromptContent, render_prompt
 
 if TYPE_CHECKING:
-    from rankloop.reward.packing import PackedBatch
+    from rankloop.packing import PackedBatch
 
 NORMALISATION_FILE = "reward_normalisation.json"
 
@@ -80,7 +80,7 @@ def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
 class ScoreModule(nn.Module):
     """``forward(input_ids, attention_mask) -> (N,)`` around a sequence-classification model.
 
-    The trainer hands this wrapper to ``accelerate.prepare`` so data-parallel wrappers see one
+    The trainer hands this wrapper to ``accelerator.prepare`` so data-parallel wrappers see one
     forward call (DDP's gradient hooks need the call to go through the wrapped module). Given a
     ``packed`` batch instead (``rankloop.reward.packing``), the candidates are forwarded without
     padding, causal models sharing each ranking's prompt tokens.

@@ -122,13 +122,14 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
 
     Returns ``input_ids, attention_mask (N, T)`` with N = Σ_b K_b (right-padded) — or, given
     ``pack`` (the keyword arguments of ``pack_rankings`` beyond the ids), ``packed``: a
-    ``PackedBatch`` of the same N candidates without padding, when that saves enough — and ``index (B, K)`` mapping each
-    slot to its candidate in N (padding → 0), ``ranks (B, K)``, ``mask (B, K)``, ``margin (B,)`` or None.
+    ``PackedBatch`` of the same N candidates without padding, when that saves enough — and
+    ``index (B, K)`` mapping each slot to its candidate in N (padding → 0), ``ranks (B, K)``,
+    ``mask (B, K)``, ``margin (B,)`` or None.
     """
     import torch
 
-    from rankloop.reward.model import pad_batch
     from rankloop.packing import worth_packing
+    from rankloop.reward.model import pad_batch
     from rankloop.reward.packing import pack_rankings
 
     rows = [encoded[i] for i in idx]
