@@ -10,6 +10,7 @@ Every stage loads models through here, so the tokenizer rules live in one place:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Literal
@@ -64,6 +65,50 @@ def load_causal_lm(name_or_path: str | Path, dtype: str = "float32", tokenizer=N
     if tokenizer is not None:
         _sync_pad(model, tokenizer)
     return model
+
+
+def head_size(config) -> int | None:
+    """Attention head size from a model config (``head_dim``, or hidden size / heads)."""
+    if getattr(config, "head_dim", None):
+        return int(config.head_dim)
+    hidden = getattr(config, "hidden_size", None)
+    heads = getattr(config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
+
+
+SMALL_HEAD = 8  # at or below this head size, eager attention beats torch's CPU SDPA kernels
+
+
+def prefer_cpu_attention(model: nn.Module, device: str | torch.device) -> str:
+    """Switch a model that runs on CPU with tiny attention heads from SDPA to eager attention.
+
+    torch's CPU SDPA kernels carry a fixed cost per (row, head) that dominates when heads are tiny:
+    for stories260K (head size 8) eager attention measured ~15 % faster per PPO minibatch step
+    (forward + backward) and 13–24 % faster decoding; for a head size of 64 (gpt2-20m) the two
+    were level, and sizes in between were not measured, so they keep SDPA. GPUs keep SDPA.
+    Returns the implementation in use.
+    """
+    cfg = model.config
+    if (torch.device(device).type == "cpu" and cfg._attn_implementation == "sdpa"
+            and (head_size(cfg) or SMALL_HEAD + 1) <= SMALL_HEAD):
+        model.set_attn_implementation("eager")
+    return model.config._attn_implementation
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero on CPU for the duration (restored to IEEE behaviour after).
+
+    As PPO trains, softmax tails and their gradients fall into the denormal range, where x86 CPUs
+    take a slow path: on stories260K an iteration grew from 1.13 to 1.40 s over six iterations
+    with denormals and stayed at 1.07–1.23 s with them flushed. Values below ~1.2e-38 become 0.
+    """
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield supported
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
 
 
 def load_sequence_scorer(name_or_path: str | Path, dtype: str = "float32", tokenizer=None):

@@ -181,15 +181,24 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
     """Train; return the output directory (the final policy loads from it with ``from_pretrained``).
 
     ``reward_fn`` overrides ``cfg.reward``; ``prompts`` (``Prompt`` records or strings) overrides
-    ``cfg.prompts``.
+    ``cfg.prompts``. On CPU, denormal floats are flushed to zero for the run (see
+    ``rankloop.models.flush_denormals``).
     """
+    from rankloop.models import flush_denormals
+
+    with flush_denormals():
+        return _run_ppo(cfg, reward_fn, prompts)
+
+
+def _run_ppo(cfg: PPOConfig, reward_fn, prompts) -> Path:
     import torch
     from accelerate import Accelerator
     from safetensors.torch import load_file, save_file
 
     from rankloop.config import save_config
     from rankloop.io import read_prompts, write_json
-    from rankloop.models import adamw, apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer
+    from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer,
+                                 prefer_cpu_attention)
     from rankloop.records import Prompt
     from rankloop.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
     from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_penalised_rewards,
@@ -230,6 +239,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
 
     torch.manual_seed(cfg.seed)
     lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, tokenizer=tokenizer)
+    prefer_cpu_attention(lm, device)  # before any copy: the reference and a critic inherit it
     stop_ids = cfg.stop_token_ids
     if stop_ids is None:
         from rankloop.sampling import default_stop_ids
@@ -240,8 +250,9 @@ def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence
     if cfg.lora:
         lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, task="causal")
     if separate_ref:
-        reference = Reference(load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer), shares_policy=False,
-                              pack=cfg.pack)
+        ref_lm = load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer)
+        prefer_cpu_attention(ref_lm, device)
+        reference = Reference(ref_lm, shares_policy=False, pack=cfg.pack)
     elif cfg.lora:  # the adapter-free weights are the reference: no second copy in memory
         reference = Reference(lm, shares_policy=True, pack=cfg.pack)
     else:

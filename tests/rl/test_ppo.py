@@ -312,3 +312,20 @@ def test_reference_other_than_the_policy_anchors_the_kl(tiny_gpt2, prompts_file,
     kl_orig = json.loads((anchored / "metrics.jsonl").read_text().splitlines()[0])["ppo/kl_ref"]
     assert kl_self < 1e-5
     assert kl_orig > 1e-3
+
+
+def test_tiny_heads_get_eager_attention_on_cpu(tmp_path):
+    """Head size ≤ 8 on CPU: eager attention (faster than torch's CPU SDPA there); larger heads and
+    GPUs keep SDPA. The PPO run on such a model trains and its first KL is still ~0."""
+    from rankloop.models import build_tiny, load_causal_lm, prefer_cpu_attention
+
+    small = build_tiny(tmp_path / "h8", "llama", hidden=32, heads=4)  # head size 8
+    wide = build_tiny(tmp_path / "h16", "llama", hidden=32, heads=2)  # head size 16
+    assert prefer_cpu_attention(load_causal_lm(small), "cpu") == "eager"
+    assert prefer_cpu_attention(load_causal_lm(small), "cuda") == "sdpa"
+    assert prefer_cpu_attention(load_causal_lm(wide), "cpu") == "sdpa"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(PROMPT_TEXTS)))
+    out = run_ppo(small_cfg(small, tmp_path / "run", prompts, iterations=1))
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(row["ppo/kl_ref"]) <= 1e-5 and math.isfinite(row["ppo/policy_loss"])
