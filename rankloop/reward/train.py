@@ -137,7 +137,7 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
     input_ids = attention_mask = packed = None
     if pack is not None:
         packed = pack_rankings([r.ids for r in rows], pad_id, **pack)
-        if not worth_packing(packed, sum(len(r.ids) for r in rows) * max(r.max_len for r in rows)):
+        if not worth_packing(packed.input_ids.numel(), sum(len(r.ids) for r in rows) * max(r.max_len for r in rows)):
             packed = None
     if packed is None:
         input_ids, attention_mask = pad_batch([s for r in rows for s in r.ids], pad_id)

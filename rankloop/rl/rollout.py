@@ -41,9 +41,9 @@ def response_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask
     without computing the padding.
     """
     ids, am = input_ids[:, :-1], attention_mask[:, :-1]
-    if pack and supports_packing(backbone):
+    if pack and supports_packing(backbone) and worth_packing(int(am.sum()), am.numel()):  # real tokens: the floor
         batch = pack_padded(ids, am, prompt_len - 1, hidden_size(backbone))
-        if worth_packing(batch, ids.numel()):
+        if worth_packing(batch.input_ids.numel(), am.numel()):
             return packed_hidden(backbone, batch.to(ids.device), use_cache=False)  # (B, R, H)
     out = backbone(input_ids=ids, attention_mask=am, position_ids=positions(attention_mask)[:, :-1], use_cache=False)
     return out.last_hidden_state[:, prompt_len - 1:]

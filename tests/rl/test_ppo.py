@@ -92,7 +92,7 @@ def test_packed_teacher_forced_pass_equals_padded(tmp_path_factory, arch):
     m = s.response_mask.bool()
     assert (s.attention_mask[:, : s.prompt_ids.size(1)] == 0).any() and (~m).any()  # both kinds of padding
     ids, am = s.input_ids[:, :-1], s.attention_mask[:, :-1]
-    assert worth_packing(pack_padded(ids, am, s.prompt_ids.size(1) - 1, 32), ids.numel())  # the packed path runs
+    assert worth_packing(pack_padded(ids, am, s.prompt_ids.size(1) - 1, 32).input_ids.numel(), ids.numel())  # packed path runs
     out = []
     for pack in (False, True):
         torch.manual_seed(0)
