@@ -46,3 +46,11 @@ def test_quickstart_tiny(tmp_path):
     print(f"quickstart --tiny: {wall:.0f}s wall (pre-training included); summary: "
           f"gold {s['initial_gold']:.3f} -> {s['final_gold']:.3f}, win rate {s['win_rate_vs_initial']:.2f}, "
           f"KL {s['final_kl']:.2f}, RM acc {r0['rm_accuracy']:.2f}")
+
+    # The same results as recorded before the restructure (issue 10), exactly on the recording kind of machine.
+    from golden_runs import GOLDEN, compare, machine, run_quickstart_golden
+
+    want = json.loads((GOLDEN / "quickstart.json").read_text())
+    got = run_quickstart_golden(out)
+    diffs = compare(got, want["result"], rel=None if want["machine"] == machine() else 1e-5)
+    assert not diffs, f"{len(diffs)} differences from {GOLDEN / 'quickstart.json'}, first: {diffs[:8]}"
