@@ -76,6 +76,16 @@ def head_size(config) -> int | None:
     return hidden // heads if hidden and heads else None
 
 
+def model_max_positions(model_or_config) -> int:
+    """The longest input the backbone's position embeddings allow (512 when the config says nothing)."""
+    cfg = model_or_config.config if hasattr(model_or_config, "config") else model_or_config
+    for key in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 512
+
+
 SMALL_HEAD = 8  # at or below this head size, eager attention beats torch's CPU SDPA kernels
 
 

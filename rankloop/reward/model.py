@@ -180,13 +180,13 @@ class RewardScorer:
     @classmethod
     def from_pretrained(cls, dir_or_id: str | Path, device: str = "cpu", dtype: str = "float32",
                         max_length: int | None = None) -> "RewardScorer":
-        from rankloop.models import load_sequence_scorer, load_tokenizer
+        from rankloop.models import load_sequence_scorer, load_tokenizer, model_max_positions
 
         tok = load_tokenizer(dir_or_id, padding_side="right")
         model = load_sequence_scorer(dir_or_id, dtype=dtype, tokenizer=tok).to(device)
         if max_length is None:
             max_length = _saved_max_length(dir_or_id) or 512
-        max_length = min(max_length, _model_max_positions(model))
+        max_length = min(max_length, model_max_positions(model))
         return cls(model, tok, Normalisation.load(dir_or_id) if Path(dir_or_id).is_dir() else None, max_length, device)
 
     @property
@@ -220,16 +220,6 @@ class RewardScorer:
             return torch.empty(0)
         texts = [render(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
         return self.score_ids(encode_texts(self.tokenizer, texts, self.max_length), batch_size, normalise)
-
-
-def _model_max_positions(model) -> int:
-    """The longest input the backbone's position embeddings allow."""
-    cfg = model.config if hasattr(model, "config") else model
-    for key in ("max_position_embeddings", "n_positions"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return 512
 
 
 def _saved_max_length(model_dir: str | Path) -> int | None:

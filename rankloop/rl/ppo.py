@@ -28,129 +28,218 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import random
-import shutil
 import time
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Any, NamedTuple
 
-from pydantic import Field, model_validator
+from rankloop.config import ConfigError, save_config
+from rankloop.io import read_prompts, write_json
+from rankloop.models import (adamw, apply_lora, count_parameters, flush_denormals, freeze_bottom, load_causal_lm,
+                             load_tokenizer, prefer_cpu_attention)
+from rankloop.records import Prompt
+from rankloop.rl.config import PPOConfig
+from rankloop.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
+from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_penalised_rewards,
+                              logprobs_from_logits, masked_mean, masked_whiten, policy_loss, value_loss)
+from rankloop.rl.rewards import RewardFn, call_reward, load_reward
+from rankloop.rl.rollout import (PolicyWithValue, Reference, Rollout, forward_in_chunks, gather_rollout,
+                                 make_critic)
+from rankloop.runtime import (FiniteGuard, NonFiniteError, RunDir, make_accelerator, progress_bar, rng_state,
+                              set_rng_state, tracking, trackers)
+from rankloop.sampling import SampleBatch, default_stop_ids, encode_prompts, generate, prompt_text
 
-from rankloop.config import Config, ConfigError
-
-
-class PPOConfig(Config):
-    """Every knob of ``rankloop ppo``. Loss functions take plain numbers from here, never the config."""
-
-    # --- inputs and outputs
-    policy: str = Field(description="Initial policy: a Hugging Face model id or a local path.")
-    reference: str | None = Field(None, description="The frozen reference π_ref of the KL penalty (same tokenizer "
-                                  "as the policy). Default: the initial policy. In later rounds of the loop this "
-                                  "is the original model, so the KL stays anchored to it (InstructGPT's π^SFT).")
-    reward: str | None = Field(None, description="A rankloop reward-model directory, or 'module:function' / "
-                               "'file.py:function' scoring (prompts, responses) -> list[float]. "
-                               "Not needed when run_ppo is given a reward function.")
-    prompts: str | None = Field(None, description="Prompts JSONL (rankloop's prompt format).")
-    output: str = Field(description="Output directory: final policy, value head, metrics, checkpoints.")
-
-    # --- run length and data
-    iterations: int = Field(10, ge=1, description="PPO iterations (rollout + update).")
-    batch_size: int = Field(64, ge=1, description="Prompts (= responses) per iteration, over all processes.")
-    seed: int = Field(0, description="Seeds initialisation, prompt order and every sample.")
-
-    # --- sampling (rollout)
-    max_new_tokens: int = Field(48, ge=1, description="Response length limit in tokens.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are taken at the same "
-                               "temperature so the KL is measured on the distribution that was sampled.")
-    stop_token_ids: list[int] | None = Field(None, description="Tokens that end a response; default: the "
-                                             "model's generation-config EOS id(s).")
-    max_prompt_tokens: int = Field(256, ge=1, description="Longest prompt in tokens.")
-    truncate_prompts: bool = Field(False, description="Keep the last max_prompt_tokens tokens of an over-long "
-                                   "prompt instead of stopping with an error.")
-    generation_batch_size: int = Field(64, ge=1, description="Rows decoded together.")
-    forward_batch_size: int = Field(64, ge=1, description="Rows per no-grad forward pass during the rollout.")
-    old_logprobs: Literal["sampler", "forward"] = Field(
-        "sampler", description="Where log π_θold, its entropy and V_θold come from: 'sampler' takes them from the "
-        "decode loop (no second policy forward pass; as TRL does); 'forward' recomputes them with a teacher-forced "
-        "forward pass — slower, but bit-identical to the update's and the reference's arithmetic, so the KL to an "
-        "identical reference is exactly 0 rather than ~1e-7.")
-    pack: bool = Field(True, description="Teacher-forced passes (update, reference) on packed rows: each row's "
-                       "real tokens end to end, a block-diagonal mask keeping them apart — the same values "
-                       "without computing the prompts' left padding or the padding after a stop.")
-
-    # --- reward
-    missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of a response that "
-                                              "never reached a stop token (TRL's missing_eos_penalty).")
-    reward_batch_size: int = Field(32, ge=1, description="Batch size for reward-model scoring.")
-    reward_normalise: bool = Field(True, description="Apply the reward model's saved normalisation.")
-    reward_clip: float | None = Field(None, gt=0, description="Clip scores to [-reward_clip, reward_clip].")
-
-    # --- KL penalty
-    kl_coef: float = Field(0.05, ge=0, description="β: initial (adaptive) or constant (fixed) KL coefficient.")
-    kl_control: Literal["fixed", "adaptive"] = Field("fixed", description="'adaptive' = Ziegler et al. 2019's "
-                                                     "proportional controller.")
-    kl_target: float = Field(6.0, gt=0, description="Target KL per response (nats), adaptive control only.")
-    kl_horizon: float = Field(10000, gt=0, description="Controller horizon in samples, adaptive control only.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward "
-                                                    "penalty (ppo/kl_ref is always reported with k3, ≥ 0).")
-
-    # --- PPO
-    ppo_epochs: int = Field(4, ge=1, description="Passes over the batch per iteration.")
-    minibatch_size: int = Field(16, ge=1, description="Rows per optimiser step (over all processes).")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per minibatch (same result, less memory).")
-    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping by global norm (None = off).")
-    clip_range: float = Field(0.2, gt=0, description="ε of the clipped surrogate.")
-    clip_range_value: float | None = Field(0.2, gt=0, description="Value clipping around V_old (None = off).")
-    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-    ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
-    gamma: float = Field(1.0, ge=0, le=1, description="Discount γ.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE λ.")
-    whiten_advantages: bool = Field(True, description="Whiten advantages over the batch.")
-    target_approx_kl: float | None = Field(None, gt=0, description="Stop this iteration's PPO epochs once a "
-                                           "minibatch's approx_kl exceeds this.")
-
-    # --- model
-    dtype: str = Field("float32", description="Weights dtype: float32, bfloat16 or float16.")
-    freeze_layers: int = Field(0, description="Freeze the embeddings and the first N transformer blocks "
-                               "(negative: all but the last |N|).")
-    lora: bool = Field(False, description="Train LoRA adapters; the reference is the adapter-free model.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
-    critic: Literal["shared", "separate"] = Field("shared", description="'shared': value head on the policy's "
-                                                  "backbone; 'separate': on its own copy of the backbone.")
-    value_head_std: float = Field(0.0, ge=0, description="Init std of the value head (0 = zeros).")
-
-    # --- checkpoints and logging
-    save_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the end).")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    resume: bool = Field(False, description="Continue from the newest checkpoint in output/checkpoints.")
-    tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
-    progress: bool = Field(True, description="Show a progress bar.")
-
-    @model_validator(mode="after")
-    def _check(self) -> "PPOConfig":
-        if self.minibatch_size > self.batch_size:
-            raise ValueError(f"minibatch_size ({self.minibatch_size}) > batch_size ({self.batch_size})")
-        if self.batch_size % self.minibatch_size:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of minibatch_size "
-                             f"({self.minibatch_size})")
-        if self.minibatch_size % self.grad_accum_steps:
-            raise ValueError(f"minibatch_size ({self.minibatch_size}) must be a multiple of grad_accum_steps "
-                             f"({self.grad_accum_steps})")
-        if self.lora and self.critic == "separate":
-            raise ValueError("critic='separate' with lora is not supported; use the shared value head")
-        return self
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN/inf in logits, rewards, values or the loss; names the step and the last good checkpoint."""
+__all__ = ["PPOConfig", "NonFiniteError", "run_ppo"]
 
 
 RESUME_SAFE = {"iterations", "resume", "progress", "tensorboard", "save_every", "keep_checkpoints"}
+
+
+# ---------------------------------------------------------------- the typed records of an iteration
+
+
+class UpdateStats(NamedTuple):
+    """Means over the optimiser steps of one iteration's update (each step's value is the mean of its
+    minibatch over every micro-batch and process)."""
+
+    policy_loss: float
+    value_loss: float
+    value_clip_frac: float
+    approx_kl: float
+    clip_frac: float
+    grad_norm: float
+    epochs: int  # PPO epochs run (fewer than ppo_epochs after an early stop)
+    early_stop: bool  # a minibatch's approx_kl passed target_approx_kl
+
+
+class Learner(NamedTuple):
+    """What the loop trains and scores with, built once by ``build_learner``."""
+
+    tokenizer: Any
+    texts: list[str]  # every prompt, rendered as the policy reads it
+    stop_ids: list[int]
+    model: Any  # PolicyWithValue, as prepared by accelerate (DDP-wrapped with several processes)
+    policy: Any  # the same PolicyWithValue, unwrapped
+    reference: Reference
+    optimizer: Any
+    trainable: list  # parameters with requires_grad
+    kl_ctl: FixedKLController | AdaptiveKLController
+    reward_fn: RewardFn
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list | None = None) -> Path:
+    """Train; return the output directory (the final policy loads from it with ``from_pretrained``).
+
+    ``reward_fn`` overrides ``cfg.reward``; ``prompts`` (``Prompt`` records or strings) overrides
+    ``cfg.prompts``. On CPU, denormal floats are flushed to zero for the run (see
+    ``rankloop.models.flush_denormals``).
+    """
+    with flush_denormals():
+        return _train(cfg, reward_fn, prompts)
+
+
+def _train(cfg: PPOConfig, reward_fn: RewardFn | None, prompts: list | None) -> Path:
+    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output)
+    world, rank = acc.num_processes, acc.process_index
+    check_divisible(cfg, world)
+    learner = build_learner(cfg, acc, reward_fn, prompts)
+    run = RunDir(cfg.output, acc, prefix="iter", complete="state.json", keep=cfg.keep_checkpoints)
+    guard = FiniteGuard("iteration")
+    guard.last_good = run.latest() if cfg.resume else None
+    start = restore(cfg, learner, acc, guard.last_good) if guard.last_good is not None else 0
+    run.begin(resumed_at=start)
+    if acc.is_main_process:
+        save_config(cfg, run.out / "ppo_config.json")
+    trainable_n, total_n = count_parameters(learner.policy)
+    bar = progress_bar("ppo", enabled=acc.is_main_process and cfg.progress)
+
+    with tracking(acc), bar:
+        task = bar.add_task("ppo", total=cfg.iterations, completed=start, info="")
+        for it in range(start, cfg.iterations):
+            clock = [time.perf_counter()]
+            # 1. prompts: the global batch, and this process's contiguous share of it
+            rows, batch = prompt_batch(learner.texts, cfg, it, rank, world)
+            # 2. rollout: one response per prompt, each row its own seeded stream
+            sample = sample_responses(learner, batch, rows, cfg, it, guard)
+            clock.append(time.perf_counter())
+            # 3. score: the reward, clipped, minus the missing-EOS penalty
+            raw, scores = score_responses(learner.reward_fn, batch, sample, cfg, it, guard)
+            clock.append(time.perf_counter())
+            # 4.–5. forward (log π_ref; log π_θold, entropy, V_θold) and gather the global batch
+            ro = collect_rollout(learner, sample, scores, raw, cfg, acc, it, guard)
+            clock.append(time.perf_counter())
+            # 6. penalise: per-token rewards −β·KL_t, the score on the last response token
+            beta = learner.kl_ctl.value
+            rewards, _ = kl_penalised_rewards(ro.scores, ro.old_logp, ro.ref_logp, ro.mask, beta, cfg.kl_estimator)
+            # 7. advantages: GAE(γ, λ), whitened over the batch
+            advantages, returns = compute_advantages(rewards, ro.values, ro.mask, cfg)
+            # 8. update: PPO epochs over shuffled minibatches
+            stats = ppo_update(learner, ro, advantages, returns, cfg, acc, it, guard)
+            clock.append(time.perf_counter())
+            # 9. KL control, metrics, checkpoint
+            kl_ref = float((kl_k3(ro.old_logp, ro.ref_logp) * ro.mask).sum(1).mean())  # per response, ≥ 0
+            learner.kl_ctl.update(kl_ref, cfg.batch_size)
+            metrics = iteration_metrics(it, ro, rewards, returns, stats, kl_ref, beta, learner.kl_ctl.value, clock,
+                                        trainable_n, total_n)
+            acc.log(metrics, step=it + 1)
+            if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
+                guard.last_good = save_checkpoint(run, learner, cfg, it + 1, guard)
+            bar.update(task, advance=1, info=f"reward {metrics['objective/reward']:+.3f}  "
+                       f"kl {kl_ref:.3f}  β {beta:.4f}")
+    save_final(learner, cfg, acc)
+    return run.out
+
+
+# ---------------------------------------------------------------- 0. set-up and resume
+
+
+def check_divisible(cfg: PPOConfig, world: int) -> None:
+    if cfg.batch_size % world or cfg.minibatch_size % (world * cfg.grad_accum_steps):
+        raise ConfigError(f"batch_size ({cfg.batch_size}) and minibatch_size ({cfg.minibatch_size}) must be "
+                          f"divisible by processes × grad_accum_steps ({world} × {cfg.grad_accum_steps})")
+
+
+def build_learner(cfg: PPOConfig, acc, reward_fn: RewardFn | None, prompts: list | None) -> Learner:
+    """Prompts, reward, tokenizer, policy + value head, reference, optimiser and KL controller."""
+    import torch
+
+    if prompts is None:
+        if cfg.prompts is None:
+            raise ConfigError("no prompts: set prompts (a JSONL file)")
+        prompts = read_prompts(cfg.prompts)
+    if not prompts:
+        raise ConfigError("the prompt set is empty")
+    if reward_fn is None:
+        if cfg.reward is None:
+            raise ConfigError("no reward: set reward (a reward-model directory or module:function)")
+        reward_fn = load_reward(cfg.reward, batch_size=cfg.reward_batch_size, normalise=cfg.reward_normalise)
+
+    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
+    texts = [prompt_text(p, tokenizer) if isinstance(p, Prompt) else str(p) for p in prompts]
+    encode_prompts(tokenizer, texts, cfg.max_prompt_tokens, cfg.truncate_prompts)  # fail now on an over-long prompt
+
+    torch.manual_seed(cfg.seed)  # the value head's and LoRA's initialisation
+    device = acc.device
+    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, tokenizer=tokenizer)
+    prefer_cpu_attention(lm, device)  # before any copy: the reference and a critic inherit it
+    stop_ids = cfg.stop_token_ids if cfg.stop_token_ids is not None else default_stop_ids(lm, tokenizer)
+    critic = make_critic(lm) if cfg.critic == "separate" else None
+    if cfg.lora:
+        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, task="causal")
+    reference = build_reference(cfg, lm, tokenizer, device)
+    if cfg.freeze_layers:
+        freeze_bottom(lm.get_base_model() if cfg.lora else lm, cfg.freeze_layers)
+    policy = PolicyWithValue(lm, critic=critic, value_head_std=cfg.value_head_std, pack=cfg.pack).to(device)
+    policy.eval()  # no dropout: the rollout's log-probs and the update's must be of one distribution
+    reference.lm.to(device)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    model, optimizer = acc.prepare(policy, optimizer)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_control == "adaptive"
+              else FixedKLController(cfg.kl_coef))
+    return Learner(tokenizer, texts, stop_ids, model, acc.unwrap_model(model), reference, optimizer, trainable,
+                   kl_ctl, reward_fn)
+
+
+def build_reference(cfg: PPOConfig, lm, tokenizer, device) -> Reference:
+    """π_ref: another model (``cfg.reference``), the adapter-free weights under LoRA (no second copy
+    in memory), or a frozen copy of the initial policy."""
+    if cfg.reference is not None and cfg.reference != cfg.policy:
+        ref_lm = load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer)
+        prefer_cpu_attention(ref_lm, device)
+        return Reference(ref_lm, shares_policy=False, pack=cfg.pack)
+    if cfg.lora:
+        return Reference(lm, shares_policy=True, pack=cfg.pack)
+    return Reference.frozen_copy(lm, pack=cfg.pack)
+
+
+def restore(cfg: PPOConfig, learner: Learner, acc, ckpt: Path) -> int:
+    """Load a checkpoint's weights, optimiser, KL controller and RNG; return its iteration."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "state.json").read_text())
+    saved = {k: v for k, v in state["config"].items() if k not in RESUME_SAFE}
+    now = {k: v for k, v in cfg.model_dump().items() if k not in RESUME_SAFE}
+    diff = sorted(k for k in now if saved.get(k) != now[k])
+    if diff:
+        raise ConfigError(f"--resume with a config that differs from the checkpoint's in {diff}; "
+                          f"use the original settings (see {ckpt / 'state.json'})")
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    _, unexpected = learner.policy.load_state_dict(weights, strict=False)
+    names = {n for n, p in learner.policy.named_parameters() if p.requires_grad}
+    if unexpected or not names <= set(weights):
+        raise RuntimeError(f"{ckpt}: checkpoint does not match the model "
+                           f"(unexpected {unexpected[:5]}, missing {sorted(names - set(weights))[:5]})")
+    learner.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=acc.device, weights_only=True))
+    learner.kl_ctl.load_state_dict(state["kl_controller"])
+    set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+    return int(state["iteration"])
+
+
+# ---------------------------------------------------------------- 1.–3. prompts, rollout, score
 
 
 def _row_seed(seed: int, iteration: int, row: int) -> int:
@@ -171,408 +260,217 @@ def _prompt_indices(n_prompts: int, seed: int, iteration: int, batch_size: int) 
     return out
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in ckpt_dir.glob("iter-*") if p.is_dir() and (p / "state.json").exists())
-    return done[-1] if done else None
-
-
-def run_ppo(cfg: PPOConfig, reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None = None,
-            prompts: list | None = None) -> Path:
-    """Train; return the output directory (the final policy loads from it with ``from_pretrained``).
-
-    ``reward_fn`` overrides ``cfg.reward``; ``prompts`` (``Prompt`` records or strings) overrides
-    ``cfg.prompts``. On CPU, denormal floats are flushed to zero for the run (see
-    ``rankloop.models.flush_denormals``).
-    """
-    from rankloop.models import flush_denormals
-
-    with flush_denormals():
-        return _run_ppo(cfg, reward_fn, prompts)
-
-
-def _run_ppo(cfg: PPOConfig, reward_fn, prompts) -> Path:
-    import torch
-    from accelerate import Accelerator
-    from safetensors.torch import load_file, save_file
-
-    from rankloop.config import save_config
-    from rankloop.io import read_prompts, write_json
-    from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer,
-                                 prefer_cpu_attention)
-    from rankloop.records import Prompt
-    from rankloop.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
-    from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_penalised_rewards,
-                                  logprobs_from_logits, masked_mean, masked_whiten, policy_loss, value_loss)
-    from rankloop.rl.rewards import call_reward, load_reward
-    from rankloop.rl.rollout import PolicyWithValue, Reference, Rollout, forward_in_chunks, make_critic
-    from rankloop.sampling import generate, prompt_text
-
-    # Several processes and no GPU (torchrun / accelerate launch on CPU): data-parallel over gloo.
-    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=cpu_ddp)
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    device = accelerator.device
-    if cfg.batch_size % world or cfg.minibatch_size % (world * cfg.grad_accum_steps):
-        raise ConfigError(f"batch_size ({cfg.batch_size}) and minibatch_size ({cfg.minibatch_size}) must be "
-                          f"divisible by processes × grad_accum_steps ({world} × {cfg.grad_accum_steps})")
-    out_dir = Path(cfg.output)
-    ckpt_dir = out_dir / "checkpoints"
-
-    # ---- 0. set-up: prompts, reward, tokenizer, policy + value head, reference, optimiser
-    if prompts is None:
-        if cfg.prompts is None:
-            raise ConfigError("no prompts: set prompts (a JSONL file)")
-        prompts = read_prompts(cfg.prompts)
-    if not prompts:
-        raise ConfigError("the prompt set is empty")
-    if reward_fn is None:
-        if cfg.reward is None:
-            raise ConfigError("no reward: set reward (a reward-model directory or module:function)")
-        reward_fn = load_reward(cfg.reward, batch_size=cfg.reward_batch_size, normalise=cfg.reward_normalise)
-
-    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-    texts = [prompt_text(p, tokenizer) if isinstance(p, Prompt) else str(p) for p in prompts]
-    # Fail before any training on an over-long prompt, naming it.
-    from rankloop.sampling import encode_prompts
-
-    encode_prompts(tokenizer, texts, cfg.max_prompt_tokens, cfg.truncate_prompts)
-
-    torch.manual_seed(cfg.seed)
-    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, tokenizer=tokenizer)
-    prefer_cpu_attention(lm, device)  # before any copy: the reference and a critic inherit it
-    stop_ids = cfg.stop_token_ids
-    if stop_ids is None:
-        from rankloop.sampling import default_stop_ids
-
-        stop_ids = default_stop_ids(lm, tokenizer)
-    critic = make_critic(lm) if cfg.critic == "separate" else None
-    separate_ref = cfg.reference is not None and cfg.reference != cfg.policy
-    if cfg.lora:
-        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, task="causal")
-    if separate_ref:
-        ref_lm = load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer)
-        prefer_cpu_attention(ref_lm, device)
-        reference = Reference(ref_lm, shares_policy=False, pack=cfg.pack)
-    elif cfg.lora:  # the adapter-free weights are the reference: no second copy in memory
-        reference = Reference(lm, shares_policy=True, pack=cfg.pack)
-    else:
-        reference = Reference.frozen_copy(lm, pack=cfg.pack)
-    if cfg.freeze_layers:
-        freeze_bottom(lm.get_base_model() if cfg.lora else lm, cfg.freeze_layers)
-    policy = PolicyWithValue(lm, critic=critic, value_head_std=cfg.value_head_std, pack=cfg.pack).to(device)
-    policy.eval()  # no dropout: the rollout's log-probs and the update's must be of one distribution
-    reference.lm.to(device)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    model, optimizer = accelerator.prepare(policy, optimizer)
-    if cfg.kl_control == "adaptive":
-        kl_ctl: FixedKLController | AdaptiveKLController = AdaptiveKLController(cfg.kl_coef, cfg.kl_target,
-                                                                               cfg.kl_horizon)
-    else:
-        kl_ctl = FixedKLController(cfg.kl_coef)
-
-    # ---- resume
-    start_iter = 0
-    last_good: Path | None = None
-    if cfg.resume:
-        last_good = _latest_checkpoint(ckpt_dir)
-    if last_good is not None:
-        state = json.loads((last_good / "state.json").read_text())
-        saved = {k: v for k, v in state["config"].items() if k not in RESUME_SAFE}
-        now = {k: v for k, v in cfg.model_dump().items() if k not in RESUME_SAFE}
-        diff = sorted(k for k in now if saved.get(k) != now[k])
-        if diff:
-            raise ConfigError(f"--resume with a config that differs from the checkpoint's in {diff}; "
-                              f"use the original settings (see {last_good / 'state.json'})")
-        weights = load_file(str(last_good / "trainable.safetensors"))
-        unwrapped = accelerator.unwrap_model(model)
-        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-        names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-        if unexpected or not names <= set(weights):
-            raise RuntimeError(f"{last_good}: checkpoint does not match the model "
-                               f"(unexpected {unexpected[:5]}, missing {sorted(names - set(weights))[:5]})")
-        optimizer.load_state_dict(torch.load(last_good / "optimizer.pt", map_location=device, weights_only=True))
-        kl_ctl.load_state_dict(state["kl_controller"])
-        rng = torch.load(last_good / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        start_iter = state["iteration"]
-    elif main:
-        if ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "ppo_config.json")
-        if last_good is not None:  # drop metrics rows past the checkpoint we resume from
-            mpath = out_dir / "metrics.jsonl"
-            if mpath.exists():
-                keep = [ln for ln in mpath.read_text().splitlines()
-                        if ln.strip() and json.loads(ln).get("iteration", 0) <= start_iter]
-                mpath.write_text("".join(ln + "\n" for ln in keep))
-    tb = None
-    if main and cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out_dir / "tensorboard"))
-        except Exception:  # tensorboard is optional
-            tb = None
-
-    def fail(what: str, iteration: int, step: str) -> NonFiniteError:
-        where = str(last_good) if last_good is not None else "none (no checkpoint written yet)"
-        return NonFiniteError(f"non-finite {what} at iteration {iteration + 1}, step '{step}'; stopped. "
-                              f"Last good checkpoint: {where} (intact; resume with --resume after fixing "
-                              f"the cause)")
-
-    def save_checkpoint(iteration: int) -> Path:
-        """Atomic: everything goes into a temp dir that is renamed into place when complete."""
-        unwrapped = accelerator.unwrap_model(model)
-        for n, p in unwrapped.named_parameters():
-            if not torch.isfinite(p).all():
-                raise fail(f"weights ({n})", iteration - 1, "checkpoint")
-        final = ckpt_dir / f"iter-{iteration:06d}"
-        if main:
-            tmp = ckpt_dir / f".tmp-iter-{iteration:06d}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            weights = {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
-            save_file(weights, str(tmp / "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            write_json(tmp / "state.json", {"iteration": iteration, "kl_controller": kl_ctl.state_dict(),
-                                            "config": cfg.model_dump()})
-            for f in tmp.iterdir():  # flush before the rename makes the checkpoint visible
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            for old in sorted(p for p in ckpt_dir.glob("iter-*") if p.is_dir())[:-cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return final
-
-    trainable_n, total_n = count_parameters(accelerator.unwrap_model(model))
-    progress = None
-    if main and cfg.progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("ppo"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), transient=False)
-        progress.start()
-        task = progress.add_task("ppo", total=cfg.iterations, completed=start_iter, info="")
-
+def prompt_batch(texts: list[str], cfg: PPOConfig, it: int, rank: int, world: int) -> tuple[list[int], list[str]]:
+    """This process's rows of the iteration's global batch (a contiguous share) and their prompts."""
+    idx = _prompt_indices(len(texts), cfg.seed, it, cfg.batch_size)
     local_n = cfg.batch_size // world
-    unwrapped = accelerator.unwrap_model(model)
+    rows = list(range(rank * local_n, (rank + 1) * local_n))
+    return rows, [texts[idx[r]] for r in rows]
+
+
+def sample_responses(learner: Learner, prompts: list[str], rows: list[int], cfg: PPOConfig, it: int,
+                     guard: FiniteGuard) -> SampleBatch:
+    """One response per prompt from the current policy; row r of iteration it draws from its own
+    seeded stream, so the samples do not depend on the batch's split over processes."""
     try:
-        for it in range(start_iter, cfg.iterations):
-            t0 = time.perf_counter()
-            # ---- 1. prompts: the global batch, and this process's contiguous share of it
-            idx = _prompt_indices(len(texts), cfg.seed, it, cfg.batch_size)
-            rows = list(range(rank * local_n, (rank + 1) * local_n))
-            batch_prompts = [texts[idx[r]] for r in rows]
+        return generate(learner.policy.lm, learner.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, stop_token_ids=learner.stop_ids,
+                        batch_size=cfg.generation_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                        truncate_prompts=cfg.truncate_prompts, row_seeds=[_row_seed(cfg.seed, it, r) for r in rows],
+                        policy_stats=cfg.old_logprobs == "sampler")
+    except FloatingPointError as e:  # the sampler's own non-finite-logits check
+        raise guard.error(str(e).removeprefix("non-finite "), it + 1, "rollout") from None
 
-            # ---- 2. rollout
-            try:
-                sample = generate(unwrapped.lm, tokenizer, batch_prompts, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, stop_token_ids=stop_ids,
-                                  batch_size=cfg.generation_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                                  truncate_prompts=cfg.truncate_prompts,
-                                  row_seeds=[_row_seed(cfg.seed, it, r) for r in rows],
-                                  policy_stats=cfg.old_logprobs == "sampler")
-            except FloatingPointError as e:  # the sampler's own non-finite-logits check
-                raise fail(str(e).removeprefix("non-finite "), it, "rollout") from None
-            t_gen = time.perf_counter()
 
-            # ---- 3. score
-            raw = torch.tensor(call_reward(reward_fn, batch_prompts, sample.texts), dtype=torch.float32)
-            if not torch.isfinite(raw).all():
-                raise fail("rewards", it, "score")
-            scores = raw.clone()
-            if cfg.reward_clip is not None:
-                scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-            if cfg.missing_eos_penalty is not None:
-                scores = scores - cfg.missing_eos_penalty * (~sample.finished.cpu()).float()
-            t_score = time.perf_counter()
+def score_responses(reward_fn: RewardFn, prompts: list[str], sample: SampleBatch, cfg: PPOConfig, it: int,
+                    guard: FiniteGuard):
+    """raw (B,): the reward as returned; scores (B,): clipped, minus the missing-EOS penalty."""
+    import torch
 
-            # ---- 4. forward: reference log-probs (and the policy's, unless the sampler kept them)
-            ids, am = sample.input_ids.to(device), sample.attention_mask.to(device)
-            resp = sample.response_ids.to(device)
-            sampled = None
-            if cfg.old_logprobs == "sampler":
-                sampled = {"logprobs": sample.logprobs, "entropy": sample.entropy, "hidden": sample.hidden}
-            try:
-                fw = forward_in_chunks(unwrapped, reference, ids, am, resp, sample.prompt_ids.size(1),
-                                       cfg.temperature, cfg.forward_batch_size, sampled=sampled)
-            except FloatingPointError as e:
-                raise fail(str(e), it, "forward") from None
-            t_fwd = time.perf_counter()
+    raw = torch.tensor(call_reward(reward_fn, prompts, sample.texts), dtype=torch.float32)
+    guard.check(raw, "rewards", it + 1, "score")
+    scores = raw.clone()
+    if cfg.reward_clip is not None:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    if cfg.missing_eos_penalty is not None:
+        scores = scores - cfg.missing_eos_penalty * (~sample.finished.cpu()).float()
+    return raw, scores
 
-            # ---- 5. gather: pad prompts on the left and responses on the right to the global widths
-            parts = {
-                "prompt_ids": sample.prompt_ids.to(device), "prompt_mask": sample.prompt_mask.to(device),
-                "response_ids": resp, "mask": sample.response_mask.to(device),
-                "old_logp": fw["old_logp"], "ref_logp": fw["ref_logp"], "values": fw["values"],
-                "entropy": fw["entropy"], "scores": scores.to(device), "raw": raw.to(device),
-                "finished": sample.finished.to(device).long(),
-            }
-            if world > 1:
-                pad_val = {"prompt_ids": sample.pad_token_id, "response_ids": sample.pad_token_id}
-                for k, v in parts.items():
-                    if v.dim() == 2:
-                        v = accelerator.pad_across_processes(v, dim=1, pad_index=pad_val.get(k, 0),
-                                                             pad_first=k.startswith("prompt"))
-                    parts[k] = accelerator.gather(v.contiguous())
-            P = parts["prompt_ids"].size(1)
-            mask = parts["mask"].float()
-            ro = Rollout(input_ids=torch.cat([parts["prompt_ids"], parts["response_ids"]], 1),
-                         attention_mask=torch.cat([parts["prompt_mask"], parts["mask"]], 1),
-                         response_ids=parts["response_ids"], mask=mask, old_logp=parts["old_logp"],
-                         ref_logp=parts["ref_logp"], values=parts["values"], entropy=parts["entropy"],
-                         scores=parts["scores"], finished=parts["finished"].bool(), prompt_len=P)
 
-            # ---- 6. penalise: per-token KL penalty, score on the last token
-            beta = kl_ctl.value
-            rewards, kl = kl_penalised_rewards(ro.scores, ro.old_logp, ro.ref_logp, mask, beta, cfg.kl_estimator)
+def collect_rollout(learner: Learner, sample: SampleBatch, scores, raw, cfg: PPOConfig, acc, it: int,
+                    guard: FiniteGuard) -> Rollout:
+    """log π_ref from the reference; log π_θold, entropy and V_θold from the sampler (or a forward
+    pass, ``old_logprobs = "forward"``); then every process gets the whole batch."""
+    try:
+        fw = forward_in_chunks(learner.policy, learner.reference, sample.input_ids.to(acc.device),
+                               sample.attention_mask.to(acc.device), sample.response_ids.to(acc.device),
+                               sample.prompt_ids.size(1), cfg.temperature, cfg.forward_batch_size,
+                               sampled=sample if cfg.old_logprobs == "sampler" else None)
+    except FloatingPointError as e:
+        raise guard.error(str(e), it + 1, "forward") from None
+    return gather_rollout(acc, sample, fw, scores, raw)
 
-            # ---- 7. advantages: GAE, whitened over the whole batch
-            advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
 
-            # ---- 8. update: PPO epochs over shuffled minibatches
-            stats = {"pg": 0.0, "vf": 0.0, "clip": 0.0, "vclip": 0.0, "akl": 0.0, "ent": 0.0, "gn": 0.0, "n": 0}
-            epochs_done, stopped_early = 0, False
-            N = cfg.batch_size
-            micro = cfg.minibatch_size // world // cfg.grad_accum_steps
-            for epoch in range(cfg.ppo_epochs):
-                g = torch.Generator().manual_seed(_row_seed(cfg.seed, it, 10_000 + epoch))
-                perm = torch.randperm(N, generator=g)
-                for mb_start in range(0, N, cfg.minibatch_size):
-                    mb = perm[mb_start:mb_start + cfg.minibatch_size]
-                    n_tokens = mask[mb].sum()  # whole minibatch, all processes
-                    mine = mb[rank::world]
-                    # pg, vf, value clip, approx_kl, clip_frac: this process's share of the minibatch means
-                    acc = torch.zeros(5, device=device)
-                    for a in range(cfg.grad_accum_steps):
-                        rows_a = mine[a * micro:(a + 1) * micro].to(device)
-                        sub = ro.select(rows_a)
-                        adv_a = advantages[rows_a][:, :sub.mask.size(1)]
-                        ret_a = returns[rows_a][:, :sub.mask.size(1)]
-                        sync = a == cfg.grad_accum_steps - 1
-                        ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
-                        with ctx:
-                            logits, values = model(sub.input_ids, sub.attention_mask, sub.prompt_len,
-                                                   cfg.temperature)
-                            if not torch.isfinite(logits).all():
-                                raise fail("logits", it, f"update epoch {epoch + 1}")
-                            if not torch.isfinite(values).all():
-                                raise fail("values", it, f"update epoch {epoch + 1}")
-                            logp = logprobs_from_logits(logits, sub.response_ids)
-                            # Each process's share is scaled by world so DDP's gradient mean is the sum.
-                            denom = n_tokens / world
-                            pg, clip_frac, akl = policy_loss(logp, sub.old_logp, adv_a, sub.mask, cfg.clip_range,
-                                                             denom)
-                            vf, vclip = value_loss(values.float(), sub.values, ret_a, sub.mask,
-                                                   cfg.clip_range_value, denom)
-                            loss = pg + cfg.vf_coef * vf
-                            if cfg.ent_coef:
-                                ent = masked_mean(entropy_from_logits(logits), sub.mask, denom)
-                                loss = loss - cfg.ent_coef * ent
-                            if not torch.isfinite(loss):
-                                raise fail("loss", it, f"update epoch {epoch + 1}")
-                            accelerator.backward(loss)
-                        acc += torch.stack([pg.detach(), vf.detach(), vclip, akl, clip_frac]).float() / world
-                    gn = 0.0
-                    if cfg.max_grad_norm is not None:
-                        gn = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if world > 1:
-                        acc = accelerator.reduce(acc, "sum")
-                    mb_pg, mb_vf, mb_vclip, mb_akl, mb_clip = acc.tolist()
-                    stats["pg"] += mb_pg
-                    stats["vf"] += mb_vf
-                    stats["vclip"] += mb_vclip
-                    stats["akl"] += mb_akl
-                    stats["clip"] += mb_clip
-                    stats["gn"] += gn
-                    stats["n"] += 1
-                    if cfg.target_approx_kl is not None and mb_akl > cfg.target_approx_kl:
-                        stopped_early = True
-                        break
-                epochs_done += 1
-                if stopped_early:
-                    break
-            t_upd = time.perf_counter()
+# ---------------------------------------------------------------- 7.–8. advantages, update
 
-            # ---- 9. KL control, metrics, checkpoint
-            seq_kl_k3 = (kl_k3(ro.old_logp, ro.ref_logp) * mask).sum(1)  # (N,) ≥ 0
-            seq_kl_k1 = (kl_k1(ro.old_logp, ro.ref_logp) * mask).sum(1)
-            kl_ref = float(seq_kl_k3.mean())
-            kl_ctl.update(kl_ref, N)
-            n = max(stats["n"], 1)
-            metrics = {
-                "iteration": it + 1,
-                "objective/reward": float(parts["raw"].mean()),
-                "objective/reward_std": float(parts["raw"].std()) if N > 1 else 0.0,
-                "objective/score": float(ro.scores.mean()),
-                "objective/reward_penalised": float((rewards * mask).sum(1).mean()),
-                "objective/entropy": float(masked_mean(ro.entropy, mask)),
-                "objective/kl_k1": float(seq_kl_k1.mean()),
-                "objective/eos_frac": float(ro.finished.float().mean()),
-                "ppo/kl_ref": kl_ref,
-                "ppo/approx_kl": stats["akl"] / n,
-                "ppo/clip_frac": stats["clip"] / n,
-                "ppo/policy_loss": stats["pg"] / n,
-                "ppo/value_loss": stats["vf"] / n,
-                "ppo/value_clip_frac": stats["vclip"] / n,
-                "ppo/grad_norm": stats["gn"] / n,
-                "ppo/epochs": epochs_done,
-                "ppo/early_stop": stopped_early,
-                "value/explained_variance": float(explained_variance(ro.values, returns, mask)),
-                "value/mean": float(masked_mean(ro.values, mask)),
-                "response/length": float(mask.sum(1).mean()),
-                "kl_coef": beta,
-                "kl_coef_next": kl_ctl.value,
-                "time/rollout": t_gen - t0,
-                "time/score": t_score - t_gen,
-                "time/forward": t_fwd - t_score,
-                "time/update": t_upd - t_fwd,
-                "time/iteration": t_upd - t0,
-                "params/trainable": trainable_n,
-                "params/total": total_n,
-            }
-            if main:
-                with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                if tb is not None:
-                    for k, v in metrics.items():
-                        if isinstance(v, (int, float)) and k != "iteration":
-                            tb.add_scalar(k, v, it + 1)
-            if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
-                last_good = save_checkpoint(it + 1)
-            if progress is not None:
-                progress.update(task, advance=1, info=f"reward {metrics['objective/reward']:+.3f}  "
-                                f"kl {kl_ref:.3f}  β {beta:.4f}")
-    finally:
-        if progress is not None:
-            progress.stop()
-        if tb is not None:
-            tb.close()
 
-    # ---- final policy: loadable with from_pretrained, value head beside it
-    if main:
-        final_lm = unwrapped.lm
+def compute_advantages(rewards, values, mask, cfg: PPOConfig):
+    """GAE(γ, λ) over the response tokens, whitened over the whole batch: (N, R) advantages, returns."""
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns
+
+
+def minibatches(cfg: PPOConfig, it: int, epoch: int):
+    """The row indices of each minibatch of one PPO epoch: a seeded shuffle of the global batch."""
+    import torch
+
+    g = torch.Generator().manual_seed(_row_seed(cfg.seed, it, 10_000 + epoch))
+    perm = torch.randperm(cfg.batch_size, generator=g)
+    return [perm[s:s + cfg.minibatch_size] for s in range(0, cfg.batch_size, cfg.minibatch_size)]
+
+
+def ppo_update(learner: Learner, ro: Rollout, advantages, returns, cfg: PPOConfig, acc, it: int,
+               guard: FiniteGuard) -> UpdateStats:
+    """PPO epochs over shuffled minibatches, one optimiser step each; stops the epochs early once a
+    minibatch's approx_kl passes ``target_approx_kl``."""
+    totals = [0.0] * 6  # Σ over optimiser steps of the first six UpdateStats fields
+    steps = epochs = 0
+    early_stop = False
+    for epoch in range(cfg.ppo_epochs):
+        for mb in minibatches(cfg, it, epoch):
+            step = minibatch_step(learner, ro, advantages, returns, mb, cfg, acc, it, epoch, guard)
+            totals = [t + s for t, s in zip(totals, step)]
+            steps += 1
+            if cfg.target_approx_kl is not None and step[3] > cfg.target_approx_kl:
+                early_stop = True
+                break
+        epochs += 1
+        if early_stop:
+            break
+    n = max(steps, 1)
+    return UpdateStats(*(t / n for t in totals), epochs=epochs, early_stop=early_stop)
+
+
+def minibatch_step(learner: Learner, ro: Rollout, advantages, returns, mb, cfg: PPOConfig, acc, it: int,
+                   epoch: int, guard: FiniteGuard) -> tuple[float, ...]:
+    """One optimiser step on the minibatch rows ``mb`` (global indices), this process's share of
+    them in ``grad_accum_steps`` micro-batches. The loss is normalised by the whole minibatch's token
+    count, so accumulation and data parallelism give the step of one big batch. Returns the
+    minibatch's (policy_loss, value_loss, value_clip_frac, approx_kl, clip_frac, grad_norm)."""
+    import torch
+
+    world, rank = acc.num_processes, acc.process_index
+    micro = cfg.minibatch_size // world // cfg.grad_accum_steps
+    n_tokens = ro.mask[mb].sum()  # whole minibatch, all processes
+    mine = mb[rank::world]
+    where = f"update epoch {epoch + 1}"
+    means = torch.zeros(5, device=acc.device)  # this process's share of pg, vf, vclip, approx_kl, clip_frac
+    for a in range(cfg.grad_accum_steps):
+        rows = mine[a * micro:(a + 1) * micro].to(acc.device)
+        sub = ro.select(rows)
+        adv, ret = advantages[rows][:, :sub.mask.size(1)], returns[rows][:, :sub.mask.size(1)]
+        last = a == cfg.grad_accum_steps - 1
+        with acc.no_sync(learner.model) if (not last and world > 1) else contextlib.nullcontext():
+            logits, values = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len, cfg.temperature)
+            guard.check(logits, "logits", it + 1, where)
+            guard.check(values, "values", it + 1, where)
+            logp = logprobs_from_logits(logits, sub.response_ids)
+            denom = n_tokens / world  # each process's share is scaled by world: DDP's gradient mean is the sum
+            pg, clip_frac, approx_kl = policy_loss(logp, sub.old_logp, adv, sub.mask, cfg.clip_range, denom)
+            vf, vclip = value_loss(values.float(), sub.values, ret, sub.mask, cfg.clip_range_value, denom)
+            loss = pg + cfg.vf_coef * vf
+            if cfg.ent_coef:
+                loss = loss - cfg.ent_coef * masked_mean(entropy_from_logits(logits), sub.mask, denom)
+            guard.check(loss, "loss", it + 1, where)
+            acc.backward(loss)
+        means += torch.stack([pg.detach(), vf.detach(), vclip, approx_kl, clip_frac]).float() / world
+    grad_norm = 0.0
+    if cfg.max_grad_norm is not None:
+        grad_norm = float(acc.clip_grad_norm_(learner.trainable, cfg.max_grad_norm))
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        means = acc.reduce(means, "sum")
+    return (*means.tolist(), grad_norm)
+
+
+# ---------------------------------------------------------------- 9. metrics, checkpoints, the final policy
+
+
+def iteration_metrics(it: int, ro: Rollout, rewards, returns, stats: UpdateStats, kl_ref: float, beta: float,
+                      beta_next: float, clock: list[float], trainable_n: int, total_n: int) -> dict:
+    """One row of ``metrics.jsonl`` (names as in DESIGN.md: objective/, ppo/, value/, response/, time/)."""
+    mask = ro.mask
+    n = mask.size(0)
+    t0, t_gen, t_score, t_fwd, t_upd = clock
+    return {
+        "iteration": it + 1,
+        "objective/reward": float(ro.raw.mean()),
+        "objective/reward_std": float(ro.raw.std()) if n > 1 else 0.0,
+        "objective/score": float(ro.scores.mean()),
+        "objective/reward_penalised": float((rewards * mask).sum(1).mean()),
+        "objective/entropy": float(masked_mean(ro.entropy, mask)),
+        "objective/kl_k1": float((kl_k1(ro.old_logp, ro.ref_logp) * mask).sum(1).mean()),
+        "objective/eos_frac": float(ro.finished.float().mean()),
+        "ppo/kl_ref": kl_ref,
+        "ppo/approx_kl": stats.approx_kl,
+        "ppo/clip_frac": stats.clip_frac,
+        "ppo/policy_loss": stats.policy_loss,
+        "ppo/value_loss": stats.value_loss,
+        "ppo/value_clip_frac": stats.value_clip_frac,
+        "ppo/grad_norm": stats.grad_norm,
+        "ppo/epochs": stats.epochs,
+        "ppo/early_stop": stats.early_stop,
+        "value/explained_variance": float(explained_variance(ro.values, returns, mask)),
+        "value/mean": float(masked_mean(ro.values, mask)),
+        "response/length": float(mask.sum(1).mean()),
+        "kl_coef": beta,
+        "kl_coef_next": beta_next,
+        "time/rollout": t_gen - t0,
+        "time/score": t_score - t_gen,
+        "time/forward": t_fwd - t_score,
+        "time/update": t_upd - t_fwd,
+        "time/iteration": t_upd - t0,
+        "params/trainable": trainable_n,
+        "params/total": total_n,
+    }
+
+
+def save_checkpoint(run: RunDir, learner: Learner, cfg: PPOConfig, iteration: int, guard: FiniteGuard) -> Path:
+    """The trainable weights, optimiser, RNG and KL controller after ``iteration``, written atomically;
+    refused (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""
+    import torch
+    from safetensors.torch import save_file
+
+    for name, p in learner.policy.named_parameters():
+        guard.check(p, f"weights ({name})", iteration, "checkpoint")
+
+    def write(tmp: Path) -> None:
+        weights = {n: p.detach().cpu().contiguous() for n, p in learner.policy.named_parameters() if p.requires_grad}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(learner.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        write_json(tmp / "state.json", {"iteration": iteration, "kl_controller": learner.kl_ctl.state_dict(),
+                                        "config": cfg.model_dump()})
+
+    return run.save(iteration, write)
+
+
+def save_final(learner: Learner, cfg: PPOConfig, acc) -> None:
+    """The final policy, loadable with ``from_pretrained`` (LoRA merged; the adapter also kept in
+    ``adapter/``), its tokenizer, and ``value_head.safetensors`` beside it."""
+    from safetensors.torch import save_file
+
+    out = Path(cfg.output)
+    if acc.is_main_process:
+        final_lm = learner.policy.lm
         if cfg.lora:
-            final_lm.save_pretrained(str(out_dir / "adapter"))
+            final_lm.save_pretrained(str(out / "adapter"))
             final_lm = final_lm.merge_and_unload()
-        final_lm.save_pretrained(str(out_dir))
-        tokenizer.save_pretrained(str(out_dir))
-        save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.value_state_dict().items()},
-                  str(out_dir / "value_head.safetensors"))
-    accelerator.wait_for_everyone()
-    return out_dir
+        final_lm.save_pretrained(str(out))
+        learner.tokenizer.save_pretrained(str(out))
+        save_file({k: v.detach().cpu().contiguous() for k, v in learner.policy.value_state_dict().items()},
+                  str(out / "value_head.safetensors"))
+    acc.wait_for_everyone()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -140,7 +141,8 @@ class Rollout:
     ref_logp: torch.Tensor  # (N, R) log π_ref
     values: torch.Tensor  # (N, R) V_θold(s_t)
     entropy: torch.Tensor  # (N, R)
-    scores: torch.Tensor  # (N,) raw reward
+    scores: torch.Tensor  # (N,) the score trained on: the reward, clipped, minus the missing-EOS penalty
+    raw: torch.Tensor  # (N,) the reward as the reward function returned it
     finished: torch.Tensor  # (N,) reached a stop token
     prompt_len: int
 
@@ -159,17 +161,25 @@ class Rollout:
         return Rollout(prompt_len=P - first, **sub)
 
 
+class PolicyStats(NamedTuple):
+    """Per-token statistics of a rollout's responses, each (N, R) (0 on padding but for values)."""
+
+    old_logp: torch.Tensor  # log π_θold(a_t | s_t)
+    values: torch.Tensor  # V_θold(s_t), float32
+    entropy: torch.Tensor  # H(π_θold(· | s_t))
+    ref_logp: torch.Tensor  # log π_ref(a_t | s_t)
+
+
 @torch.no_grad()
 def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, attention_mask, response_ids,
-                      prompt_len: int, temperature: float, chunk: int,
-                      sampled: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                      prompt_len: int, temperature: float, chunk: int, sampled=None) -> PolicyStats:
     """old_logp, values, entropy (policy) and ref_logp (reference), each (N, R), in row chunks.
 
-    ``sampled`` — the sampler's own ``logprobs``, ``entropy`` and ``hidden`` (see
-    ``generate(policy_stats=True)``) — replaces the policy's teacher-forced forward pass: old_logp
-    and entropy are taken from it and V from the value head on its hidden states. They agree with
-    the forward pass to float rounding (the KV-cache decode sums in another order), so the KL to an
-    identical reference is ~1e-7 instead of exactly 0.
+    ``sampled`` — the sampler's ``SampleBatch`` of ``generate(policy_stats=True)``, with its own
+    ``logprobs``, ``entropy`` and ``hidden`` — replaces the policy's teacher-forced forward pass:
+    old_logp and entropy are taken from it and V from the value head on its hidden states. They
+    agree with the forward pass to float rounding (the KV-cache decode sums in another order), so
+    the KL to an identical reference is ~1e-7 instead of exactly 0.
     """
     out: dict[str, list[torch.Tensor]] = {"old_logp": [], "values": [], "entropy": [], "ref_logp": []}
     for s in range(0, input_ids.size(0), chunk):
@@ -181,9 +191,9 @@ def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, 
             out["entropy"].append(entropy_from_logits(logits))
             checks.append(("policy logits", logits))
         else:
-            out["old_logp"].append(sampled["logprobs"][s:s + chunk])
-            out["entropy"].append(sampled["entropy"][s:s + chunk])
-            values = policy.values_from_hidden(sampled["hidden"][s:s + chunk], ids, am, prompt_len)
+            out["old_logp"].append(sampled.logprobs[s:s + chunk])
+            out["entropy"].append(sampled.entropy[s:s + chunk])
+            values = policy.values_from_hidden(sampled.hidden[s:s + chunk], ids, am, prompt_len)
         out["values"].append(values.float())
         ref_logits = reference.logits(ids, am, prompt_len, temperature)
         out["ref_logp"].append(logprobs_from_logits(ref_logits, resp))
@@ -191,4 +201,28 @@ def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, 
         for name, t in checks:
             if not torch.isfinite(t).all():
                 raise FloatingPointError(name)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return PolicyStats(**{k: torch.cat(v) for k, v in out.items()})
+
+
+def gather_rollout(acc, sample, stats: PolicyStats, scores: torch.Tensor, raw: torch.Tensor) -> Rollout:
+    """Every process's rows into one ``Rollout`` of the global batch, on every process: prompts
+    padded on the left and responses on the right to the widest process's, then gathered."""
+    device = acc.device
+    parts = {
+        "prompt_ids": sample.prompt_ids.to(device), "prompt_mask": sample.prompt_mask.to(device),
+        "response_ids": sample.response_ids.to(device), "mask": sample.response_mask.to(device),
+        "old_logp": stats.old_logp, "ref_logp": stats.ref_logp, "values": stats.values, "entropy": stats.entropy,
+        "scores": scores.to(device), "raw": raw.to(device), "finished": sample.finished.to(device).long(),
+    }
+    if acc.num_processes > 1:
+        pad_val = {"prompt_ids": sample.pad_token_id, "response_ids": sample.pad_token_id}
+        for k, v in parts.items():
+            if v.dim() == 2:
+                v = acc.pad_across_processes(v, dim=1, pad_index=pad_val.get(k, 0), pad_first=k.startswith("prompt"))
+            parts[k] = acc.gather(v.contiguous())
+    return Rollout(input_ids=torch.cat([parts["prompt_ids"], parts["response_ids"]], 1),
+                   attention_mask=torch.cat([parts["prompt_mask"], parts["mask"]], 1),
+                   response_ids=parts["response_ids"], mask=parts["mask"].float(), old_logp=parts["old_logp"],
+                   ref_logp=parts["ref_logp"], values=parts["values"], entropy=parts["entropy"],
+                   scores=parts["scores"], raw=parts["raw"], finished=parts["finished"].bool(),
+                   prompt_len=parts["prompt_ids"].size(1))

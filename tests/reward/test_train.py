@@ -106,8 +106,8 @@ def test_all_pairs_batch_equals_expanded_pairs_one_by_one(tiny_gpt2, rank_data):
 
     model = fresh()
     b = collate(enc, [0, 1, 2], tok.pad_token_id)
-    s = ScoreModule(model)(b["input_ids"], b["attention_mask"])[b["index"]]  # (B, K)
-    loss_k = bradley_terry_loss(s, b["ranks"], b["mask"]).mean()
+    s = ScoreModule(model)(b.input_ids, b.attention_mask)[b.index]  # (B, K)
+    loss_k = bradley_terry_loss(s, b.ranks, b.mask).mean()
     loss_k.backward()
     grads_k = {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -136,7 +136,7 @@ def test_packed_training_equals_padded_training(tmp_path, tiny_gpt2, rank_data):
     tok = load_tokenizer(tiny_gpt2)
     enc = encode_examples(read_preferences(rank_data["train"]), tok, 64)
     packed = collate(enc, list(range(4)), tok.pad_token_id,
-                     pack={"causal": True, "share_prefix": True, "hidden_size": 32})["packed"]
+                     pack={"causal": True, "share_prefix": True, "hidden_size": 32}).packed
     assert packed is not None  # these batches do take the packed path
     runs, losses = {}, {}
     for share in (True, False):

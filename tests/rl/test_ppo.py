@@ -123,14 +123,14 @@ def test_sampler_policy_stats_match_the_teacher_forced_forward(tiny_llama):
         assert s.logprobs.shape == s.response_ids.shape and s.hidden.shape[:2] == s.response_ids.shape
         args = (s.input_ids, s.attention_mask, s.response_ids, s.prompt_ids.size(1), temperature, 4)
         exact = forward_in_chunks(pol, ref, *args)
-        kept = forward_in_chunks(pol, ref, *args, sampled={"logprobs": s.logprobs, "entropy": s.entropy,
-                                                            "hidden": s.hidden})
+        kept = forward_in_chunks(pol, ref, *args, sampled=s)
         m = s.response_mask.bool()
         assert (s.response_mask == 0).any()  # some rows stopped early: padding is covered
         for k in ("old_logp", "entropy", "values"):
-            assert torch.allclose(kept[k][m], exact[k][m], atol=1e-5), (k, (kept[k] - exact[k])[m].abs().max())
-            assert kept[k][~m].abs().sum() == 0 or k == "values"
-        assert torch.equal(kept["ref_logp"], exact["ref_logp"])
+            a, b = getattr(kept, k), getattr(exact, k)
+            assert torch.allclose(a[m], b[m], atol=1e-5), (k, (a - b)[m].abs().max())
+            assert a[~m].abs().sum() == 0 or k == "values"
+        assert torch.equal(kept.ref_logp, exact.ref_logp)
 
 
 def test_kl_terms_zero_when_policy_is_reference(tiny_llama):
@@ -152,7 +152,7 @@ def test_kl_terms_zero_when_policy_is_reference(tiny_llama):
         s = generate(lm, tok, PROMPT_TEXTS, max_new_tokens=5, seed=0)
         fw = forward_in_chunks(pol, ref, s.input_ids, s.attention_mask, s.response_ids, s.prompt_ids.size(1), 1.0, 3)
         for k in ("k1", "k2", "k3"):
-            assert kl_estimate(fw["old_logp"], fw["ref_logp"], k).abs().max() == 0
+            assert kl_estimate(fw.old_logp, fw.ref_logp, k).abs().max() == 0
     # LoRA: one set of base weights, the reference is the same module
     assert ref.lm is lm
 

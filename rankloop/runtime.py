@@ -1,0 +1,246 @@
+"""What every trainer shares: the accelerator, the run directory (atomic checkpoints, the latest
+one, keep-N, RNG state, metrics that survive a resume), experiment trackers, the progress bar and
+the non-finite guard.
+
+A learner's loop uses it as
+
+    acc = make_accelerator(trackers(out, tensorboard=cfg.tensorboard))
+    run = RunDir(out, acc, prefix="iter", complete="state.json", keep=cfg.keep_checkpoints)
+    start = 0 if (ckpt := run.latest() if cfg.resume else None) is None else <restore from ckpt>
+    run.begin(resumed_at=start)      # fresh run: old checkpoints and metrics go; resume: rows past it go
+    ...
+    with tracking(acc):
+        acc.log(metrics, step=it)    # → metrics.jsonl (and TensorBoard when installed)
+    guard.last_good = run.save(it, write)   # write(tmp_dir) fills the checkpoint; renamed into place
+
+Nothing here knows what is trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from accelerate.tracking import GeneralTracker
+
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+# ---------------------------------------------------------------- accelerator and trackers
+
+
+def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None):
+    """accelerate's ``Accelerator``; several processes on a machine without a GPU (``torchrun`` /
+    ``accelerate launch`` on CPU) run data-parallel over gloo."""
+    import torch
+    from accelerate import Accelerator
+
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=cpu_ddp, log_with=log_with or None,
+                       project_dir=str(project_dir) if project_dir is not None else None)
+
+
+class JSONLTracker(GeneralTracker):
+    """accelerate tracker writing each logged row as one JSON line (``metrics.jsonl``), opened and
+    closed per row so a killed run leaves every row it logged. ``key`` names the row's step field;
+    ``truncate(step)`` drops the rows a killed run logged past the checkpoint it resumes from."""
+
+    name = "jsonl"
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self, path: str | Path, key: str):
+        super().__init__()
+        self.path, self.key = Path(path), key
+
+    @property
+    def tracker(self):
+        return self.path
+
+    def store_init_configuration(self, values: dict) -> None:  # the config is saved beside the run
+        pass
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(values) + "\n")
+
+    def truncate(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        if step == 0:
+            self.path.unlink()
+            return
+        keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get(self.key, 0) <= step]
+        self.path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+
+def trackers(out: str | Path, key: str, tensorboard: bool = True) -> list:
+    """The run's trackers: ``metrics.jsonl`` always; TensorBoard (``out/tensorboard``) when asked
+    for and installed — it is optional, so its absence is no error."""
+    from accelerate.utils import is_tensorboard_available
+
+    return [JSONLTracker(Path(out) / METRICS, key)] + (
+        ["tensorboard"] if tensorboard and is_tensorboard_available() else [])
+
+
+@contextlib.contextmanager
+def tracking(acc, run_name: str = "tensorboard") -> Iterator[None]:
+    """Start the accelerator's trackers (TensorBoard logs to ``project_dir/run_name``) and finish
+    them however the block ends. (Not ``end_training``: that also destroys the process group, which
+    a caller may still need — e.g. for the final save's barrier.)"""
+    acc.init_trackers(run_name)
+    try:
+        yield
+    finally:
+        for t in acc.trackers:
+            t.finish()
+        acc.trackers.clear()
+
+
+# ---------------------------------------------------------------- RNG state (one format)
+
+
+def rng_state() -> dict:
+    """Python's, NumPy's and torch's global generator states (CPU)."""
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush every file of ``path`` to disk (before a rename makes them visible)."""
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the complete directory ``tmp`` to ``target``, replacing what is there."""
+    if target.exists():
+        old = target.parent / f".old-{target.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def write_dir_atomically(target: Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` fills a temporary sibling of ``target``, which is flushed and renamed into
+    place: a run killed at any moment leaves either the old directory or the new one, whole."""
+    tmp = target.parent / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    fsync_dir(tmp)
+    replace_dir(tmp, target)
+    return target
+
+
+class RunDir:
+    """A trainer's output directory: ``checkpoints/<prefix>-NNN…`` (complete when ``complete``, a
+    file written last, exists), ``metrics.jsonl`` and the trackers.
+
+    Checkpoints are written by hand rather than with accelerate's ``save_state``: that writes the
+    whole model (not only the trainable weights, nor a ``from_pretrained`` directory) and in place,
+    so a run killed mid-write could leave a checkpoint that looks complete and is not.
+    """
+
+    def __init__(self, output: str | Path, acc, prefix: str, complete: str, keep: int, digits: int = 6):
+        self.out = Path(output)
+        self.checkpoints = self.out / CHECKPOINTS
+        self.acc, self.prefix, self.complete, self.keep, self.digits = acc, prefix, complete, keep, digits
+
+    def path(self, step: int) -> Path:
+        return self.checkpoints / f"{self.prefix}-{step:0{self.digits}d}"
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint (a temporary directory is never complete)."""
+        if not self.checkpoints.exists():
+            return None
+        done = sorted(p for p in self.checkpoints.glob(f"{self.prefix}-*") if (p / self.complete).exists())
+        return done[-1] if done else None
+
+    def begin(self, resumed_at: int) -> None:
+        """Before the first step: a fresh run (``resumed_at == 0``) removes an earlier run's
+        checkpoints and metrics; a resumed one drops the metrics rows logged past its checkpoint.
+        Leftover temporary directories of a killed write go either way."""
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if resumed_at == 0:
+                shutil.rmtree(self.checkpoints, ignore_errors=True)
+            elif self.checkpoints.exists():
+                for stale in self.checkpoints.glob(".tmp-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+            for t in self.acc.log_with or []:  # (the trackers start later, in ``tracking``)
+                if isinstance(t, JSONLTracker):
+                    t.truncate(resumed_at)
+        self.acc.wait_for_everyone()
+
+    def save(self, step: int, write: Callable[[Path], Any]) -> Path:
+        """Checkpoint ``step`` atomically (main process writes, all wait), keeping the newest ``keep``."""
+        final = self.path(step)
+        if self.acc.is_main_process:
+            write_dir_atomically(final, write)
+            for old in sorted(p for p in self.checkpoints.glob(f"{self.prefix}-*") if p.is_dir())[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+
+# ---------------------------------------------------------------- progress and the non-finite guard
+
+
+def progress_bar(name: str, enabled: bool, console=None):
+    """A rich progress bar (``with bar: task = bar.add_task(...)``), shown on the main process
+    only when ``enabled``: name, bar, n/N, time left and an info field."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[info]}"), console=console, disable=not enabled)
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/inf in logits, rewards, values or the loss; names the step and the last good checkpoint."""
+
+
+class FiniteGuard:
+    """Stops a run at the first NaN/inf, naming where it happened and the last checkpoint written
+    (which is intact: a checkpoint is only written from finite weights)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit  # "iteration" or "step"
+        self.last_good: Path | None = None
+
+    def error(self, what: str, at: int, step: str) -> NonFiniteError:
+        where = str(self.last_good) if self.last_good is not None else "none (no checkpoint written yet)"
+        return NonFiniteError(f"non-finite {what} at {self.unit} {at}, step '{step}'; stopped. "
+                              f"Last good checkpoint: {where} (intact; resume with --resume after fixing the cause)")
+
+    def check(self, tensor, what: str, at: int, step: str) -> None:
+        import torch
+
+        if not torch.isfinite(tensor).all():
+            raise self.error(what, at, step)
