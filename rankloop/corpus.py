@@ -209,7 +209,6 @@ def make_prompts(seed: int = 0, n_train: int = 64, n_eval: int = 32) -> tuple[li
 # ---------------------------------------------------------------- the gold preference
 
 _WORD = re.compile(r"[a-z']+")
-_TOPIC_OF_PROMPT = re.compile(r"(?:about|of|on|describe) (\w+)")
 TARGET_WORDS = 18
 
 
