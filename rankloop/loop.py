@@ -12,14 +12,18 @@ One round, in numbered steps (``run_loop``)::
                   win rate against it, on held-out prompts                round-R/eval.json
 
 Every stage writes its artifact and, beside it, ``<artifact>.stage.json`` with the stage's config,
-the hash of its inputs, its wall time and peak RSS. A stage whose record exists with the same
+the hash of its inputs, its wall time, peak RSS and its typed result (a ``StageResult``;
+``read_rounds`` reads them back for the report). A stage whose record exists with the same
 input hash is skipped, so a loop interrupted anywhere resumes where it stopped (the labeling step
 continues the same project; the reward model and PPO resume from their own checkpoints). Change a
 setting and the stages it feeds re-run.
 
-The KL penalty of each round's PPO is against that round's starting policy (PPO's reference is its
-initial policy); the evaluation measures the KL from the *initial* policy, the quantity of the
-over-optimisation plots (Gao et al. 2022).
+The reward-model and PPO steps take their settings from ``reward:`` / ``ppo:`` (``RewardStage`` /
+``PPOStage``: the trainers' own config fields less the ones the loop sets), over the loop's
+defaults in ``REWARD_DEFAULTS`` / ``PPO_DEFAULTS``.
+
+The KL penalty of each round's PPO is against the initial policy (``PPOConfig.reference``), as is
+the KL the evaluation measures, the quantity of the over-optimisation plots (Gao et al. 2022).
 """
 
 from __future__ import annotations
@@ -124,12 +128,16 @@ class StageSettings(Config):
     from_loop: ClassVar[dict[str, str]]
     _given: dict[str, Any] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_owned(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (bad := cls.owned & set(data)):
+            raise PydanticCustomError("loop_owned", "the loop sets {fields} itself", {"fields": str(sorted(bad))})
+        return data
+
     @model_validator(mode="wrap")
     @classmethod
     def _keep_given(cls, data: Any, handler: Callable) -> "StageSettings":
-        if isinstance(data, dict) and (bad := cls.owned & set(data)):
-            raise PydanticCustomError("loop_owned", "the loop sets {fields} itself",
-                                      {"fields": str(sorted(bad))})
         stage = handler(data)
         if isinstance(data, dict):
             stage._given = dict(data)
@@ -219,11 +227,13 @@ class LoopConfig(Config):
     labeling: LabelingSettings = Field(default_factory=LabelingSettings, description="Labeling.")
     reward_model: str | None = Field(None, description="Reward-model backbone (default: the initial policy).")
     reward: RewardStage = Field(default_factory=RewardStage, description="The reward-model step: any "
-                                "RewardTrainConfig field (epochs, lr, batch_size, max_length, loss, …) but the "
-                                "ones the loop sets (REWARD_OWNED); defaults in REWARD_DEFAULTS.")
+                                "RewardTrainConfig field (epochs, lr, batch_size, max_length, loss, …) but "
+                                f"{', '.join(sorted(REWARD_OWNED))}, which the loop sets. The loop's defaults: "
+                                "rankloop.loop.REWARD_DEFAULTS.")
     ppo: PPOStage = Field(default_factory=PPOStage, description="The PPO step: any PPOConfig field (iterations, "
-                          "batch_size, kl_control, kl_target, learning_rate, …) but the ones the loop sets "
-                          "(PPO_OWNED); defaults in PPO_DEFAULTS.")
+                          "batch_size, kl_control, kl_target, learning_rate, …) but "
+                          f"{', '.join(sorted(PPO_OWNED))}, which the loop sets. The loop's defaults: "
+                          "rankloop.loop.PPO_DEFAULTS.")
     eval_samples: int = Field(2, ge=1, description="Responses per held-out prompt in the evaluation.")
     gold: str | None = Field(None, description="A 'module:function' gold preference for the evaluation "
                              "(default: labeling.gold in simulated mode, none in human mode).")
@@ -282,15 +292,17 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 def reward_train_config(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path,
                         resume: bool) -> RewardTrainConfig:
     """The reward-model step's config of a round (see REWARD_DEFAULTS for where each value comes from)."""
-    return cfg.reward.build(cfg, data=str(data), model=cfg.reward_model or cfg.policy, output=str(out),  # type: ignore[return-value]
+    rcfg = cfg.reward.build(cfg, data=str(data), model=cfg.reward_model or cfg.policy, output=str(out),
                             eval_data=str(eval_data) if eval_data else None, resume=resume, progress=cfg.progress)
+    return rcfg  # type: ignore[return-value]
 
 
 def ppo_config(cfg: LoopConfig, policy: str, prompts: Path, out: Path, resume: bool) -> PPOConfig:
     """The PPO step's config of a round, continuing from ``policy``. The KL is always against the
     original model (``reference``), however many rounds the policy has moved."""
-    return cfg.ppo.build(cfg, policy=str(policy), reference=cfg.policy, prompts=str(prompts),  # type: ignore[return-value]
-                         output=str(out), resume=resume, progress=cfg.progress)
+    pcfg = cfg.ppo.build(cfg, policy=str(policy), reference=cfg.policy, prompts=str(prompts), output=str(out),
+                         resume=resume, progress=cfg.progress)
+    return pcfg  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- stage results
@@ -366,7 +378,7 @@ class LabelResult(StageResult):
 
     @property
     def agreement(self) -> float | None:
-        """The labelers' pairwise agreement the app measured (None: no item had two labelers)."""
+        """The labelers' pairwise agreement the app measured (None: not measured)."""
         return self.figures.get("app_pairwise_agreement")
 
 
@@ -757,7 +769,7 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
             server.should_exit = True
             thread.join(timeout=10)
     exported = export_project(url, name, out, min_agreement=lab.min_agreement)
-    exported.pop("project")  # the name again
+    exported.pop("project", None)  # the name again
     figures.update(exported)
     return LabelResult(project=name, database=url.split("@")[-1], sigma=sigma, expected_agreement=agreement,
                        figures=figures)

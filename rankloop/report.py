@@ -150,7 +150,7 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
         ax.plot(bx, bg, "-", color=c, lw=2, label=f"round {r['round']}: gold, binned mean")
         any_line = True
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("√KL(π ‖ π_start of round)  per response, nats^½")
+    ax.set_xlabel("√KL(π ‖ π_ref = the initial policy)  per response, nats^½")
     ax.set_ylabel("change from the start of the round")
     ax.set_title("Gold score vs proxy reward along PPO (Gao et al. 2022 view)")
     if any_line:
@@ -188,7 +188,8 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
         axes[1].plot(it, [m["ppo/kl_ref"] for m in metrics], color=c)
         axes[2].plot(it, [m.get("kl_coef", float("nan")) for m in metrics], color=c)
         off += len(metrics)
-    for a, t in zip(axes, ("proxy reward (RM score)", "KL to the round's reference (k3)", "β (adaptive KL coefficient)")):
+    titles = ("proxy reward (RM score)", "KL to the reference, the initial policy (k3)", "β (adaptive KL coefficient)")
+    for a, t in zip(axes, titles):
         a.set_title(t, fontsize=10)
         a.set_xlabel("PPO iteration")
     if rounds:
