@@ -101,8 +101,8 @@ def active_vs_random(args, run: Path, work: Path) -> dict:
             data = md / "all.jsonl"
             data.write_text((sd / "seed_rankings.jsonl").read_text() + (md / "rankings.jsonl").read_text())
             res = step_reward(cfg, data, gold_eval, md / "rm")
-            results[method].append(res["rm_accuracy"])
-            print(f"  seed {seed} {method:8s} RM accuracy {res['rm_accuracy']:.3f}", flush=True)
+            results[method].append(res.rm_accuracy)
+            print(f"  seed {seed} {method:8s} RM accuracy {res.rm_accuracy:.3f}", flush=True)
     out = {"sigma": sigma, "label_budget_prompts": seed_n + budget, "seed_prompts": seed_n, "chosen_prompts": budget,
            "pool_prompts": n_pool, "seeds": len(seeds), "heldout_rankings": sum(1 for _ in gold_eval.open())}
     for m, accs in results.items():

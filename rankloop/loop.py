@@ -12,38 +12,45 @@ One round, in numbered steps (``run_loop``)::
                   win rate against it, on held-out prompts                round-R/eval.json
 
 Every stage writes its artifact and, beside it, ``<artifact>.stage.json`` with the stage's config,
-the hash of its inputs, its wall time and peak RSS. A stage whose record exists with the same
+the hash of its inputs, its wall time, peak RSS and its typed result (a ``StageResult``;
+``read_rounds`` reads them back for the report). A stage whose record exists with the same
 input hash is skipped, so a loop interrupted anywhere resumes where it stopped (the labeling step
 continues the same project; the reward model and PPO resume from their own checkpoints). Change a
 setting and the stages it feeds re-run.
 
-The KL penalty of each round's PPO is against that round's starting policy (PPO's reference is its
-initial policy); the evaluation measures the KL from the *initial* policy, the quantity of the
-over-optimisation plots (Gao et al. 2022).
+The reward-model and PPO steps take their settings from ``reward:`` / ``ppo:`` (``RewardStage`` /
+``PPOStage``: the trainers' own config fields less the ones the loop sets), over the loop's
+defaults in ``REWARD_DEFAULTS`` / ``PPO_DEFAULTS``.
+
+The KL penalty of each round's PPO is against the initial policy (``PPOConfig.reference``), as is
+the KL the evaluation measures, the quantity of the over-optimisation plots (Gao et al. 2022).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import threading
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+import yaml
+from pydantic import Field, PrivateAttr, ValidationError, create_model, field_serializer, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from rich.console import Console
 
 from rankloop.config import Config, ConfigError, save_config
 from rankloop.io import read_candidates, read_preferences, read_prompts, write_json, write_jsonl, write_rankings
 from rankloop.records import Candidate, Prompt
+from rankloop.reward.train import RewardTrainConfig
+from rankloop.rl.ppo import PPOConfig
 
 console = Console(stderr=True)
-
-# Fields the loop sets itself in the stage configs; a user may not override them.
-_RM_OWNED = {"data", "model", "output", "eval_data", "resume", "progress"}
-_PPO_OWNED = {"policy", "reward", "prompts", "output", "resume", "progress"}
 
 
 class SamplingSettings(Config):
@@ -83,6 +90,123 @@ class LabelingSettings(Config):
     min_agreement: float | None = Field(None, description="Export filter: keep items whose labelers agree this much.")
 
 
+# ---------------------------------------------------------------- stage settings
+
+# The loop's defaults for its reward-model and PPO steps — the one place they are set. A field not
+# named here takes RewardTrainConfig's / PPOConfig's own default, and a round's `reward:` / `ppo:`
+# setting overrides both. They are smaller than the stand-alone commands' defaults because the loop
+# retrains both models every round; PPO's KL coefficient is adaptive (Ziegler et al. 2019).
+REWARD_DEFAULTS: dict[str, Any] = {"epochs": 4, "lr": 1e-4, "batch_size": 8, "max_length": 128}
+PPO_DEFAULTS: dict[str, Any] = {"iterations": 20, "batch_size": 32, "minibatch_size": 8, "ppo_epochs": 4,
+                                "learning_rate": 3e-4, "kl_control": "adaptive", "kl_coef": 0.1, "kl_target": 4.0,
+                                "kl_horizon": 2000, "missing_eos_penalty": 1.0}
+# Defaults taken from the loop's own settings (a stage setting still overrides them): field → the
+# LoopConfig attribute it follows.
+REWARD_FROM_LOOP = {"seed": "seed"}
+PPO_FROM_LOOP = {"seed": "seed", "max_new_tokens": "sampling.max_new_tokens"}
+# Fields the loop sets itself every round (data, models, directories, resume); not settable.
+REWARD_OWNED = frozenset({"data", "model", "output", "eval_data", "resume", "progress"})
+PPO_OWNED = frozenset({"policy", "reference", "reward", "prompts", "output", "resume", "progress"})
+
+
+def _messages(e: ValidationError) -> str:
+    """A ValidationError's errors on one line: ``field: message; …`` (no "Value error, " prefix)."""
+    out = []
+    for err in e.errors():
+        msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        out.append(f"{'.'.join(map(str, err['loc']))}: {msg}" if err["loc"] else msg)
+    return "; ".join(out)
+
+
+class StageSettings(Config):
+    """The settings a loop config gives one stage: the fields of the stage's own config
+    (``trainer``) less the ones the loop sets itself, with the loop's defaults. Made by
+    ``stage_settings``; ``build`` makes the trainer's config of a round."""
+
+    trainer: ClassVar[type[Config]]
+    owned: ClassVar[frozenset[str]]
+    from_loop: ClassVar[dict[str, str]]
+    _given: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_owned(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (bad := cls.owned & set(data)):
+            raise PydanticCustomError("loop_owned", "the loop sets {fields} itself", {"fields": str(sorted(bad))})
+        return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_given(cls, data: Any, handler: Callable) -> "StageSettings":
+        stage = handler(data)
+        if isinstance(data, dict):
+            stage._given = dict(data)
+        return stage
+
+    @model_validator(mode="after")
+    def _check_across_fields(self) -> "StageSettings":
+        """The trainer's checks across fields (``minibatch_size`` ≤ ``batch_size``, …) when the loop
+        config is loaded, not when the stage starts."""
+        placeholders = {n: "-" for n in self.owned if self.trainer.model_fields[n].is_required()}
+        try:
+            self.build(None, **placeholders)
+        except ValidationError as e:
+            raise PydanticCustomError("stage_settings", "{errors}", {"errors": _messages(e)}) from None
+        return self
+
+    def given(self) -> dict[str, Any]:
+        """The settings as written. The stage record and its input hash keep these, as they did
+        before the settings were typed (validation turns ``epochs: 4`` into ``4.0``), so a run
+        directory made before still resumes without redoing its stages."""
+        return dict(self._given)
+
+    def settings(self, loop: "LoopConfig | None") -> dict[str, Any]:
+        """Every field: the round's setting, else the loop's default, else the trainer's; a
+        ``from_loop`` field left unset follows ``loop`` (the trainer's default when None)."""
+        values = self.model_dump()
+        for name, attr in self.from_loop.items():
+            if values[name] is None:
+                if loop is None:
+                    del values[name]
+                else:
+                    values[name] = functools.reduce(getattr, attr.split("."), loop)
+        return values
+
+    def build(self, loop: "LoopConfig | None", **owned: Any) -> Config:
+        return self.trainer(**self.settings(loop), **owned)
+
+
+def stage_settings(name: str, trainer: type[Config], owned: frozenset[str], defaults: dict[str, Any],
+                   from_loop: dict[str, str]) -> type[StageSettings]:
+    """A ``StageSettings`` model of ``trainer``'s fields less ``owned``: the same types, bounds and
+    descriptions (so a field added to the trainer is settable in the loop at once), ``defaults``
+    as defaults, and each ``from_loop`` field optional (None: follow the loop config)."""
+    unknown = (owned | set(defaults) | set(from_loop)) - set(trainer.model_fields)
+    if unknown:
+        raise TypeError(f"{name}: {trainer.__name__} has no fields {sorted(unknown)}")
+    fields_: dict[str, Any] = {}
+    for fname, info in trainer.model_fields.items():
+        if fname in owned:
+            continue
+        annotation = info.annotation
+        if fname in from_loop:
+            annotation = annotation | None  # type: ignore[operator]
+            info = FieldInfo.merge_field_infos(info, default=None, description=f"{info.description} "
+                                               f"Default: the loop's `{from_loop[fname]}`.")
+        elif fname in defaults:
+            info = FieldInfo.merge_field_infos(info, default=defaults[fname])
+        fields_[fname] = (annotation, info)
+    model = create_model(name, __base__=StageSettings, __module__=__name__,
+                         __doc__=f"{trainer.__name__}'s fields that a round of the loop may set, with the "
+                                 "loop's defaults.", **fields_)
+    model.trainer, model.owned, model.from_loop = trainer, owned, dict(from_loop)
+    return model
+
+
+RewardStage = stage_settings("RewardStage", RewardTrainConfig, REWARD_OWNED, REWARD_DEFAULTS, REWARD_FROM_LOOP)
+PPOStage = stage_settings("PPOStage", PPOConfig, PPO_OWNED, PPO_DEFAULTS, PPO_FROM_LOOP)
+
+
 class LoopConfig(Config):
     """``rankloop loop``: every field can come from ``--config FILE.yaml``."""
 
@@ -102,10 +226,14 @@ class LoopConfig(Config):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Candidate sampling.")
     labeling: LabelingSettings = Field(default_factory=LabelingSettings, description="Labeling.")
     reward_model: str | None = Field(None, description="Reward-model backbone (default: the initial policy).")
-    reward: dict[str, Any] = Field(default_factory=dict, description="Any RewardTrainConfig field "
-                                   "(epochs, lr, batch_size, max_length, loss, …) for the reward-model step.")
-    ppo: dict[str, Any] = Field(default_factory=dict, description="Any PPOConfig field (iterations, batch_size, "
-                                "kl_control, kl_target, learning_rate, …) for the PPO step.")
+    reward: RewardStage = Field(default_factory=RewardStage, description="The reward-model step: any "
+                                "RewardTrainConfig field (epochs, lr, batch_size, max_length, loss, …) but "
+                                f"{', '.join(sorted(REWARD_OWNED))}, which the loop sets. The loop's defaults: "
+                                "rankloop.loop.REWARD_DEFAULTS.")
+    ppo: PPOStage = Field(default_factory=PPOStage, description="The PPO step: any PPOConfig field (iterations, "
+                          "batch_size, kl_control, kl_target, learning_rate, …) but "
+                          f"{', '.join(sorted(PPO_OWNED))}, which the loop sets. The loop's defaults: "
+                          "rankloop.loop.PPO_DEFAULTS.")
     eval_samples: int = Field(2, ge=1, description="Responses per held-out prompt in the evaluation.")
     gold: str | None = Field(None, description="A 'module:function' gold preference for the evaluation "
                              "(default: labeling.gold in simulated mode, none in human mode).")
@@ -116,20 +244,265 @@ class LoopConfig(Config):
                                 "busy machine 1 can be several times faster than oversubscribed cores.")
     progress: bool = Field(True, description="Show progress bars.")
 
-    @model_validator(mode="after")
-    def _check(self) -> "LoopConfig":
-        bad = _RM_OWNED & set(self.reward)
-        if bad:
-            raise ValueError(f"reward: the loop sets {sorted(bad)} itself")
-        bad = _PPO_OWNED & set(self.ppo)
-        if bad:
-            raise ValueError(f"ppo: the loop sets {sorted(bad)} itself")
-        return self
+    @field_serializer("reward", "ppo")
+    def _as_written(self, stage: StageSettings) -> dict[str, Any]:
+        return stage.given()  # loop_config.json keeps the settings as written (see StageSettings.given)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "LoopConfig":
+        """The loop config in a YAML (or JSON) file, then every override that is not None — a
+        mapping is merged into the file's section (``labeling={"mode": "human"}`` keeps the file's
+        other labeling settings). A relative ``prompts``, ``eval_prompts`` or ``rm_eval_data``
+        that names no file from here but one beside the config file is read from beside it."""
+        path = Path(path)
+        data = _read_mapping(path)
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            elif value is not None:
+                data[key] = value
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"{path}: invalid {cls.__name__}: {_messages(e)}") from None
+        base = path.resolve().parent
+        fix = {key: str(base / v) for key in ("prompts", "eval_prompts", "rm_eval_data")
+               if (v := getattr(cfg, key)) and not Path(v).is_absolute() and not Path(v).exists()
+               and (base / v).exists()}
+        return cfg.model_copy(update=fix) if fix else cfg
 
     def gold_spec(self) -> str | None:
         if self.gold is not None:
             return self.gold
         return self.labeling.gold if self.labeling.mode == "simulated" else None
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value")
+    return data
+
+
+def reward_train_config(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path,
+                        resume: bool) -> RewardTrainConfig:
+    """The reward-model step's config of a round (see REWARD_DEFAULTS for where each value comes from)."""
+    rcfg = cfg.reward.build(cfg, data=str(data), model=cfg.reward_model or cfg.policy, output=str(out),
+                            eval_data=str(eval_data) if eval_data else None, resume=resume, progress=cfg.progress)
+    return rcfg  # type: ignore[return-value]
+
+
+def ppo_config(cfg: LoopConfig, policy: str, prompts: Path, out: Path, resume: bool) -> PPOConfig:
+    """The PPO step's config of a round, continuing from ``policy``. The KL is always against the
+    original model (``reference``), however many rounds the policy has moved."""
+    pcfg = cfg.ppo.build(cfg, policy=str(policy), reference=cfg.policy, prompts=str(prompts), output=str(out),
+                         resume=resume, progress=cfg.progress)
+    return pcfg  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- stage results
+
+R = TypeVar("R", bound="StageResult")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did. ``record()`` is the ``result`` of its ``.stage.json``, under the field
+    names; a skipped stage's result is read back with ``from_record``."""
+
+    # Figures left out of the record when they were not measured (None), as the stages always wrote them.
+    optional: ClassVar[frozenset[str]] = frozenset()
+    # The dict field holding the figures other modules give under their own names: flattened into
+    # the record after the typed fields, and every other key of a record goes back into it.
+    rest: ClassVar[str | None] = None
+
+    def record(self) -> dict[str, Any]:
+        rec = {f.name: getattr(self, f.name) for f in fields(self)
+               if not (f.name in self.optional and getattr(self, f.name) is None)}
+        if self.rest is not None:
+            rec.update(rec.pop(self.rest))
+        return rec
+
+    @classmethod
+    def from_record(cls: type[R], rec: dict[str, Any]) -> R:
+        names = [f.name for f in fields(cls) if f.name != cls.rest]
+        values: dict[str, Any] = {name: rec.get(name) for name in names}
+        if cls.rest is not None:
+            values[cls.rest] = {k: v for k, v in rec.items() if k not in names}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class GoldEvalResult(StageResult):
+    """The held-out rankings by the gold preference (``eval/gold_rankings.jsonl``)."""
+
+    rankings: int
+
+
+@dataclass(frozen=True)
+class SampleResult(StageResult):
+    candidates: int
+    prompts: int
+
+
+@dataclass(frozen=True)
+class SelectResult(StageResult):
+    method: str  # what chose them: "random" in round 0, else LoopConfig.selection
+    selected: int
+    details: dict[str, Any]  # rankloop.active.select_prompts' figures (eligible, uncertainty_…)
+
+    rest: ClassVar[str | None] = "details"
+
+
+@dataclass(frozen=True)
+class LabelResult(StageResult):
+    project: str
+    database: str  # without its credentials
+    sigma: float | None  # simulated labelers' noise σ (None: people)
+    expected_agreement: float | None  # the agreement σ gives on this round's items (None: people)
+    # The labeling app's figures and its export's counts, under their own names (app_pairwise_agreement,
+    # rankings_exported, …)
+    figures: dict[str, Any]
+
+    optional: ClassVar[frozenset[str]] = frozenset({"sigma", "expected_agreement"})
+    rest: ClassVar[str | None] = "figures"
+
+    @property
+    def rankings(self) -> int | None:
+        return self.figures.get("rankings_exported")
+
+    @property
+    def agreement(self) -> float | None:
+        """The labelers' pairwise agreement the app measured (None: not measured)."""
+        return self.figures.get("app_pairwise_agreement")
+
+
+@dataclass(frozen=True)
+class RewardResult(StageResult):
+    train_rankings: int
+    rm_accuracy: float | None = None  # pairwise accuracy on the held-out rankings (None: none given)
+    rm_eval: dict[str, float] | None = None  # rankloop.reward.eval's numeric metrics on them
+
+    optional: ClassVar[frozenset[str]] = frozenset({"rm_accuracy", "rm_eval"})
+
+
+@dataclass(frozen=True)
+class PPOResult(StageResult):
+    iterations: int
+    final_reward: float | None  # the last iteration's objective/reward (None: no iteration logged)
+    final_kl_ref: float | None  # its ppo/kl_ref (k3, nats per response, to the reference)
+    final_kl_coef: float | None  # β for the next iteration
+
+
+@dataclass(frozen=True)
+class EvalResult(StageResult):
+    """A policy on the held-out prompts; also the artifact itself (``eval.json``)."""
+
+    policy: str
+    samples: int
+    kl_from_initial: float  # Σ_t log π − log π_0 over its own samples, mean over samples (nats)
+    response_tokens: float
+    eos_frac: float
+    gold: float | None = None  # mean gold score (None: no gold preference)
+    win_rate_vs_initial: float | None = None  # by the gold preference, ties half (None: initial policy)
+    proxy: float | None = None  # mean reward-model score (None: no reward model yet)
+    proxy_initial: float | None = None  # the same reward model's mean score of the initial policy's samples
+
+    optional: ClassVar[frozenset[str]] = frozenset({"gold", "win_rate_vs_initial", "proxy", "proxy_initial"})
+
+
+@dataclass(frozen=True)
+class RoundDir:
+    """Where round R's artifacts are (``<run>/round-R/``)."""
+
+    path: Path
+
+    @property
+    def pool(self) -> Path:
+        """The prompts sampled this round."""
+        return self.path / "pool.jsonl"
+
+    @property
+    def candidates(self) -> Path:
+        return self.path / "candidates.jsonl"
+
+    @property
+    def selected(self) -> Path:
+        """The prompts sent to labelers."""
+        return self.path / "selected.jsonl"
+
+    @property
+    def rankings(self) -> Path:
+        return self.path / "rankings.jsonl"
+
+    @property
+    def rm_data(self) -> Path:
+        """Every ranking so far: the reward model's training data."""
+        return self.path / "rm_data.jsonl"
+
+    @property
+    def rm(self) -> Path:
+        return self.path / "rm"
+
+    @property
+    def policy(self) -> Path:
+        return self.path / "policy"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def eval_samples(self) -> Path:
+        return self.path / "eval.samples.jsonl"
+
+
+def round_dir(run: str | Path, rnd: int) -> RoundDir:
+    return RoundDir(Path(run) / f"round-{rnd}")
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One round's stage results, read back from its records; None: the stage has not finished."""
+
+    round: int
+    sample: SampleResult | None
+    select: SelectResult | None
+    label: LabelResult | None
+    reward: RewardResult | None
+    ppo: PPOResult | None
+    eval: EvalResult | None
+
+
+def read_stage_result(artifact: Path, kind: type[R]) -> R | None:
+    """The result in ``artifact``'s stage record (None: the stage has not finished)."""
+    rec = _record_path(artifact)
+    if not rec.exists():
+        return None
+    result = json.loads(rec.read_text()).get("result")
+    return kind.from_record(result) if result is not None else None
+
+
+def read_eval(path: Path) -> EvalResult | None:
+    return EvalResult.from_record(json.loads(path.read_text())) if path.exists() else None
+
+
+def read_rounds(run: str | Path) -> list[RoundResult]:
+    """Every round of a run directory, finished or not, in order."""
+    run = Path(run)
+    out = []
+    for rnd in sorted(int(p.name.split("-")[1]) for p in run.glob("round-*") if p.is_dir()):
+        d = round_dir(run, rnd)
+        out.append(RoundResult(rnd, read_stage_result(d.candidates, SampleResult),
+                               read_stage_result(d.selected, SelectResult),
+                               read_stage_result(d.rankings, LabelResult), read_stage_result(d.rm, RewardResult),
+                               read_stage_result(d.policy, PPOResult), read_eval(d.eval)))
+    return out
 
 
 # ---------------------------------------------------------------- stage records
@@ -163,10 +536,10 @@ def _record_path(artifact: Path) -> Path:
     return artifact.parent / f"{artifact.name}.stage.json"
 
 
-class _PeakRSS:
-    """Peak resident memory of this process during a ``with`` block (sampled from /proc)."""
+class PeakRSS:
+    """Peak resident memory of this process during a ``with`` block (sampled from /proc), in bytes."""
 
-    def __enter__(self) -> "_PeakRSS":
+    def __enter__(self) -> "PeakRSS":
         self.peak = self._rss()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -193,11 +566,11 @@ class _PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def run_stage(name: str, artifact: Path, config: dict, inputs: dict[str, Any], fn: Callable[[], Any],
-              timings: list[dict] | None = None) -> Any:
+def run_stage(name: str, artifact: Path, kind: type[R], config: dict, inputs: dict[str, Any], fn: Callable[[], R],
+              timings: list[dict] | None = None) -> R:
     """Run ``fn`` unless ``artifact`` was already made from the same config and inputs.
 
-    Returns ``fn``'s result, or the ``result`` saved in the stage record when skipped.
+    Returns ``fn``'s result, or the one saved in the stage record (a ``kind``) when skipped.
     """
     rec_path = _record_path(artifact)
     digest = inputs_hash(config, inputs)
@@ -208,15 +581,15 @@ def run_stage(name: str, artifact: Path, config: dict, inputs: dict[str, Any], f
             if timings is not None:
                 timings.append({"stage": name, "artifact": str(artifact), "skipped": True,
                                 "seconds": rec.get("seconds"), "peak_rss_mib": rec.get("peak_rss_mib")})
-            return rec.get("result")
+            return kind.from_record(rec.get("result") or {})
     console.print(f"[bold cyan]▶ {name}[/]")
     t0 = time.perf_counter()
-    with _PeakRSS() as rss:
+    with PeakRSS() as rss:
         result = fn()
     seconds = time.perf_counter() - t0
     rec = {"stage": name, "artifact": str(artifact), "config": config, "inputs": {k: str(v) for k, v in inputs.items()},
            "inputs_hash": digest, "seconds": round(seconds, 3), "peak_rss_mib": round(rss.peak / 2**20, 1),
-           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result.record()}
     write_json(rec_path, rec)
     if timings is not None:
         timings.append({"stage": name, "artifact": str(artifact), "skipped": False, "seconds": rec["seconds"],
@@ -273,7 +646,7 @@ def sequence_logp(model, batch, temperature: float = 1.0, chunk: int = 64):
 # ---------------------------------------------------------------- the steps
 
 
-def step_sample(cfg: LoopConfig, policy: str, prompts: list[Prompt], rnd: int, out: Path) -> dict:
+def step_sample(cfg: LoopConfig, policy: str, prompts: list[Prompt], rnd: int, out: Path) -> SampleResult:
     from rankloop.sampling import sample_candidates
 
     s = cfg.sampling
@@ -281,11 +654,11 @@ def step_sample(cfg: LoopConfig, policy: str, prompts: list[Prompt], rnd: int, o
                               top_p=s.top_p, top_k=s.top_k, seed=cfg.seed * 1000 + rnd, batch_size=s.batch_size,
                               policy_name=f"round-{rnd}", round=rnd)
     _write_candidates(out, cands)
-    return {"candidates": len(cands), "prompts": len(prompts)}
+    return SampleResult(candidates=len(cands), prompts=len(prompts))
 
 
 def step_select(cfg: LoopConfig, rnd: int, pool: list[Prompt], cands_path: Path, prev_rm: Path | None,
-                labeled_rankings: list[Path], out: Path) -> dict:
+                labeled_rankings: list[Path], out: Path) -> SelectResult:
     from rankloop.active import select_prompts
 
     cands = read_candidates(cands_path)
@@ -294,7 +667,7 @@ def step_select(cfg: LoopConfig, rnd: int, pool: list[Prompt], cands_path: Path,
     chosen, info = select_prompts(pool, cands, budget, method=method, reward_model=prev_rm,
                                   labeled=labeled_rankings, seed=cfg.seed * 1000 + rnd, k=cfg.k)
     write_jsonl(out, chosen)
-    return {"method": method, "selected": len(chosen), **info}
+    return SelectResult(method=method, selected=len(chosen), details=info)
 
 
 def _start_server(app, host: str, port: int):
@@ -314,7 +687,7 @@ def _start_server(app, host: str, port: int):
     return server, t
 
 
-def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Candidate], out: Path) -> dict:
+def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Candidate], out: Path) -> LabelResult:
     """Import the round's items into the labeling app, get them ranked, export the rankings."""
     from fastapi.testclient import TestClient
 
@@ -329,7 +702,9 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
     app = create_app(url, admin=(lab.admin_user, admin_pw))
     keep = {p.id for p in prompts}
     cands = [c for c in cands if c.prompt_id in keep]
-    info: dict[str, Any] = {"project": name, "database": url.split("@")[-1]}
+    sigma: float | None = None
+    agreement: float | None = None
+    figures: dict[str, Any] = {}
 
     def load(admin: LabelingClient) -> int:
         existing = {p["name"]: p for p in admin.projects()}
@@ -367,7 +742,8 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
             with _bar(cfg, f"simulated labeling (σ = {sigma:.3f})", total) as (bar, task):
                 bar.update(task, completed=admin.progress(pid)["slots_done"])
                 stats = label_project(admin, pid, labelers, lab.password, on_submit=lambda: bar.advance(task))
-        info.update(sigma=sigma, expected_agreement=expected_agreement(groups, sigma), **stats)
+        agreement = expected_agreement(groups, sigma)
+        figures.update(stats)
     else:
         server, thread = _start_server(app, lab.host, lab.port)
         try:
@@ -386,14 +762,17 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
                             break
                         time.sleep(lab.poll_seconds)
                 try:
-                    info.update({f"app_{k}": v for k, v in admin.agreement(pid).items()})
+                    figures.update({f"app_{k}": v for k, v in admin.agreement(pid).items()})
                 except LabelingError:
                     pass
         finally:
             server.should_exit = True
             thread.join(timeout=10)
-    info.update(export_project(url, name, out, min_agreement=lab.min_agreement))
-    return info
+    exported = export_project(url, name, out, min_agreement=lab.min_agreement)
+    exported.pop("project", None)  # the name again
+    figures.update(exported)
+    return LabelResult(project=name, database=url.split("@")[-1], sigma=sigma, expected_agreement=agreement,
+                       figures=figures)
 
 
 def _admin_password(cfg: LoopConfig) -> str:
@@ -426,39 +805,30 @@ class _bar:
         self.p.stop()
 
 
-def step_reward(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path) -> dict:
-    from rankloop.reward.train import RewardTrainConfig, train_reward_model
+def step_reward(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path) -> RewardResult:
+    from rankloop.reward.train import train_reward_model
 
-    rcfg = RewardTrainConfig(**{"epochs": 4, "lr": 1e-4, "batch_size": 8, "max_length": 128, "seed": cfg.seed,
-                                **cfg.reward},
-                             data=str(data), model=cfg.reward_model or cfg.policy, output=str(out),
-                             eval_data=str(eval_data) if eval_data else None, progress=cfg.progress,
-                             resume=(out / "checkpoints").exists() and any((out / "checkpoints").iterdir()))
-    train_reward_model(rcfg)
-    info: dict[str, Any] = {"train_rankings": len(read_preferences(data))}
-    if eval_data is not None:
-        from rankloop.reward.eval import evaluate_reward_model
+    resume = (out / "checkpoints").exists() and any((out / "checkpoints").iterdir())
+    train_reward_model(reward_train_config(cfg, data, eval_data, out, resume))
+    n = len(read_preferences(data))
+    if eval_data is None:
+        return RewardResult(train_rankings=n)
+    from rankloop.reward.eval import evaluate_reward_model
 
-        m = evaluate_reward_model(out, eval_data)
-        info.update({"rm_accuracy": m.get("pairwise_accuracy"), "rm_eval": {k: v for k, v in m.items()
-                                                                             if isinstance(v, (int, float))}})
-    return info
+    m = evaluate_reward_model(out, eval_data)
+    return RewardResult(train_rankings=n, rm_accuracy=m.get("pairwise_accuracy"),
+                        rm_eval={k: v for k, v in m.items() if isinstance(v, (int, float))})
 
 
-def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out: Path) -> dict:
+def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out: Path) -> PPOResult:
     """PPO from ``policy`` against the reward model; the gold score of every rollout is logged
     beside PPO's own metrics (``gold.jsonl``) when the task has one."""
     from rankloop.reward.model import RewardScorer
-    from rankloop.rl.ppo import PPOConfig, run_ppo
+    from rankloop.rl.ppo import run_ppo
 
     ckpts = out / "checkpoints"
     resume = ckpts.exists() and any(p.name.startswith("iter-") for p in ckpts.iterdir())
-    defaults = dict(iterations=20, batch_size=32, minibatch_size=8, ppo_epochs=4, learning_rate=3e-4,
-                    kl_control="adaptive", kl_coef=0.1, kl_target=4.0, kl_horizon=2000,
-                    max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed, missing_eos_penalty=1.0)
-    # The KL is always against the original model, however many rounds the policy has moved.
-    pcfg = PPOConfig(**{**defaults, **cfg.ppo}, policy=str(policy), reference=cfg.policy, prompts=str(prompts_path),
-                     output=str(out), resume=resume, progress=cfg.progress)
+    pcfg = ppo_config(cfg, policy, prompts_path, out, resume)
     scorer = RewardScorer.from_pretrained(rm_dir)
     gold_spec = cfg.gold_spec()
     gold = load_fn(gold_spec) if gold_spec else None
@@ -482,12 +852,12 @@ def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out
     run_ppo(pcfg, reward_fn=reward_fn)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last = rows[-1] if rows else {}
-    return {"iterations": len(rows), "final_reward": last.get("objective/reward"),
-            "final_kl_ref": last.get("ppo/kl_ref"), "final_kl_coef": last.get("kl_coef_next")}
+    return PPOResult(iterations=len(rows), final_reward=last.get("objective/reward"),
+                     final_kl_ref=last.get("ppo/kl_ref"), final_kl_coef=last.get("kl_coef_next"))
 
 
 def step_eval(cfg: LoopConfig, policy: str, base: str, rm_dir: Path | None, eval_prompts: list[Prompt],
-              base_samples: Path, out: Path) -> dict:
+              base_samples: Path, out: Path) -> EvalResult:
     """Held-out prompts: the policy's gold score and proxy reward, its KL from the initial policy
     (Σ_t log π − log π_0 over its own samples, averaged), and its win rate against the initial
     policy by the gold preference (ties count half)."""
@@ -505,15 +875,13 @@ def step_eval(cfg: LoopConfig, policy: str, base: str, rm_dir: Path | None, eval
         kl = (sequence_logp(model, batch, s.temperature) - sequence_logp(ref, batch, s.temperature)) if ref is not model \
             else torch.zeros(len(batch.texts))
     ptexts = [eval_prompts[i] for i in batch.prompt_index]
-    result: dict[str, Any] = {"policy": str(policy), "samples": len(batch.texts), "kl_from_initial": float(kl.mean()),
-                              "response_tokens": float(batch.response_mask.sum(1).float().mean()),
-                              "eos_frac": float(batch.finished.float().mean())}
+    scores: dict[str, float] = {}  # the optional figures of EvalResult that can be measured here
     rows = [{"prompt_id": p.id, "prompt": p.text, "response": t} for p, t in zip(ptexts, batch.texts)]
     gold_spec = cfg.gold_spec()
     if gold_spec:
         gold = load_fn(gold_spec)
         g = list(gold(ptexts, batch.texts))
-        result["gold"] = sum(g) / len(g)
+        scores["gold"] = sum(g) / len(g)
         for r, v in zip(rows, g):
             r["gold"] = v
         base_rows = [json.loads(x) for x in base_samples.read_text().splitlines() if x.strip()]
@@ -521,25 +889,28 @@ def step_eval(cfg: LoopConfig, policy: str, base: str, rm_dir: Path | None, eval
             wins = 0.0
             for r, b in zip(rows, base_rows):
                 wins += 1.0 if r["gold"] > b["gold"] else 0.5 if r["gold"] == b["gold"] else 0.0
-            result["win_rate_vs_initial"] = wins / min(len(rows), len(base_rows))
+            scores["win_rate_vs_initial"] = wins / min(len(rows), len(base_rows))
     if rm_dir is not None:
         from rankloop.reward.model import RewardScorer
 
         sc = RewardScorer.from_pretrained(rm_dir)
         proxy = sc.score([p.text for p in ptexts], batch.texts).tolist()
-        result["proxy"] = sum(proxy) / len(proxy)
+        scores["proxy"] = sum(proxy) / len(proxy)
         for r, v in zip(rows, proxy):
             r["proxy"] = v
         base_rows = [json.loads(x) for x in base_samples.read_text().splitlines() if x.strip()]
         if base_rows:
             bp = sc.score([b["prompt"] for b in base_rows], [b["response"] for b in base_rows]).tolist()
-            result["proxy_initial"] = sum(bp) / len(bp)
+            scores["proxy_initial"] = sum(bp) / len(bp)
+    result = EvalResult(policy=str(policy), samples=len(batch.texts), kl_from_initial=float(kl.mean()),
+                        response_tokens=float(batch.response_mask.sum(1).float().mean()),
+                        eos_frac=float(batch.finished.float().mean()), **scores)
     write_jsonl(out.with_suffix(".samples.jsonl"), rows)
-    write_json(out, result)
+    write_json(out, result.record())
     return result
 
 
-def build_gold_eval(cfg: LoopConfig, eval_prompts: list[Prompt], out: Path) -> dict:
+def build_gold_eval(cfg: LoopConfig, eval_prompts: list[Prompt], out: Path) -> GoldEvalResult:
     """Held-out rankings by the noise-free gold preference of the initial policy's K candidates:
     what the reward model's accuracy is measured against."""
     from rankloop.records import CandidateText, RankedExample, Ranking
@@ -567,14 +938,14 @@ def build_gold_eval(cfg: LoopConfig, eval_prompts: list[Prompt], out: Path) -> d
                                                                              for c in cs],
                                   ranking=Ranking(prompt_id=p.id, order=order, labeler="gold")))
     write_rankings(out, rows)
-    return {"rankings": len(rows)}
+    return GoldEvalResult(rankings=len(rows))
 
 
 # ---------------------------------------------------------------- the loop
 
 
 def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
-    """Run (or resume) every round; return the run directory."""
+    """Run (or resume) every round; return the run directory (``read_rounds`` reads its results)."""
     run = Path(cfg.output)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "loop_config.json")
@@ -589,7 +960,6 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
         raise ConfigError("simulated labeling needs labeling.gold")
     gold_spec = cfg.gold_spec()
     cfgd = cfg.model_dump()
-    _check_stage_settings(cfg)
 
     # 0. held-out material, once per run: the initial policy's samples and gold rankings
     rm_eval = Path(cfg.rm_eval_data) if cfg.rm_eval_data else None
@@ -597,11 +967,11 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
     if eval_prompts:
         if rm_eval is None and gold_spec:
             rm_eval = run / "eval" / "gold_rankings.jsonl"
-            run_stage("eval set: gold rankings of held-out candidates", rm_eval,
+            run_stage("eval set: gold rankings of held-out candidates", rm_eval, GoldEvalResult,
                       {"k": cfg.k, "sampling": cfgd["sampling"], "gold": gold_spec, "seed": cfg.seed},
                       {"policy": cfg.policy, "prompts": cfg.eval_prompts},
                       lambda: build_gold_eval(cfg, eval_prompts, rm_eval), timings)
-        run_stage("evaluate the initial policy", base_samples,
+        run_stage("evaluate the initial policy", base_samples, EvalResult,
                   {"sampling": cfgd["sampling"], "eval_samples": cfg.eval_samples, "gold": gold_spec, "seed": cfg.seed},
                   {"policy": cfg.policy, "prompts": cfg.eval_prompts},
                   lambda: step_eval(cfg, cfg.policy, cfg.policy, None, eval_prompts, Path("/dev/null"), base_samples),
@@ -612,79 +982,60 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
     rankings_so_far: list[Path] = []
     prev_rm: Path | None = None
     for rnd in range(cfg.rounds):
-        d = run / f"round-{rnd}"
-        d.mkdir(exist_ok=True)
+        d = round_dir(run, rnd)
+        d.path.mkdir(exist_ok=True)
         console.rule(f"round {rnd + 1} of {cfg.rounds}")
 
         # 1. sample K candidates per pool prompt from the current policy
         pool = _pool(prompts, cfg, rnd)
-        write_jsonl(d / "pool.jsonl", pool)
-        cands_path = d / "candidates.jsonl"
-        run_stage(f"round {rnd}: sample", cands_path, {"k": cfg.k, "sampling": cfgd["sampling"], "seed": cfg.seed},
-                  {"policy": policy, "prompts": d / "pool.jsonl"},
-                  lambda: step_sample(cfg, policy, pool, rnd, cands_path), timings)
+        write_jsonl(d.pool, pool)
+        run_stage(f"round {rnd}: sample", d.candidates, SampleResult,
+                  {"k": cfg.k, "sampling": cfgd["sampling"], "seed": cfg.seed}, {"policy": policy, "prompts": d.pool},
+                  lambda: step_sample(cfg, policy, pool, rnd, d.candidates), timings)
 
         # 2. select the prompts that go to labelers
-        selected = d / "selected.jsonl"
-        run_stage(f"round {rnd}: select ({cfg.selection if prev_rm else 'random'})", selected,
+        run_stage(f"round {rnd}: select ({cfg.selection if prev_rm else 'random'})", d.selected, SelectResult,
                   {"selection": cfg.selection, "budget": cfg.prompts_per_round, "seed": cfg.seed},
-                  {"candidates": cands_path, "rm": prev_rm or "-", "labeled": [str(p) for p in rankings_so_far]},
-                  lambda: step_select(cfg, rnd, pool, cands_path, prev_rm, list(rankings_so_far), selected), timings)
+                  {"candidates": d.candidates, "rm": prev_rm or "-", "labeled": [str(p) for p in rankings_so_far]},
+                  lambda: step_select(cfg, rnd, pool, d.candidates, prev_rm, list(rankings_so_far), d.selected),
+                  timings)
 
         # 3. label them (simulated or people) and export
-        rankings = d / "rankings.jsonl"
-        run_stage(f"round {rnd}: label ({cfg.labeling.mode})", rankings,
+        run_stage(f"round {rnd}: label ({cfg.labeling.mode})", d.rankings, LabelResult,
                   {"labeling": {k: v for k, v in cfgd["labeling"].items() if k not in ("admin_password", "password")},
                    "seed": cfg.seed},
-                  {"selected": selected, "candidates": cands_path},
-                  lambda: step_label(cfg, rnd, read_prompts(selected), read_candidates(cands_path), rankings), timings)
-        rankings_so_far.append(rankings)
+                  {"selected": d.selected, "candidates": d.candidates},
+                  lambda: step_label(cfg, rnd, read_prompts(d.selected), read_candidates(d.candidates), d.rankings),
+                  timings)
+        rankings_so_far.append(d.rankings)
 
         # 4. retrain the reward model on every ranking so far
-        all_rankings = d / "rm_data.jsonl"
         rows = [json.loads(x) for p in rankings_so_far for x in p.read_text().splitlines() if x.strip()]
-        write_jsonl(all_rankings, rows)
-        rm_dir = d / "rm"
-        run_stage(f"round {rnd}: reward model", rm_dir, {"reward": cfg.reward, "backbone": cfg.reward_model or cfg.policy},
-                  {"data": all_rankings, "eval": rm_eval or "-", "backbone": cfg.reward_model or cfg.policy},
-                  lambda: step_reward(cfg, all_rankings, rm_eval, rm_dir), timings)
+        write_jsonl(d.rm_data, rows)
+        backbone = cfg.reward_model or cfg.policy
+        run_stage(f"round {rnd}: reward model", d.rm, RewardResult, {"reward": cfg.reward.given(), "backbone": backbone},
+                  {"data": d.rm_data, "eval": rm_eval or "-", "backbone": backbone},
+                  lambda: step_reward(cfg, d.rm_data, rm_eval, d.rm), timings)
 
         # 5. continue PPO from the current policy against the new reward model
         ppo_prompts = run / "train_prompts.jsonl"
         write_jsonl(ppo_prompts, prompts)
-        pol_dir = d / "policy"
-        run_stage(f"round {rnd}: PPO", pol_dir, {"ppo": cfg.ppo, "sampling": cfgd["sampling"], "seed": cfg.seed},
-                  {"policy": policy, "rm": rm_dir, "prompts": ppo_prompts},
-                  lambda: step_ppo(cfg, policy, rm_dir, ppo_prompts, pol_dir), timings)
+        run_stage(f"round {rnd}: PPO", d.policy, PPOResult,
+                  {"ppo": cfg.ppo.given(), "sampling": cfgd["sampling"], "seed": cfg.seed},
+                  {"policy": policy, "rm": d.rm, "prompts": ppo_prompts},
+                  lambda: step_ppo(cfg, policy, d.rm, ppo_prompts, d.policy), timings)
 
         # 6. evaluate on held-out prompts
         if eval_prompts:
-            ev = d / "eval.json"
-            run_stage(f"round {rnd}: evaluate", ev,
+            run_stage(f"round {rnd}: evaluate", d.eval, EvalResult,
                       {"sampling": cfgd["sampling"], "eval_samples": cfg.eval_samples, "gold": gold_spec},
-                      {"policy": pol_dir, "rm": rm_dir, "base": base_samples_rows},
-                      lambda: step_eval(cfg, str(pol_dir), cfg.policy, rm_dir, eval_prompts, base_samples_rows, ev),
+                      {"policy": d.policy, "rm": d.rm, "base": base_samples_rows},
+                      lambda: step_eval(cfg, str(d.policy), cfg.policy, d.rm, eval_prompts, base_samples_rows, d.eval),
                       timings)
-        policy, prev_rm = str(pol_dir), rm_dir
+        policy, prev_rm = str(d.policy), d.rm
 
     write_json(run / "timings.json", timings)
     return run
-
-
-def _check_stage_settings(cfg: LoopConfig) -> None:
-    """Fail before any work on a misspelt or invalid ``reward:`` / ``ppo:`` setting."""
-    from pydantic import ValidationError
-
-    from rankloop.reward.train import RewardTrainConfig
-    from rankloop.rl.ppo import PPOConfig
-
-    for name, cls, extra in (("reward", RewardTrainConfig, dict(data="-", model="-", output="-")),
-                             ("ppo", PPOConfig, dict(policy="-", output="-"))):
-        try:
-            cls(**{**getattr(cfg, name), **extra})
-        except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"{name}: {msgs}") from None
 
 
 def _pool(prompts: list[Prompt], cfg: LoopConfig, rnd: int) -> list[Prompt]:

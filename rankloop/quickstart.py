@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from rankloop.config import Config
 from rankloop.pretrain import TINY_PRETRAIN, PretrainConfig
+
+if TYPE_CHECKING:
+    from rankloop.loop import LoopConfig
 
 
 class QuickstartConfig(Config):
@@ -54,8 +57,12 @@ class QuickstartConfig(Config):
         return PretrainConfig(**TINY_PRETRAIN) if self.tiny else PretrainConfig()
 
 
-def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "Any":
-    from rankloop.loop import LabelingSettings, LoopConfig, SamplingSettings
+def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "LoopConfig":
+    """The quickstart's loop. Its reward-model and PPO settings are pinned here in full, also where
+    they equal the loop's defaults (``rankloop.loop.REWARD_DEFAULTS`` / ``PPO_DEFAULTS``): the
+    quickstart's results are recorded (tests/golden/quickstart.json) and must not move when those
+    defaults do."""
+    from rankloop.loop import LabelingSettings, LoopConfig, PPOStage, RewardStage, SamplingSettings
 
     tiny = qs.tiny
     return LoopConfig(
@@ -65,13 +72,13 @@ def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "Any":
         labeling=LabelingSettings(mode=qs.labelers, labelers=4, overlap=2 if qs.labelers == "simulated" else 1,
                                   port=qs.port,
                                   project_prefix="quickstart"),
-        reward=dict(epochs=qs.rm_epochs, lr=3e-4 if tiny else 2e-4, batch_size=8, max_length=128,
-                    scheduler="cosine", warmup_steps=5),
+        reward=RewardStage(epochs=qs.rm_epochs, lr=3e-4 if tiny else 2e-4, batch_size=8, max_length=128,
+                           scheduler="cosine", warmup_steps=5),
         # A firm KL leash (β₀ = 0.2 adaptive, target 3 nats): looser settings reach a higher proxy
         # reward but a lower gold score on this task (see docs/quickstart.md).
-        ppo=dict(iterations=qs.ppo_iterations, batch_size=16 if tiny else 32, minibatch_size=8, ppo_epochs=4,
-                 learning_rate=3e-4 if tiny else 1e-4, kl_control="adaptive", kl_coef=0.2, kl_target=3.0,
-                 kl_horizon=200, missing_eos_penalty=1.0, save_every=5),
+        ppo=PPOStage(iterations=qs.ppo_iterations, batch_size=16 if tiny else 32, minibatch_size=8, ppo_epochs=4,
+                     learning_rate=3e-4 if tiny else 1e-4, kl_control="adaptive", kl_coef=0.2, kl_target=3.0,
+                     kl_horizon=200, missing_eos_penalty=1.0, save_every=5),
         eval_samples=2, seed=qs.seed, threads=qs.threads, progress=qs.progress,
     )
 
@@ -80,7 +87,7 @@ def run_quickstart(qs: QuickstartConfig) -> dict:
     """Run (or resume) the quickstart; return the summary (also in ``<output>/summary.json``)."""
     from rankloop.corpus import make_prompts
     from rankloop.io import write_json, write_jsonl
-    from rankloop.loop import _PeakRSS, console, run_loop
+    from rankloop.loop import PeakRSS, console, run_loop
     from rankloop.pretrain import pretrain, pretrained_dir
     from rankloop.report import summarise, write_report
 
@@ -95,7 +102,7 @@ def run_quickstart(qs: QuickstartConfig) -> dict:
     cached = (pretrained_dir(pcfg) / "DONE").exists()
     console.rule("pre-training" + (" (cached)" if cached else ""))
     t0 = time.perf_counter()
-    with _PeakRSS() as rss:
+    with PeakRSS() as rss:
         policy = pretrain(pcfg, progress=qs.progress)
     timings.append({"stage": "pre-train" + (" (cached)" if cached else ""), "artifact": str(policy), "skipped": cached,
                     "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(rss.peak / 2**20, 1)})

@@ -23,9 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+from rankloop.loop import RoundResult, read_eval, read_rounds, round_dir
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -34,52 +32,44 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def _stage_result(artifact: Path) -> dict:
-    rec = _read_json(artifact.parent / f"{artifact.name}.stage.json")
-    return (rec or {}).get("result") or {}
-
-
-def rounds_of(run: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in run.glob("round-*") if p.is_dir())
+def _round_row(r: RoundResult) -> dict:
+    """A round's line of the summary (None: the stage has not finished or did not measure it)."""
+    lab, rm, ppo, ev = r.label, r.reward, r.ppo, r.eval
+    return {
+        "round": r.round,
+        "rankings": None if lab is None else lab.rankings,
+        "sigma": None if lab is None else lab.sigma,
+        "agreement": None if lab is None else lab.agreement,
+        "rm_train_rankings": None if rm is None else rm.train_rankings,
+        "rm_accuracy": None if rm is None else rm.rm_accuracy,
+        "ppo_iterations": None if ppo is None else ppo.iterations,
+        "ppo_final_kl_ref": None if ppo is None else ppo.final_kl_ref,
+        "kl_from_initial": None if ev is None else ev.kl_from_initial,
+        "gold": None if ev is None else ev.gold,
+        "proxy": None if ev is None else ev.proxy,
+        "proxy_initial": None if ev is None else ev.proxy_initial,
+        "win_rate_vs_initial": None if ev is None else ev.win_rate_vs_initial,
+    }
 
 
 def summarise(run: str | Path, timings: list[dict] | None = None, total_seconds: float | None = None) -> dict:
-    """Everything the report shows, as one JSON-able dict."""
+    """Everything the report shows, as one JSON-able dict, from the run's stage results."""
     run = Path(run)
-    initial = _read_json(run / "eval" / "initial.json") or {}
-    rounds = []
-    for r in rounds_of(run):
-        d = run / f"round-{r}"
-        lab = _stage_result(d / "rankings.jsonl")
-        rm = _stage_result(d / "rm")
-        ppo = _stage_result(d / "policy")
-        ev = _read_json(d / "eval.json") or {}
-        rounds.append({
-            "round": r,
-            "rankings": lab.get("rankings_exported"),
-            "sigma": lab.get("sigma"),
-            "agreement": lab.get("app_pairwise_agreement"),
-            "rm_train_rankings": rm.get("train_rankings"),
-            "rm_accuracy": rm.get("rm_accuracy"),
-            "ppo_iterations": ppo.get("iterations"),
-            "ppo_final_kl_ref": ppo.get("final_kl_ref"),
-            "kl_from_initial": ev.get("kl_from_initial"),
-            "gold": ev.get("gold"),
-            "proxy": ev.get("proxy"),
-            "proxy_initial": ev.get("proxy_initial"),
-            "win_rate_vs_initial": ev.get("win_rate_vs_initial"),
-        })
-    last = rounds[-1] if rounds else {}
+    initial = read_eval(run / "eval" / "initial.json")
+    rounds = read_rounds(run)
+    final = rounds[-1].eval if rounds else None
+    final_rm = rounds[-1].reward if rounds else None
+    gold_0 = None if initial is None else initial.gold
+    gold_1 = None if final is None else final.gold
     out = {
         "run": str(run),
-        "initial_gold": initial.get("gold"),
-        "final_gold": last.get("gold"),
-        "gold_rose": (last.get("gold") is not None and initial.get("gold") is not None
-                      and last["gold"] > initial["gold"]),
-        "win_rate_vs_initial": last.get("win_rate_vs_initial"),
-        "final_kl": last.get("kl_from_initial"),
-        "rm_accuracy": last.get("rm_accuracy"),
-        "rounds": rounds,
+        "initial_gold": gold_0,
+        "final_gold": gold_1,
+        "gold_rose": gold_0 is not None and gold_1 is not None and gold_1 > gold_0,
+        "win_rate_vs_initial": None if final is None else final.win_rate_vs_initial,
+        "final_kl": None if final is None else final.kl_from_initial,
+        "rm_accuracy": None if final_rm is None else final_rm.rm_accuracy,
+        "rounds": [_round_row(r) for r in rounds],
     }
     if timings is not None:
         out["timings"] = timings
@@ -142,7 +132,7 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     any_line = False
     for r in rounds:
-        d = run / f"round-{r['round']}" / "policy"
+        d = round_dir(run, r["round"]).policy
         metrics = _read_jsonl(d / "metrics.jsonl")
         gold = _read_jsonl(d / "gold.jsonl")
         n = min(len(metrics), len(gold))
@@ -160,7 +150,7 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
         ax.plot(bx, bg, "-", color=c, lw=2, label=f"round {r['round']}: gold, binned mean")
         any_line = True
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("√KL(π ‖ π_start of round)  per response, nats^½")
+    ax.set_xlabel("√KL(π ‖ π_ref = the initial policy)  per response, nats^½")
     ax.set_ylabel("change from the start of the round")
     ax.set_title("Gold score vs proxy reward along PPO (Gao et al. 2022 view)")
     if any_line:
@@ -191,14 +181,15 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     off = 0
     for r in rounds:
-        metrics = _read_jsonl(run / f"round-{r['round']}" / "policy" / "metrics.jsonl")
+        metrics = _read_jsonl(round_dir(run, r["round"]).policy / "metrics.jsonl")
         it = [off + m["iteration"] for m in metrics]
         c = colours[r["round"] % len(colours)]
         axes[0].plot(it, [m["objective/reward"] for m in metrics], color=c, label=f"round {r['round']}")
         axes[1].plot(it, [m["ppo/kl_ref"] for m in metrics], color=c)
         axes[2].plot(it, [m.get("kl_coef", float("nan")) for m in metrics], color=c)
         off += len(metrics)
-    for a, t in zip(axes, ("proxy reward (RM score)", "KL to the round's reference (k3)", "β (adaptive KL coefficient)")):
+    titles = ("proxy reward (RM score)", "KL to the reference, the initial policy (k3)", "β (adaptive KL coefficient)")
+    for a, t in zip(axes, titles):
         a.set_title(t, fontsize=10)
         a.set_xlabel("PPO iteration")
     if rounds:
@@ -213,7 +204,7 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
 def _samples_html(run: Path, summary: dict, n: int = 8) -> str:
     rounds = summary["rounds"]
     before = _read_jsonl(run / "eval" / "initial.samples.jsonl")
-    after = _read_jsonl(run / f"round-{rounds[-1]['round']}" / "eval.samples.jsonl") if rounds else []
+    after = _read_jsonl(round_dir(run, rounds[-1]["round"]).eval_samples) if rounds else []
     if not before or not after:
         return "<p>No samples (no held-out prompts).</p>"
     rows = []

@@ -78,6 +78,17 @@ def test_loop_writes_every_stage_and_skips_on_rerun(tmp_path, base_model):
     assert (run / "round-0" / "rm" / "config.json").exists()
     _check_selection(run)
 
+    # Each stage's typed result, read back from the records (what the report reads).
+    from rankloop.loop import read_rounds
+
+    (r0,) = read_rounds(run)
+    assert (r0.sample.candidates, r0.select.selected, r0.label.rankings, r0.reward.train_rankings,
+            r0.ppo.iterations) == (24, 8, 16, 16, 3)
+    assert r0.label.sigma > 0 and 0 <= r0.label.agreement <= 1 and 0 <= r0.reward.rm_accuracy <= 1
+    assert r0.eval.gold is not None and r0.eval.kl_from_initial > 0
+    rec = json.loads((run / "round-0" / "policy.stage.json").read_text())
+    assert rec["result"] == r0.ppo.record() and rec["config"]["ppo"] == _config(tmp_path, base_model)["ppo"]
+
     # Same config again: everything is skipped, nothing rewritten.
     stamp = (run / "round-0" / "policy" / "model.safetensors").stat().st_mtime_ns
     timings2: list[dict] = []
@@ -212,3 +223,137 @@ def _check_selection(run: Path) -> None:
         assert len(chosen) == 3 and len({p.id for p in chosen}) == 3, method
         if method != "random":
             assert info["uncertainty_chosen_mean"] >= info["uncertainty_pool_median"], info
+
+
+# ---------------------------------------------------------------- the loop config and stage records (no model)
+
+# Stage records of a `quickstart --tiny` run made before the stage results were typed: the typed
+# results must read them and write them back key for key, in the same order.
+RECORDS = {
+    "GoldEvalResult": {"rankings": 24},
+    "SampleResult": {"candidates": 192, "prompts": 48},
+    "SelectResult": {"method": "random", "selected": 48, "eligible": 48},
+    "LabelResult": {"project": "quickstart-round-0", "database": "sqlite:////tmp/qs/labels.db",
+                    "sigma": 0.47584452715409675, "expected_agreement": 0.73, "submitted": 96, "labelers": 4,
+                    "app_items_multi": 48, "app_pairwise_agreement": 0.7534722222222222,
+                    "app_krippendorff_alpha": 0.5761067708333334, "rankings_in_db": 96, "rankings_exported": 96,
+                    "items_exported": 48, "rankings_path": "/tmp/qs/round-0/rankings.jsonl"},
+    "RewardResult": {"train_rankings": 96, "rm_accuracy": 0.5902777777777778,
+                     "rm_eval": {"rankings": 24, "pairs": 144, "pairwise_accuracy": 0.5902777777777778,
+                                 "exact_ranking_accuracy": 0.0, "kendall_tau": 0.18055555555555555,
+                                 "mean_margin": 0.48305950037445444, "normalised": True, "skipped": 0,
+                                 "max_length": 128}},
+    "PPOResult": {"iterations": 10, "final_reward": 1.0749988555908203, "final_kl_ref": 3.0075089931488037,
+                  "final_kl_coef": 0.18640764406973603},
+    "EvalResult": {"policy": "/tmp/qs/round-0/policy", "samples": 48, "kl_from_initial": 8.005819320678711,
+                   "response_tokens": 8.833333015441895, "eos_frac": 1.0, "gold": -0.1867125357748505,
+                   "win_rate_vs_initial": 0.5, "proxy": 1.03883348343273, "proxy_initial": 0.2064155466699352},
+}
+
+
+def test_stage_results_read_and_write_the_records_unchanged():
+    import rankloop.loop as loop
+
+    for name, rec in {**RECORDS, "RewardResult (no eval set)": {"train_rankings": 8},
+                      "EvalResult (initial)": {"policy": "p", "samples": 4, "kl_from_initial": 0.0,
+                                               "response_tokens": 3.5, "eos_frac": 0.5, "gold": -0.3},
+                      "LabelResult (people)": {"project": "p", "database": "x.db", "app_pairwise_agreement": 0.7,
+                                               "rankings_exported": 8}}.items():
+        kind = getattr(loop, name.split()[0])
+        got = kind.from_record(rec).record()
+        assert got == rec and list(got) == list(rec), name
+    lab = loop.LabelResult.from_record(RECORDS["LabelResult"])
+    assert (lab.rankings, lab.agreement, lab.sigma) == (96, 0.7534722222222222, 0.47584452715409675)
+    assert loop.RewardResult.from_record(RECORDS["RewardResult"]).rm_accuracy == 0.5902777777777778
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_examples_loop_yaml_is_a_valid_loop_config():
+    from rankloop.loop import LoopConfig
+
+    cfg = LoopConfig.from_file(ROOT / "examples" / "loop.yaml")
+    assert cfg.ppo.iterations == 20 and cfg.ppo.kl_target == 3.0 and cfg.reward.lr == 2e-4
+
+
+@pytest.mark.parametrize("section, setting, message", [
+    ("ppo", {"iteratons": 5}, r"ppo\.iteratons: Extra inputs are not permitted"),
+    ("reward", {"epoch": 2}, r"reward\.epoch: Extra inputs are not permitted"),
+    ("ppo", {"kl_control": "adaptve"}, r"ppo\.kl_control: Input should be 'fixed' or 'adaptive'"),
+    ("ppo", {"learning_rate": -1}, r"ppo\.learning_rate: Input should be greater than 0"),
+    # PPOConfig's checks across fields run on load too
+    ("ppo", {"minibatch_size": 64}, r"ppo: minibatch_size \(64\) > batch_size \(32\)"),
+    # fields the loop sets every round (ppo.reference used to pass and fail at PPO with a TypeError)
+    ("ppo", {"reference": "gpt2", "output": "x"}, r"ppo: the loop sets \['output', 'reference'\] itself"),
+    ("reward", {"model": "gpt2"}, r"reward: the loop sets \['model'\] itself"),
+])
+def test_bad_stage_setting_is_a_config_error_on_load(tmp_path, section, setting, message):
+    """A misspelt or invalid `ppo:` / `reward:` setting in the YAML stops the load, naming the field."""
+    from rankloop.config import ConfigError
+    from rankloop.loop import LoopConfig
+
+    data = yaml.safe_load((ROOT / "examples" / "loop.yaml").read_text())
+    data[section].update(setting)
+    path = _write_yaml(tmp_path / "loop.yaml", data)
+    with pytest.raises(ConfigError, match=rf"{path}: invalid LoopConfig: {message}"):
+        LoopConfig.from_file(path)
+
+
+def test_from_file_overrides_and_paths_beside_the_file(tmp_path, monkeypatch):
+    from rankloop.config import ConfigError
+    from rankloop.loop import LoopConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "prompts.jsonl").write_text("")
+    (tmp_path / "here.jsonl").write_text("")
+    path = _write_yaml(tmp_path / "cfg" / "loop.yaml", {
+        "output": "run", "policy": "gpt2", "prompts": "prompts.jsonl", "eval_prompts": "here.jsonl",
+        "rm_eval_data": "nowhere.jsonl", "labeling": {"labelers": 3}, "ppo": {"iterations": 2}})
+    cfg = LoopConfig.from_file(path, rounds=3, output=None, labeling={"mode": "human"}, ppo={"batch_size": 16})
+    assert cfg.prompts == str(tmp_path / "cfg" / "prompts.jsonl")  # found beside the file only
+    assert cfg.eval_prompts == "here.jsonl" and cfg.rm_eval_data == "nowhere.jsonl"  # found here / nowhere
+    assert (cfg.rounds, cfg.output, cfg.labeling.mode, cfg.labeling.labelers) == (3, "run", "human", 3)
+    assert (cfg.ppo.iterations, cfg.ppo.batch_size) == (2, 16)
+    with pytest.raises(ConfigError, match="config file not found"):
+        LoopConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_stage_configs_take_the_loop_defaults_then_the_round_settings(tmp_path):
+    """The configs the loop hands to train_reward_model and run_ppo: the same as before the stage
+    settings were typed (the loop's defaults, the loop's seed and response length, the settings)."""
+    from rankloop.config import save_config
+    from rankloop.loop import LoopConfig, ppo_config, reward_train_config
+    from rankloop.reward.train import RewardTrainConfig
+    from rankloop.rl.ppo import PPOConfig
+
+    cfg = LoopConfig(output="run", policy="pol", prompts="p.jsonl", seed=7, sampling={"max_new_tokens": 21},
+                     reward={"lr": 5e-4, "epochs": 2}, ppo={"iterations": 3, "kl_coef": 0.3, "save_every": 2})
+    rcfg = reward_train_config(cfg, Path("d.jsonl"), None, Path("run/rm"), resume=False)
+    assert rcfg == RewardTrainConfig(data="d.jsonl", model="pol", output="run/rm", eval_data=None, resume=False,
+                                     progress=True, epochs=2, lr=5e-4, batch_size=8, max_length=128, seed=7)
+    pcfg = ppo_config(cfg, "run/round-0/policy-in", Path("run/train_prompts.jsonl"), Path("run/policy"), resume=True)
+    assert pcfg == PPOConfig(policy="run/round-0/policy-in", reference="pol", prompts="run/train_prompts.jsonl",
+                             output="run/policy", resume=True, progress=True, iterations=3, batch_size=32,
+                             minibatch_size=8, ppo_epochs=4, learning_rate=3e-4, kl_control="adaptive", kl_coef=0.3,
+                             kl_target=4.0, kl_horizon=2000, max_new_tokens=21, seed=7, missing_eos_penalty=1.0,
+                             save_every=2)
+    # A round's setting beats what the loop passes down.
+    cfg2 = LoopConfig(output="run", policy="pol", prompts="p.jsonl", seed=7, reward={"seed": 1},
+                      ppo={"seed": 2, "max_new_tokens": 5})
+    assert reward_train_config(cfg2, Path("d"), None, Path("o"), resume=False).seed == 1
+    assert (ppo_config(cfg2, "pol", Path("p"), Path("o"), resume=False).seed,
+            ppo_config(cfg2, "pol", Path("p"), Path("o"), resume=False).max_new_tokens) == (2, 5)
+
+    # The settings are typed, and the saved loop config keeps them as written (what the stage
+    # records hash), so a saved config loads back to the same settings.
+    assert cfg.reward.epochs == 2.0 and isinstance(cfg.reward.epochs, float)
+    assert cfg.reward.given() == {"lr": 5e-4, "epochs": 2}
+    save_config(cfg, tmp_path / "loop_config.json")
+    saved = json.loads((tmp_path / "loop_config.json").read_text())
+    assert saved["reward"] == {"lr": 5e-4, "epochs": 2} and saved["ppo"] == {"iterations": 3, "kl_coef": 0.3,
+                                                                            "save_every": 2}
+    assert LoopConfig.model_validate(saved).ppo.given() == cfg.ppo.given()
