@@ -47,8 +47,8 @@ from rich.console import Console
 from rankloop.config import Config, ConfigError, save_config
 from rankloop.io import read_candidates, read_preferences, read_prompts, write_json, write_jsonl, write_rankings
 from rankloop.records import Candidate, Prompt
-from rankloop.reward.train import RewardTrainConfig
-from rankloop.rl.ppo import PPOConfig
+from rankloop.reward.config import RewardTrainConfig
+from rankloop.rl.config import PPOConfig
 
 console = Console(stderr=True)
 
