@@ -323,13 +323,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 _LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\u0085\u2028\u2029"})
 
 
+def jsonl_line(row: dict | Any) -> str:
+    """One JSONL row (a dict or a pydantic record), without its ``"\n"``: UTF-8 text kept as it
+    is, except the line breaks above, escaped. Write JSONL with this wherever it is written
+    (``write_jsonl``; downloads too), so every row is one line for every reader."""
+    if hasattr(row, "model_dump"):
+        row = row.model_dump(mode="json", exclude_none=True)
+    return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict | Any]) -> int:
     """Write rows (dicts or pydantic records) as JSONL, atomically. Returns the row count."""
-    lines = []
-    for r in rows:
-        if hasattr(r, "model_dump"):
-            r = r.model_dump(mode="json", exclude_none=True)
-        lines.append(json.dumps(r, ensure_ascii=False).translate(_LINE_BREAKS))
+    lines = [jsonl_line(r) for r in rows]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rankloop.io import (DataError, ReadStats, detect_format, jsonl_lines, read_candidates, read_preferences, read_prompts,
-                         split_hh, write_jsonl, write_rankings, write_trl)
+from rankloop.io import (DataError, ReadStats, detect_format, jsonl_line, jsonl_lines, read_candidates, read_preferences,
+                         read_prompts, split_hh, write_jsonl, write_rankings, write_trl)
 from rankloop.records import CandidateText, RankedExample, Ranking
 
 GOOD = {"prompt_id": "p1", "prompt": "q?", "candidates": [{"id": "a", "text": "A"}, {"id": "b", "text": "B"},
@@ -162,6 +162,8 @@ def test_writer_output_reads_back_with_line_separators_in_text(tmp_path):
     assert raw.count(b"\n") == 4 and len(raw.decode("utf-8").splitlines()) == 4  # safe for splitlines() readers too
     assert read_prompts(tmp_path / "prompts.jsonl") == prompts
     assert read_candidates(tmp_path / "candidates.jsonl") == cands
+    line = jsonl_line({"t": SEPARATORS + "é"})
+    assert json.loads(line) == {"t": SEPARATORS + "é"} and len(line.splitlines()) == 1 and "é" in line
     ex = RankedExample(prompt_id="p", prompt="q " + SEPARATORS, ranking=Ranking(prompt_id="p", order=["a", "b"]),
                        candidates=[CandidateText(id="a", text="x" + SEPARATORS), CandidateText(id="b", text="y")])
     write_rankings(tmp_path / "r.jsonl", [ex])
