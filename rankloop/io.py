@@ -65,6 +65,22 @@ def _explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def jsonl_lines(data: bytes | str | Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """The one line splitter of every JSONL reader: ``(line_number, line)``, 1-based, each line
+    ending at ``"\n"`` only, as JSON Lines defines it.
+
+    Not ``str.splitlines()``: it also breaks at ``\r``, ``\v``, ``\f``, ``\x1c``-``\x1e``, U+0085,
+    U+2028 and U+2029, which JSON allows raw inside strings (``json.dumps(ensure_ascii=False)``
+    writes the last three raw), so it cut rows with such text in two. A binary file object is
+    iterated as it is: that splits at ``b"\n"`` only too, without reading the file whole.
+    """
+    if isinstance(data, bytes):
+        return enumerate(data.split(b"\n"), start=1)
+    if isinstance(data, str):
+        return enumerate(data.split("\n"), start=1)
+    return enumerate(data, start=1)
+
+
 def iter_jsonl(path: str | Path, on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, parsed_json)`` for each non-blank line (1-based line numbers).
 
@@ -78,7 +94,7 @@ def iter_jsonl(path: str | Path, on_error: Callable[[DataError], None] | None = 
     lineno = 0
     try:
         with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
+            for lineno, raw in jsonl_lines(f):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -302,13 +318,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+# Line breaks to str.splitlines() that json.dumps(ensure_ascii=False) leaves raw: escaped (the same
+# JSON value), so a row stays one line for any reader, even one that splits with splitlines().
+_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\u0085\u2028\u2029"})
+
+
+def jsonl_line(row: dict | Any) -> str:
+    """One JSONL row (a dict or a pydantic record), without its ``"\n"``: UTF-8 text kept as it
+    is, except the line breaks above, escaped. Write JSONL with this wherever it is written
+    (``write_jsonl``; downloads too), so every row is one line for every reader."""
+    if hasattr(row, "model_dump"):
+        row = row.model_dump(mode="json", exclude_none=True)
+    return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict | Any]) -> int:
     """Write rows (dicts or pydantic records) as JSONL, atomically. Returns the row count."""
-    lines = []
-    for r in rows:
-        if hasattr(r, "model_dump"):
-            r = r.model_dump(mode="json", exclude_none=True)
-        lines.append(json.dumps(r, ensure_ascii=False))
+    lines = [jsonl_line(r) for r in rows]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rankloop.io import (DataError, ReadStats, detect_format, read_preferences, read_prompts, split_hh,
-                         write_rankings, write_trl)
+from rankloop.io import (DataError, ReadStats, detect_format, jsonl_line, jsonl_lines, read_candidates, read_preferences,
+                         read_prompts, split_hh, write_jsonl, write_rankings, write_trl)
 from rankloop.records import CandidateText, RankedExample, Ranking
 
 GOOD = {"prompt_id": "p1", "prompt": "q?", "candidates": [{"id": "a", "text": "A"}, {"id": "b", "text": "B"},
@@ -136,3 +136,88 @@ def test_prompts_ids(tmp_path):
     assert (a.id, a.text, b.id) == ("1", "a", "x")
     with pytest.raises(DataError, match="more than once"):
         read_prompts(write_lines(tmp_path / "d.jsonl", ['{"id": "x", "text": "a"}', '{"id": "x", "text": "b"}']))
+
+
+# ---------------------------------------------------------------- line separators inside text
+
+# Characters str.splitlines() breaks at, and json.dumps(ensure_ascii=False) leaves raw inside a
+# string (the ASCII ones it escapes). JSON Lines ends a line at "\n" only.
+SEPARATORS = "a\u2028b\u2029c\u0085d\x0be\x0cf\x1cg\x1dh\x1ei\rj"
+
+
+def separator_records():
+    from rankloop.records import Candidate, Prompt
+
+    prompts = [Prompt(id="p\u2028", text="prompt " + SEPARATORS), Prompt(id="p2", text="plain")]
+    cands = [Candidate(id=f"c{j}", prompt_id=p.id, text=f"answer {j} {SEPARATORS}") for p in prompts for j in range(2)]
+    cands = [c.model_copy(update={"id": f"{c.prompt_id}-{c.id}"}) for c in cands]
+    return prompts, cands
+
+
+def test_writer_output_reads_back_with_line_separators_in_text(tmp_path):
+    prompts, cands = separator_records()
+    assert write_jsonl(tmp_path / "prompts.jsonl", prompts) == 2
+    assert write_jsonl(tmp_path / "candidates.jsonl", cands) == 4
+    raw = (tmp_path / "candidates.jsonl").read_bytes()
+    assert raw.count(b"\n") == 4 and len(raw.decode("utf-8").splitlines()) == 4  # safe for splitlines() readers too
+    assert read_prompts(tmp_path / "prompts.jsonl") == prompts
+    assert read_candidates(tmp_path / "candidates.jsonl") == cands
+    line = jsonl_line({"t": SEPARATORS + "é"})
+    assert json.loads(line) == {"t": SEPARATORS + "é"} and len(line.splitlines()) == 1 and "é" in line
+    ex = RankedExample(prompt_id="p", prompt="q " + SEPARATORS, ranking=Ranking(prompt_id="p", order=["a", "b"]),
+                       candidates=[CandidateText(id="a", text="x" + SEPARATORS), CandidateText(id="b", text="y")])
+    write_rankings(tmp_path / "r.jsonl", [ex])
+    assert [e.to_row() for e in read_preferences(tmp_path / "r.jsonl")] == [ex.to_row()]
+
+
+def test_reader_splits_only_at_newline(tmp_path):
+    """Files from other writers (plain json.dumps, ensure_ascii=False) hold these characters raw."""
+    prompts, cands = separator_records()
+    p = write_lines(tmp_path / "c.jsonl", [json.dumps(c.model_dump(mode="json"), ensure_ascii=False) for c in cands])
+    assert "\u2028" in p.read_text(encoding="utf-8")
+    assert read_candidates(p) == cands
+    gz = tmp_path / "c.jsonl.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    assert read_candidates(gz) == cands
+    assert [n for n, _ in jsonl_lines(p.read_bytes())][:4] == [1, 2, 3, 4]
+    assert [line for _, line in jsonl_lines("a\u2028b\n\u0085\r\n")] == ["a\u2028b", "\u0085\r", ""]
+
+
+def test_importer_reads_line_separators(tmp_path):
+    """The labeling importer: the CLI's read_files and the app's JSONL upload, into a real SQLite."""
+    from fastapi.testclient import TestClient
+
+    from rankloop.labeling.app import create_app
+    from rankloop.labeling.client import LabelingClient
+    from rankloop.labeling.db import dispose
+    from rankloop.labeling.importer import read_files
+
+    prompts, cands = separator_records()
+    raw = tmp_path / "raw.jsonl"  # combined rows, written by another tool: separators raw
+    write_lines(raw, [json.dumps({"prompt_id": p.id, "prompt": p.text,
+                                  "candidates": [{"id": c.id, "text": c.text} for c in cands if c.prompt_id == p.id]},
+                                 ensure_ascii=False) for p in prompts])
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    write_jsonl(tmp_path / "candidates.jsonl", cands)
+    ps, cs, _ = read_files(tmp_path / "candidates.jsonl", tmp_path / "prompts.jsonl")
+    assert [p.text for p in ps] == [p.text for p in prompts] and [c.text for c in cs] == [c.text for c in cands]
+    ps, cs, _ = read_files(raw)
+    assert [p.text for p in ps] == [p.text for p in prompts] and [c.text for c in cs] == [c.text for c in cands]
+
+    app = create_app(f"sqlite:///{tmp_path / 'labels.db'}", admin=("admin", "admin-password"))
+    try:
+        with TestClient(app) as tc:
+            admin = LabelingClient(tc)
+            admin.login("admin", "admin-password")
+            pid = admin.create_project("seps", k=2)["id"]
+            r = tc.post(f"/api/projects/{pid}/import-files", headers={"Authorization": f"Bearer {admin.token}"},
+                        files={"candidates": ("raw.jsonl", raw.read_bytes())})
+            assert r.status_code == 200, r.text
+            assert r.json()["items"] == 2
+            seen = {}
+            while (t := admin.next_task(pid)) is not None:
+                seen[t["prompt_id"]] = (t["prompt"], sorted(c["text"] for c in t["candidates"]))
+                admin.submit(t["task_id"], [[c["id"]] for c in t["candidates"]])
+            assert seen == {p.id: (p.text, sorted(c.text for c in cands if c.prompt_id == p.id)) for p in prompts}
+    finally:
+        dispose(app.state.engine)

@@ -17,6 +17,7 @@ from fastapi import HTTPException
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from rankloop.io import jsonl_lines
 from rankloop.labeling.db import writing
 from rankloop.labeling.models import CandidateRow, Item, Project, PromptRow, Slot
 from rankloop.labeling.schemas import GoldIn, ImportOut
@@ -107,7 +108,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
 
 def parse_jsonl_bytes(data: bytes, name: str) -> list[dict]:
     out = []
-    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for lineno, raw in jsonl_lines(data.decode("utf-8")):  # not splitlines(): see rankloop.io.jsonl_lines
         if raw.strip():
             try:
                 obj = json.loads(raw)

@@ -153,3 +153,229 @@ def test_rank_by_keyboard_and_drag_xss_and_phone(browser, server):
     assert admin.rankings(ppid)[-1]["order"] == [[b_id], [a_id]]
     assert page.evaluate("window.__pwned") is None and not dialogs
     ctx.close()
+
+
+# ---------------------------------------------------------------- labels lost or corrupted (issue 11)
+
+_names = iter(range(1, 1000))
+
+
+def labeler_page(browser, server, mode: str = "ranking", n_prompts: int = 2, k: int = 3):
+    """A new project with its own logged-in labeler, in a new browser context."""
+    base, admin, _, _ = server
+    n = next(_names)
+    p = admin.create_project(f"{mode}-{n}", k=k, mode=mode, overlap=1)
+    prompts = [Prompt(id=f"q{n}-{i}", text=f"Prompt {i} of project {n}") for i in range(n_prompts)]
+    cands = [Candidate(id=f"q{n}-{i}-{j}", prompt_id=f"q{n}-{i}", text=f"answer {j} to prompt {i}")
+             for i in range(n_prompts) for j in range(k)]
+    admin.import_candidates(p["id"], prompts, cands)
+    user = f"lab{n}"
+    admin.create_user(user, "labeler-password")
+    admin.add_member(p["id"], user)
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = ctx.new_page()
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", "labeler-password")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/label/*")
+    return ctx, page, p["id"]
+
+
+def expect(locator):
+    from playwright.sync_api import expect as pw_expect
+
+    return pw_expect(locator)
+
+
+def settled(page) -> None:
+    """Let any submission the last action started reach the server (the page sends it with fetch)."""
+    page.wait_for_load_state()
+    page.wait_for_timeout(300)
+
+
+def test_enter_submits_only_what_the_labeler_ranked(browser, server):
+    """#9: Enter on a fresh task saved the shuffled display order; Enter on a focused ↑/↓ submitted."""
+    _, admin, _, _ = server
+    ctx, page, pid = labeler_page(browser, server, n_prompts=2)
+    url = page.url
+    shown = shown_order(page)
+    page.keyboard.press("Enter")  # nothing ranked yet
+    settled(page)
+    assert page.url == url and admin.rankings(pid) == []
+    assert "not ranked" in page.locator("#status").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "labeling-rank-not-ranked.png"), full_page=True)
+    page.keyboard.press("2")  # one of three picked: still not a ranking
+    page.keyboard.press("Enter")
+    settled(page)
+    assert page.url == url and admin.rankings(pid) == []
+    assert "1 of 3" in page.locator("#status").inner_text()
+    page.keyboard.press("Escape")
+
+    # Enter on a focused ↓ moves the card (again and again), and submits nothing.
+    first = shown_order(page)[0]
+    page.locator("#ranking > li").nth(0).locator(".down").focus()
+    page.keyboard.press("Enter")
+    assert shown_order(page)[1] == first
+    page.keyboard.press("Enter")  # focus stayed on the moved card's button
+    assert shown_order(page)[2] == first
+    settled(page)
+    assert page.url == url and admin.rankings(pid) == []
+    ranked = shown_order(page)
+    page.click("#submit-btn")
+    page.wait_for_url(lambda u: u != url and "/label/" in u)
+    rows = admin.rankings(pid)
+    assert len(rows) == 1 and rows[0]["order"] == [[x] for x in ranked]
+
+    # The shown order, explicitly accepted: Enter, read the warning, Enter again.
+    url = page.url
+    shown = shown_order(page)
+    page.keyboard.press("Enter")
+    settled(page)
+    assert page.url == url and len(admin.rankings(pid)) == 1
+    assert "again" in page.locator("#status").inner_text()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#done")
+    assert admin.rankings(pid)[-1]["order"] == [[x] for x in shown]
+    ctx.close()
+
+
+def test_form_error_keeps_the_ranking_and_rationale(browser, server):
+    """#10: a too-long rationale gave a raw pydantic error and a fresh page: ordering and rationale gone."""
+    from rankloop.labeling.schemas import SubmitIn
+
+    _, admin, _, _ = server
+    ctx, page, pid = labeler_page(browser, server, n_prompts=1)
+    limit = next(m.max_length for m in SubmitIn.model_fields["rationale"].metadata if hasattr(m, "max_length"))
+    box = page.locator("textarea[name=rationale]")
+    assert box.get_attribute("maxlength") == str(limit)  # the server's limit, on the page
+
+    by_n = ids_by_number(page)
+    for key in "321":
+        page.keyboard.press(key)
+    mine = [by_n[3], by_n[2], by_n[1]]
+    assert shown_order(page) == mine
+
+    # Typing past the limit stops at it, and the page says so.
+    box.focus()
+    page.keyboard.insert_text("y" * (limit + 120))
+    assert len(box.input_value()) == limit
+    assert "limit" in page.locator("#rationale-count").inner_text()
+    # A paste past the limit is kept whole, and the page says by how much to shorten it.
+    page.evaluate("""([n]) => {
+        const box = document.querySelector('textarea[name=rationale]');
+        box.value = ''; box.focus();
+        const dt = new DataTransfer(); dt.setData('text/plain', 'p'.repeat(n));
+        box.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));
+    }""", [limit + 120])
+    assert len(box.input_value()) == limit + 120
+    assert "120" in page.locator("#rationale-count").inner_text()
+    url = page.url
+    page.click("#submit-btn")
+    settled(page)
+    assert page.url == url and admin.rankings(pid) == []
+    err = page.locator("#submit-error")
+    assert err.is_visible() and "120" in err.inner_text() and "Rationale" in err.inner_text()
+
+    # The server's own check (a page without the maxlength): its 422 in the labeler's words, work kept.
+    page.evaluate("document.querySelector('textarea[name=rationale]').removeAttribute('maxlength')")
+    long = "why " * 2529 + "why?"  # 10,120 characters
+    box.fill(long)
+    page.click("#submit-btn")
+    expect(err).to_contain_text("10,000")  # (not wait_for_function: its polling is eval, which the page's CSP forbids)
+    text = err.inner_text()
+    assert "Rationale" in text and "120" in text and "validation error" not in text and "type=" not in text
+    assert long[:50] not in text  # the input is not echoed back
+    assert page.url == url and admin.rankings(pid) == []
+    assert shown_order(page) == mine and box.input_value() == long
+    assert not page.locator("#submit-btn").is_disabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "labeling-rank-error-kept.png"), full_page=True)
+
+    box.fill("three is clearly best")
+    page.click("#submit-btn")
+    page.wait_for_selector("#done")
+    (row,) = admin.rankings(pid)
+    assert row["order"] == [[x] for x in mine] and row["rationale"] == "three is clearly best"
+    ctx.close()
+
+
+def test_pairwise_both_bad_keeps_the_preference(browser, server):
+    """#11: "Both bad" stored a tie; ticking "Both are bad" then clicking A/B unticked it and submitted."""
+    _, admin, _, _ = server
+    ctx, page, pid = labeler_page(browser, server, mode="pairwise", n_prompts=3, k=2)
+
+    # Tick "Both are bad", then click "B is better": nothing is unticked or sent until Submit.
+    url = page.url
+    a, b = ids_by_number(page)[1], ids_by_number(page)[2]
+    page.check("#all-bad")
+    page.click("#choices button[data-choice='2']")
+    settled(page)
+    assert page.url == url and admin.rankings(pid) == []
+    assert page.is_checked("#all-bad") and "B is better" in page.locator("#status").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "labeling-pairwise-both-bad.png"), full_page=True)
+    page.fill("textarea[name=rationale]", "B is less bad")
+    page.click("#submit-btn")
+    page.wait_for_url(lambda u: u != url and "/label/" in u)
+    (row,) = admin.rankings(pid)
+    assert row["order"] == [[b], [a]] and row["all_bad"] and row["rationale"] == "B is less bad"
+
+    # By keyboard: 0 says both are bad but is no preference (no tie is stored); then 1, Enter.
+    url = page.url
+    a, b = ids_by_number(page)[1], ids_by_number(page)[2]
+    page.keyboard.press("0")
+    assert page.is_checked("#all-bad")
+    page.keyboard.press("Enter")
+    settled(page)
+    assert page.url == url and len(admin.rankings(pid)) == 1
+    assert "less bad" in page.locator("#submit-error").inner_text()
+    page.keyboard.press("1")
+    assert page.is_checked("#all-bad")
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda u: u != url and "/label/" in u)
+    row = admin.rankings(pid)[-1]
+    assert row["order"] == [[a], [b]] and row["all_bad"]
+
+    # A tie only when the labeler says "Tie"; both-bad stays off unless ticked.
+    a, b = ids_by_number(page)[1], ids_by_number(page)[2]
+    page.click("#choices button[data-choice='tie']")
+    assert not page.is_checked("#all-bad")
+    page.click("#submit-btn")
+    page.wait_for_selector("#done")
+    row = admin.rankings(pid)[-1]
+    assert sorted(row["order"][0]) == sorted([a, b]) and len(row["order"]) == 1 and not row["all_bad"]
+    ctx.close()
+
+
+def test_logged_out_submit_keeps_the_work_until_logged_in_again(browser, server):
+    """#10: an error from the server (here: the session ended in another tab) keeps the work, and
+    the same page can send it once the labeler has logged in again."""
+    base, admin, _, _ = server
+    ctx, page, pid = labeler_page(browser, server, n_prompts=1)
+    user = page.locator(".who").inner_text()
+    by_n = ids_by_number(page)
+    for key in "231":
+        page.keyboard.press(key)
+    page.check("#unsafe")
+    page.fill("textarea[name=rationale]", "two, then three")
+    other = ctx.new_page()  # another tab of the same browser: log out there
+    other.goto(f"{base}/label")
+    other.click("button.link")
+    other.wait_for_url(f"{base}/login*")
+    url = page.url
+    page.click("#submit-btn")
+    expect(page.locator("#submit-error")).to_contain_text("logged out")
+    assert page.url == url
+    assert shown_order(page) == [by_n[2], by_n[3], by_n[1]] and page.is_checked("#unsafe")
+    assert admin.rankings(pid) == []
+    other.fill("input[name=username]", user)
+    other.fill("input[name=password]", "labeler-password")
+    other.click("button[type=submit]")
+    other.wait_for_url(f"{base}/label/*")
+    page.click("#submit-btn")
+    page.wait_for_selector("#done")
+    (row,) = admin.rankings(pid)
+    assert row["order"] == [[by_n[2]], [by_n[3]], [by_n[1]]] and row["unsafe"] and row["rationale"] == "two, then three"
+    ctx.close()

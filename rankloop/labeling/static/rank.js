@@ -1,25 +1,50 @@
 // Ranking page: drag and drop (pointer events: mouse, pen and touch), keyboard ordering, ties.
 // Model text is never re-rendered here: the server rendered it as text; this script only moves
-// the existing elements and writes labels with textContent.
+// the existing elements and writes labels and messages with textContent.
+//
+// Two rules keep labels honest:
+// - Nothing is submitted that the labeler did not rank: the shuffled display order is sent only
+//   after a warning and a second, deliberate Enter/Submit (or once every card has been placed).
+// - A failed submission loses nothing: it is sent with fetch, so on any error the ordering, the
+//   boxes and the rationale stay as they are, and the message says what to change.
 (function () {
   "use strict";
   var task = document.getElementById("task");
   if (!task) return;
   var mode = task.getAttribute("data-mode");
+  var taskId = task.getAttribute("data-task");
   var list = document.getElementById("ranking");
   var form = document.getElementById("submit-form");
   var orderField = document.getElementById("order-field");
   var status = document.getElementById("status");
+  var errorBox = document.getElementById("submit-error");
+  var submitBtn = document.getElementById("submit-btn");
   var allBad = document.getElementById("all-bad");
-  var submitted = false;
+  var rationale = form.querySelector("textarea[name=rationale]");
+  var counter = document.getElementById("rationale-count");
+  var sending = false;
 
   function cards() { return Array.prototype.slice.call(list.querySelectorAll(":scope > li.card")); }
   function byN(n) { return list.querySelector(':scope > li.card[data-n="' + n + '"]'); }
   function typing(e) { var t = e.target; return t && (t.tagName === "TEXTAREA" || (t.tagName === "INPUT" && t.type !== "checkbox")); }
+  // Enter on these has its own meaning (press the button, follow the link, open the details).
+  function ownsEnter(e) { return !!(e.target && e.target.closest && e.target.closest("button, a[href], summary, select")); }
+  function number(n) { return n.toLocaleString("en-US"); }
+
+  function say(msg, kind) {
+    status.textContent = msg;
+    status.classList.toggle("warn", kind === "warn");
+  }
+  function showError(msg) {
+    errorBox.textContent = msg;
+    errorBox.hidden = !msg;
+  }
 
   // ------------------------------------------------------------ K-way ranking
   var picks = [];  // [{n, tied}] in keyboard pick order
   var tieNext = false;
+  var arranged = false;  // the labeler moved a card or set a tie: the order on screen is theirs
+  var acceptedAsShown = null;  // the order the labeler was warned about (a second submit sends it)
 
   function groups() {
     var out = [];
@@ -30,6 +55,9 @@
     });
     return out;
   }
+
+  // Every card placed by the labeler: by hand, or by keyboard picks (the last one follows).
+  function ranked() { return arranged || picks.length >= cards().length - 1; }
 
   function refresh() {
     var place = 0;
@@ -45,7 +73,9 @@
     if (mode === "ranking") {
       var msg = picks.length ? "Picked: " + picks.map(function (p) { return (p.tied ? "= " : "") + p.n; }).join(" ") : "";
       if (tieNext) msg += " = …";
-      status.textContent = msg;
+      say(msg);
+      var warned = !ranked() && acceptedAsShown === JSON.stringify(groups());
+      submitBtn.textContent = warned ? "Submit the order as shown (Enter)" : "Submit (Enter)";
     }
   }
 
@@ -62,29 +92,35 @@
     refresh();
   }
 
-  function move(card, delta) {
+  function move(card, delta, button) {
     var all = cards(), i = all.indexOf(card), j = i + delta;
     if (j < 0 || j >= all.length) return;
     if (delta < 0) list.insertBefore(card, all[j]); else list.insertBefore(card, all[j].nextSibling);
-    picks = []; tieNext = false;
+    if (button) button.focus();  // moving the card took focus away: keep ↑/↓ pressable again
+    picks = []; tieNext = false; arranged = true;
+    cards().forEach(function (c) { c.classList.remove("picked"); });
     refresh();
   }
 
   if (mode === "ranking") {
-    list.addEventListener("change", function (e) { if (e.target.classList.contains("tie-box")) refresh(); });
+    list.addEventListener("change", function (e) {
+      if (e.target.classList.contains("tie-box")) { arranged = true; refresh(); }
+    });
     list.addEventListener("click", function (e) {
       var card = e.target.closest("li.card");
       if (!card) return;
-      if (e.target.classList.contains("up")) move(card, -1);
-      if (e.target.classList.contains("down")) move(card, 1);
+      var b = e.target.closest("button");
+      if (b && b.classList.contains("up")) move(card, -1, b);
+      if (b && b.classList.contains("down")) move(card, 1, b);
     });
 
     // Drag by the handle with pointer events (one code path for mouse and touch).
-    var dragging = null;
+    var dragging = null, before = null;
     list.addEventListener("pointerdown", function (e) {
       var handle = e.target.closest(".handle");
       if (!handle || e.button > 0) return;
       dragging = handle.closest("li.card");
+      before = JSON.stringify(groups());
       dragging.classList.add("dragging");
       try { handle.setPointerCapture(e.pointerId); } catch (err) { /* not capturable */ }
       e.preventDefault();
@@ -92,20 +128,23 @@
     list.addEventListener("pointermove", function (e) {
       if (!dragging) return;
       var others = cards().filter(function (c) { return c !== dragging; });
-      var before = null;
+      var next = null;
       for (var i = 0; i < others.length; i++) {
         var r = others[i].getBoundingClientRect();
-        if (e.clientY < r.top + r.height / 2) { before = others[i]; break; }
+        if (e.clientY < r.top + r.height / 2) { next = others[i]; break; }
       }
-      if (before) list.insertBefore(dragging, before); else list.appendChild(dragging);
+      if (next) list.insertBefore(dragging, next); else list.appendChild(dragging);
       refresh();
     });
     function drop() {
       if (!dragging) return;
       dragging.classList.remove("dragging");
       dragging = null;
-      picks = []; tieNext = false;
-      cards().forEach(function (c) { c.classList.remove("picked"); });
+      if (JSON.stringify(groups()) !== before) {
+        arranged = true;
+        picks = []; tieNext = false;
+        cards().forEach(function (c) { c.classList.remove("picked"); });
+      }
       refresh();
     }
     list.addEventListener("pointerup", drop);
@@ -113,16 +152,23 @@
   }
 
   // ------------------------------------------------------------ pairwise
+  // A, B or Tie is the preference; "Both are bad" is a separate box beside it (a strict preference
+  // and both-bad together is a label of its own). Choosing never submits.
   var choice = null;
+  function pairStatus() {
+    var what = choice === "1" ? "A is better" : choice === "2" ? "B is better" : choice === "tie" ? "Tie" : "";
+    if (allBad && allBad.checked) what = what ? what + " · both are bad" : "Both are bad: now choose the less bad one (or Tie)";
+    say(what ? what + (choice ? ". Enter or Submit sends it." : "") : "");
+  }
   function choose(what) {
     choice = what;
-    var all = cards();
     Array.prototype.forEach.call(document.querySelectorAll("#choices button"), function (b) {
-      b.classList.toggle("selected", b.getAttribute("data-choice") === what);
+      var on = b.getAttribute("data-choice") === what;
+      b.classList.toggle("selected", on);
+      b.setAttribute("aria-pressed", on ? "true" : "false");
     });
-    all.forEach(function (c) { c.classList.toggle("chosen", c.getAttribute("data-n") === what); });
-    if (allBad) allBad.checked = what === "bad";
-    status.textContent = what === "1" ? "A is better" : what === "2" ? "B is better" : what === "tie" ? "Tie" : "Both bad";
+    cards().forEach(function (c) { c.classList.toggle("chosen", c.getAttribute("data-n") === what); });
+    pairStatus();
   }
   function pairOrder() {
     var a = byN(1).getAttribute("data-id"), b = byN(2).getAttribute("data-id");
@@ -133,33 +179,186 @@
   if (mode === "pairwise") {
     document.getElementById("choices").addEventListener("click", function (e) {
       var b = e.target.closest("button");
-      if (!b) return;
-      choose(b.getAttribute("data-choice"));
-      submit();
+      if (b) choose(b.getAttribute("data-choice"));
+    });
+    if (allBad) allBad.addEventListener("change", pairStatus);
+  }
+
+  // ------------------------------------------------------------ rationale: the server's limit, visibly
+  function rationaleLimit() { return rationale && rationale.maxLength > 0 ? rationale.maxLength : null; }
+  // What the server counts: the text without its surrounding whitespace.
+  function sentLength() { return rationale ? rationale.value.trim().length : 0; }
+  function tooLongBy() { var max = rationaleLimit(); return max === null ? 0 : Math.max(0, sentLength() - max); }
+  function updateCounter() {
+    var max = rationaleLimit();
+    if (!counter) return;
+    if (max === null) { counter.textContent = ""; return; }
+    var n = rationale.value.length, over = n - max;
+    counter.classList.toggle("over", over > 0);
+    if (over > 0) counter.textContent = number(n) + " characters: " + number(over) + " over the " + number(max) + "-character limit; shorten it by " + number(over) + ".";
+    else if (over === 0) counter.textContent = number(max) + " characters: the limit.";
+    else if (n > max * 0.9) counter.textContent = number(max - n) + " characters left.";
+    else counter.textContent = "";
+  }
+  if (rationale) {
+    rationale.addEventListener("input", updateCounter);
+    // The browser cuts a paste at maxlength, silently dropping the end of the labeler's text: keep
+    // it whole instead, and say how much to shorten (the submit waits until it fits).
+    rationale.addEventListener("paste", function (e) {
+      var max = rationaleLimit(), data = e.clipboardData && e.clipboardData.getData("text/plain");
+      if (max === null || !data) return;
+      var start = rationale.selectionStart, end = rationale.selectionEnd;
+      if (rationale.value.length - (end - start) + data.length <= max) return;
+      e.preventDefault();
+      rationale.setRangeText(data, start, end, "end");
+      updateCounter();
     });
   }
 
-  // ------------------------------------------------------------ keyboard and submit
-  function submit() {
-    if (submitted) return;
-    if (mode === "pairwise" && choice === null) { status.textContent = "Choose A, B, tie or both bad first."; return; }
-    orderField.value = JSON.stringify(mode === "pairwise" ? pairOrder() : groups());
-    submitted = true;
-    document.getElementById("submit-btn").disabled = true;
-    status.textContent = "Submitting…";
-    form.submit();
+  // ------------------------------------------------------------ submit
+  var FIELDS = { rationale: "Rationale", order: "Ranking", all_bad: "Both/all bad", unsafe: "Unsafe content" };
+
+  // The server's reply in the labeler's words: never the raw validation dump, never the input.
+  function explain(status, body) {
+    var d = body && body.detail;
+    if (status === 401 || (status === 403 && /CSRF/.test(String(d)))) {
+      return "You are logged out (the session ended or changed). Log in again in another tab, then press Submit " +
+        "here again: your ranking is kept.";
+    }
+    if (status === 413) return "The submission is too large for the server. Shorten the rationale and submit again.";
+    if (Array.isArray(d)) {
+      return d.map(function (e) {
+        var field = e && e.loc ? e.loc[e.loc.length - 1] : "";
+        var name = FIELDS[field] || String(field || "The form");
+        var max = e && e.ctx && e.ctx.max_length;
+        if (max && field === "rationale") {
+          var n = sentLength();
+          return name + ": at most " + number(max) + " characters, this one has " + number(n) +
+            "; shorten it by " + number(n - max) + ".";
+        }
+        return name + ": " + ((e && e.msg) || "not accepted") + ".";
+      }).join(" ");
+    }
+    if (typeof d === "string" && d) {
+      if (status === 404 || status === 409) return d + ". Nothing was saved from this page; go to the next task from Label.";
+      return d;
+    }
+    return "The server answered " + status + "; nothing was saved. Your ranking is kept here: submit again.";
   }
+
+  function nextTaskUrl() {
+    var pid = form.querySelector("input[name=project_id]").value;
+    return "/label" + (pid ? "?project_id=" + encodeURIComponent(pid) : "");
+  }
+
+  // What is missing before this can be sent (null when nothing is).
+  function problem() {
+    if (mode === "pairwise" && choice === null) {
+      return allBad && allBad.checked ? "Both are bad is ticked: still choose which is less bad (A or B), or Tie."
+                                      : "Choose A, B or Tie first.";
+    }
+    var over = tooLongBy();
+    if (over > 0) {
+      return "Rationale: at most " + number(rationaleLimit()) + " characters, this one has " + number(sentLength()) +
+        "; shorten it by " + number(over) + ".";
+    }
+    return null;
+  }
+
+  function submit() {
+    if (sending) return;
+    var missing = problem();
+    if (missing) { showError(missing); if (tooLongBy() > 0) rationale.focus(); else say(""); return; }
+    var order = mode === "pairwise" ? pairOrder() : groups();
+    if (mode === "ranking" && !ranked()) {
+      var shown = JSON.stringify(order);
+      if (acceptedAsShown !== shown) {
+        acceptedAsShown = shown;
+        refresh();
+        var left = cards().length - picks.length;
+        say((picks.length ? "You have ranked " + picks.length + " of " + cards().length + ": press the numbers of the other " + left +
+             ", or press Enter again (or Submit) to keep them in the order shown."
+                         : "These are not ranked yet: drag the cards, use ↑/↓, or press the response numbers best to worst. " +
+             "If the order shown is already your ranking, press Enter again (or Submit) to send it as it is."), "warn");
+        return;
+      }
+    }
+    send(order);
+  }
+
+  // After a new login (in another tab) the session's CSRF secret is new too: read it from this
+  // task's page afresh, so the work on this page can still be sent.
+  var staleSession = false;
+  function freshCsrf() {
+    var field = form.querySelector("input[name=csrf_token]");
+    if (!staleSession) return Promise.resolve(field.value);
+    return fetch(window.location.pathname + window.location.search, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok) return field.value;
+      return r.text().then(function (html) {
+        var got = new DOMParser().parseFromString(html, "text/html").querySelector("#submit-form input[name=csrf_token]");
+        if (got && got.value) { field.value = got.value; staleSession = false; }
+        return field.value;
+      });
+    });
+  }
+
+  function send(order) {
+    sending = true;
+    showError("");
+    orderField.value = JSON.stringify(order);
+    submitBtn.disabled = true;
+    say("Submitting…");
+    freshCsrf().then(function (csrf) { post(order, csrf); }, function () { post(order, form.querySelector("input[name=csrf_token]").value); });
+  }
+
+  function post(order, csrf) {
+    var text = rationale ? rationale.value.trim() : "";
+    var body = {
+      order: order,
+      idempotency_key: form.querySelector("input[name=idempotency_key]").value,  // a retry stores it once
+      all_bad: !!(allBad && allBad.checked),
+      unsafe: !!document.getElementById("unsafe").checked,
+      rationale: text || null
+    };
+    fetch("/api/tasks/" + encodeURIComponent(taskId) + "/submit", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      if (r.ok) { window.location.assign(nextTaskUrl()); return; }
+      if (r.status === 401 || r.status === 403) staleSession = true;
+      return r.json().catch(function () { return null; }).then(function (b) { fail(explain(r.status, b)); });
+    }, function () {
+      fail("Could not reach the server; nothing was saved. Your ranking is kept here: submit again.");
+    });
+  }
+
+  function fail(msg) {
+    sending = false;
+    submitBtn.disabled = false;
+    say("");
+    showError(msg);
+    if (tooLongBy() > 0 || /^Rationale/.test(msg)) rationale.focus();
+  }
+
   form.addEventListener("submit", function (e) { e.preventDefault(); submit(); });
 
+  // ------------------------------------------------------------ keyboard
   document.addEventListener("keydown", function (e) {
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
     var k = e.key;
-    if (k === "Enter") { e.preventDefault(); submit(); return; }
+    if (k === "Enter") {
+      if (ownsEnter(e)) return;  // a focused ↑/↓, choice or link does what it says
+      e.preventDefault();
+      if (!e.repeat) submit();  // a held key is not a second, deliberate press
+      return;
+    }
     if (mode === "pairwise") {
       if (k === "1" || k === "ArrowLeft") choose("1");
       else if (k === "2" || k === "ArrowRight") choose("2");
       else if (k === "t" || k === "T" || k === "=") choose("tie");
-      else if (k === "0" || k === "b" || k === "B") choose("bad");
+      else if ((k === "0" || k === "b" || k === "B") && allBad) { allBad.checked = !allBad.checked; pairStatus(); }
       return;
     }
     if (/^[1-9]$/.test(k)) {
@@ -176,11 +375,12 @@
       applyPicks();
       e.preventDefault();
     } else if (k === "Escape") {
-      picks = []; tieNext = false;
+      picks = []; tieNext = false; arranged = false;
       cards().forEach(function (c) { var b = c.querySelector(".tie-box"); if (b) b.checked = false; });
       applyPicks();
     }
   });
 
+  updateCounter();
   refresh();
 })();
