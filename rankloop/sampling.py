@@ -225,7 +225,8 @@ def _generate_chunk(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tok
             bad = (~torch.isfinite(logits)).any(-1).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite logits while sampling (step {step}, rows {bad[:8]})")
         if step < min_new_tokens and stop.numel():
-            logits[:, stop] = float("-inf")
+            # Out of place: at T = 1 ``scaled`` is ``logits`` itself, and π's log-probs must not see the mask.
+            logits = logits.index_fill(1, stop, float("-inf"))
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:

@@ -164,3 +164,30 @@ def test_sample_cli_writes_k_candidates(tiny_gpt2, tmp_path):
                                        "--output", str(tmp_path / "x.jsonl"), "--device", "cuda"])
         assert res.exit_code == 2 and "not usable here" in res.output
         assert not (tmp_path / "x.jsonl").exists()
+
+
+def _teacher_forced_logprobs(model, batch, temperature: float) -> torch.Tensor:
+    """(N, R) log softmax(logits / T)[token] of the sampled responses, from one forward pass."""
+    from rankloop.sampling import positions
+
+    ids, am = batch.input_ids, batch.attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=am, position_ids=positions(am)).logits.float()
+    P = batch.prompt_ids.size(1)
+    logits = logits[:, P - 1:-1] / temperature
+    lp = torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+    return lp * batch.response_mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.3])
+def test_policy_logprobs_ignore_min_new_tokens_mask(gpt2, temperature):
+    """The sampler's log π is the policy's own, as a forward pass computes it: the stop tokens that
+    min_new_tokens forbids are removed from what is sampled, never from π (at T = 1 the masked logits
+    once aliased the ones the log-probs were taken from)."""
+    model, tok = gpt2
+    greedy = generate(model, tok, PROMPTS, max_new_tokens=1, temperature=0, stop_token_ids=[])
+    stop = sorted(set(greedy.response_ids[:, 0].tolist()))  # the likeliest first tokens: masking them matters
+    b = generate(model, tok, PROMPTS, max_new_tokens=6, min_new_tokens=4, temperature=temperature,
+                 stop_token_ids=stop, seed=0, policy_stats=True)
+    assert (b.response_lengths >= 4).all()
+    assert torch.allclose(b.logprobs, _teacher_forced_logprobs(model, b, temperature), atol=1e-5)
