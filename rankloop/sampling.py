@@ -19,6 +19,7 @@ machinery is a large share of the time (see ``bench/ppo_vs_trl.py`` for the meas
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,14 @@ def backbone_of(lm):
     return getattr(base, base.base_model_prefix)
 
 
+def cache_argument(module) -> str:
+    """The name under which ``module.forward`` takes the KV cache: ``cache`` in current transformers
+    (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` in the
+    releases before the rename and in models that have not been renamed."""
+    params = inspect.signature(unwrap_peft(module).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class _Stepper:
     """One decode step of a causal LM with a KV cache: (n, L) new tokens → (n, V) logits at the last one.
 
@@ -184,10 +193,11 @@ class _Stepper:
         if keep_hidden:
             self.backbone = backbone_of(model)
             self.head = unwrap_peft(model).get_output_embeddings()
+        self.cache_arg = cache_argument(self.backbone if keep_hidden else model)
 
     def __call__(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  past_key_values=self.cache, use_cache=True)
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+              self.cache_arg: self.cache, "use_cache": True}
         if not self.keep_hidden:
             return self.model(**kw, logits_to_keep=1).logits[:, -1, :]
         self.hidden = self.backbone(**kw).last_hidden_state[:, -1, :]

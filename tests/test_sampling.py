@@ -191,3 +191,28 @@ def test_policy_logprobs_ignore_min_new_tokens_mask(gpt2, temperature):
                  stop_token_ids=stop, seed=0, policy_stats=True)
     assert (b.response_lengths >= 4).all()
     assert torch.allclose(b.logprobs, _teacher_forced_logprobs(model, b, temperature), atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+@pytest.mark.parametrize("policy_stats", [False, True])
+def test_decoding_uses_the_current_cache_argument(which, policy_stats, request):
+    """No deprecated ``past_key_values`` (removed in transformers 5.40) on either decode path."""
+    import warnings
+
+    model, tok = request.getfixturevalue(which)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(model, tok, PROMPTS, max_new_tokens=4, seed=0, policy_stats=policy_stats)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_cache_argument_falls_back_for_models_before_the_rename(gpt2):
+    from rankloop.sampling import cache_argument
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            return input_ids
+
+    assert cache_argument(Old()) == "past_key_values"
+    assert cache_argument(gpt2[0]) == "cache"
