@@ -5,8 +5,9 @@ Metrics (over rankings of any K, ties allowed):
 - ``pairwise_accuracy``: over every pair of differently-ranked candidates, the fraction the model
   orders the same way (r_w > r_l; an exact score tie counts ½). The figure InstructGPT and every
   pairwise trainer report.
-- ``exact_ranking_accuracy``: the fraction of rankings whose every pair is ordered correctly.
-  Equals ``pairwise_accuracy`` when K = 2.
+- ``exact_ranking_accuracy``: the fraction of rankings whose every pair is ordered correctly
+  (r_w > r_l strictly: a score tie is not correct). At K = 2 it equals ``pairwise_accuracy`` only
+  when no pair's scores tie — a tie counts ½ there and 0 here.
 - ``kendall_tau``: Kendall's τ-b between the scores and the human order, averaged over rankings
   (τ-b corrects for ties on either side; a ranking that is one tie group is skipped).
 - ``mean_margin``: the mean of r_w − r_l over pairs (in normalised units when the model has

@@ -11,9 +11,11 @@ Texts are ``render(prompt) + response`` — the chat template when the tokenizer
 prompt is a message list — tokenised with truncation on the left, so an over-long text keeps the
 end of the response (see ``rankloop.models``).
 
-Normalisation (Stiennon et al. 2020, §C.5): after training, a reference set's scores give an
-``offset`` (mean) and ``scale`` (std) stored beside the weights in ``reward_normalisation.json``;
-``RewardScorer.score`` returns ``(r − offset) / scale`` so the reference set scores mean 0, std 1.
+Normalisation (Ziegler et al. 2019, §2: mean 0 and variance 1 on the reference distribution):
+after training, a reference set's scores give an ``offset`` (mean) and ``scale`` (std) stored
+beside the weights in ``reward_normalisation.json``; ``RewardScorer.score`` returns
+``(r − offset) / scale`` so the reference set scores mean 0, std 1. (Stiennon et al. 2020 only
+shift, so that their reference summaries score 0 on average; they do not rescale.)
 """
 
 from __future__ import annotations

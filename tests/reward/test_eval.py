@@ -25,8 +25,8 @@ def test_metrics_hand_worked():
 def test_ties_in_labels_and_scores():
     m = ranking_metrics([[1.0, 1.0, 0.0]], [[0, 0, 1]])  # a = b > c; scores tie a, b
     assert m["pairs"] == 2 and m["pairwise_accuracy"] == 1.0
-    m = ranking_metrics([[1.0, 1.0]], [[0, 1]])  # a score tie counts ½
-    assert m["pairwise_accuracy"] == 0.5 and m["exact_ranking_accuracy"] == 0.0
+    m = ranking_metrics([[1.0, 1.0]], [[0, 1]])  # a score tie counts ½ in pairwise, 0 in exact: at K = 2
+    assert m["pairwise_accuracy"] == 0.5 and m["exact_ranking_accuracy"] == 0.0  # they differ on score ties
     assert kendall_tau_b([1.0, 1.0], [1, 1]) is None
     assert math.isnan(ranking_metrics([[1.0, 2.0]], [[0, 0]])["pairwise_accuracy"])
 
