@@ -295,6 +295,33 @@ class RankedExample(_Record):
         )
 
 
+class RenderedPrompt(str):
+    """A prompt as a policy reads it (its chat template, or HH-style text) that remembers the prompt
+    it was rendered from, ``content`` (text or chat messages).
+
+    PPO hands these to the reward function: a function sees the policy's text, a plain ``str``; a
+    reward model renders ``content`` with its own tokenizer (``rankloop.reward.model.render``), so it
+    reads in PPO exactly what it read in training.
+    """
+
+    content: PromptContent
+
+    def __new__(cls, text: str, content: PromptContent) -> "RenderedPrompt":
+        self = super().__new__(cls, text)
+        self.content = content
+        return self
+
+    def __reduce__(self):  # pickling (e.g. to another process) keeps ``content``
+        return (RenderedPrompt, (str(self), self.content))
+
+
+def prompt_content(prompt: "PromptContent | Prompt | RenderedPrompt") -> PromptContent:
+    """The prompt as given — text or chat messages — from a record, a policy's rendering or itself."""
+    if isinstance(prompt, (RenderedPrompt, Prompt)):
+        return prompt.content
+    return prompt
+
+
 def render_prompt(prompt: PromptContent) -> str:
     """Chat messages as HH-RLHF-style plain text (``\\n\\nHuman: …\\n\\nAssistant:``).
 

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from rankloop.records import Candidate, Prompt, render_prompt
+from rankloop.records import Candidate, Prompt, RenderedPrompt, render_prompt
 
 
 class PromptTooLongError(ValueError):
@@ -93,12 +93,16 @@ def default_stop_ids(model, tokenizer) -> list[int]:
 
 def prompt_text(prompt: Prompt | str, tokenizer) -> str:
     """Plain text for a prompt: chat messages through the tokenizer's chat template when it has
-    one, else rendered HH-style (``render_prompt``)."""
+    one, else rendered HH-style (``render_prompt``). A ``Prompt`` comes back as a ``RenderedPrompt``,
+    a ``str`` that keeps the prompt's content, so a reward model given it renders the prompt its own
+    way (as in training) rather than reading the policy's template."""
     if isinstance(prompt, str):
         return prompt
     if prompt.messages is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-    return render_prompt(prompt.content)
+        text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = render_prompt(prompt.content)
+    return RenderedPrompt(text, prompt.content)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int | None = None,

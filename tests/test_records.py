@@ -72,3 +72,19 @@ def test_render_prompt_hh_style():
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "joke?"}]
     assert render_prompt(msgs) == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:"
     assert render_prompt("plain") == "plain"
+
+
+def test_rendered_prompt_is_a_str_that_keeps_its_content():
+    import copy
+    import json
+    import pickle
+
+    from rankloop.records import Prompt, RenderedPrompt, prompt_content
+
+    msgs = [{"role": "user", "content": "hi"}]
+    r = RenderedPrompt("<s>user: hi</s><s>assistant:", msgs)
+    assert isinstance(r, str) and r == "<s>user: hi</s><s>assistant:" and json.dumps([r]) == json.dumps([str(r)])
+    for again in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert again == r and again.content == msgs
+    assert prompt_content(r) == msgs and prompt_content(Prompt(id="p", messages=msgs)) == msgs
+    assert prompt_content("plain") == "plain" and prompt_content(msgs) is msgs
