@@ -7,6 +7,11 @@ c3 > c1 = c4 > c2. A pairwise choice is the K = 2 case. ``Comparison`` rows are 
 ranking on demand (all C(K, 2) ordered pairs, ties dropped) and are also the import/export format
 for pairwise corpora (TRL, HH-RLHF).
 
+Identical texts are never a pair: two candidates with the same text carry no preference between
+them, whatever groups a labeler put them in, so ``comparisons()`` drops their pair and the reward
+losses and metrics skip it too (they receive ``text_classes``). The pairs each copy makes with the
+other candidates stay.
+
 ``RankedExample`` is one row of ``rankings.jsonl``: a ranking together with the prompt and the
 candidate texts it orders, so that a trainer needs no database to read it.
 
@@ -18,12 +23,18 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from itertools import combinations
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": str}
 PromptContent = Union[str, list[Message]]
+
+
+def text_classes(texts: Sequence[str]) -> list[int]:
+    """Each text's class: the index of the first text equal to it (identical texts share a class)."""
+    first: dict[str, int] = {}
+    return [first.setdefault(t, i) for i, t in enumerate(texts)]
 
 
 class _Record(BaseModel):
@@ -253,12 +264,12 @@ class RankedExample(_Record):
         return [by_id[i] for i in ids], [rank[i] for i in ids]
 
     def comparisons(self) -> list[Comparison]:
-        """All C(K, 2) pairs of different rank as Comparisons (ties dropped)."""
+        """All C(K, 2) pairs of different rank as Comparisons (ties and pairs of identical texts dropped)."""
         by_id = {c.id: c.text for c in self.candidates}
         out = []
         for a, b in self.ranking.pairs():
             if by_id[a] == by_id[b]:
-                continue  # identical texts carry no preference
+                continue  # identical texts carry no preference (see the module docstring)
             out.append(Comparison(prompt=self.prompt, chosen=by_id[a], rejected=by_id[b], margin=self.margin))
         return out
 

@@ -88,3 +88,13 @@ def test_rendered_prompt_is_a_str_that_keeps_its_content():
         assert again == r and again.content == msgs
     assert prompt_content(r) == msgs and prompt_content(Prompt(id="p", messages=msgs)) == msgs
     assert prompt_content("plain") == "plain" and prompt_content(msgs) is msgs
+
+
+def test_identical_texts_are_one_text_class_and_no_comparison():
+    from rankloop.records import text_classes
+
+    assert text_classes(["x", "y", "x", "z", "y"]) == [0, 1, 0, 3, 1]
+    e = RankedExample(prompt_id="p", prompt="q?", ranking=Ranking(prompt_id="p", order=["a", "b", "c"]),
+                      candidates=[CandidateText(id="a", text="same"), CandidateText(id="b", text="other"),
+                                  CandidateText(id="c", text="same")])
+    assert [(c.chosen, c.rejected) for c in e.comparisons()] == [("same", "other"), ("other", "same")]

@@ -144,18 +144,20 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
     index = torch.zeros((len(rows), k), dtype=torch.long)
     ranks = torch.zeros((len(rows), k), dtype=torch.long)
     mask = torch.zeros((len(rows), k), dtype=torch.bool)
+    text_class = torch.arange(k).repeat(len(rows), 1)  # (B, K): copies of one text make no pair
     pos = 0
     for b, r in enumerate(rows):
         n = len(r.ids)
         index[b, :n] = torch.arange(pos, pos + n)
         ranks[b, :n] = torch.as_tensor(r.ranks)
+        text_class[b, :n] = torch.as_tensor(r.text_class if r.text_class is not None else range(n))
         mask[b, :n] = True
         pos += n
     margin = None
     if use_margin and any(r.margin is not None for r in rows):
         margin = torch.tensor([r.margin or 0.0 for r in rows], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "packed": packed, "index": index,
-            "ranks": ranks, "mask": mask, "margin": margin}
+            "ranks": ranks, "mask": mask, "margin": margin, "text_class": text_class}
 
 
 # ---------------------------------------------------------------- model
@@ -384,7 +386,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             return None
         if main:
             raw = score_encoded(model, eval_set, tok.pad_token_id, cfg.eval_batch_size, device)
-            m = ranking_metrics(raw, [e.ranks for e in eval_set])
+            m = ranking_metrics(raw, [e.ranks for e in eval_set], [e.text_class for e in eval_set])
             log({"step": step, "eval/pairwise_accuracy": m["pairwise_accuracy"],
                  "eval/exact_ranking_accuracy": m["exact_ranking_accuracy"], "eval/kendall_tau": m["kendall_tau"],
                  "eval/margin": m["mean_margin"]})
@@ -507,9 +509,10 @@ def micro_step(scorer, acc, encoded, idx: list[int], n_global: int, loss: str, p
     s = flat[b["index"].to(device)]  # (B, K)
     ranks, mask = b["ranks"].to(device), b["mask"].to(device)
     margin = b["margin"].to(device) if b["margin"] is not None else None
-    per = ranking_loss(loss, s, ranks, mask, margin)  # (B,)
+    text_class = b["text_class"].to(device)
+    per = ranking_loss(loss, s, ranks, mask, margin, text_class)  # (B,)
     acc.backward(per.sum() * acc.num_processes / n_global)
-    pm = pair_metrics(s.detach(), ranks, mask)
+    pm = pair_metrics(s.detach(), ranks, mask, text_class)
     return torch.stack([per.detach().sum(), torch.tensor(float(len(idx)), device=device),
                         pm["correct"], pm["margin"], pm["pairs"]])
 
