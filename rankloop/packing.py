@@ -107,14 +107,20 @@ def _layer_windows(config) -> set:
     return {None if t == "full_attention" else window if t == "sliding_attention" else t for t in types}
 
 
+def _one_window(config) -> tuple[bool, int | None]:
+    """(every layer attends alike — fully or through one window W —, that window or None)."""
+    windows = _layer_windows(config)
+    window = next(iter(windows))
+    return len(windows) == 1 and (window is None or isinstance(window, int)), window
+
+
 def attention_window(model: nn.Module) -> int | None:
     """The sliding window W every attention layer of ``model`` uses, or None for full attention (for a
     model that ``supports_packing``)."""
-    windows = _layer_windows(model.config)
-    window = next(iter(windows))
-    if len(windows) != 1 or not (window is None or isinstance(window, int)):
-        raise ValueError(f"{model.config.model_type}: layers with different attention ({sorted(map(str, windows))}) "
-                         "cannot share one packed mask")
+    alike, window = _one_window(model.config)
+    if not alike:
+        raise ValueError(f"{model.config.model_type}: layers with different attention "
+                         f"({sorted(map(str, _layer_windows(model.config)))}) cannot share one packed mask")
     return window
 
 
@@ -122,10 +128,7 @@ def supports_packing(model: nn.Module) -> bool:
     """A 4D additive mask is honoured as given by the sdpa and eager attention implementations
     (flash-attention kernels take no such mask), and every layer attends alike — fully, or through one
     sliding window the packed mask then applies."""
-    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
-    windows = _layer_windows(model.config)
-    return len(windows) == 1 and all(w is None or isinstance(w, int) for w in windows)
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager") and _one_window(model.config)[0]
 
 
 def ffd_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
