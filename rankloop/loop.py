@@ -729,7 +729,8 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
             by_prompt.setdefault(c.prompt_id, []).append(c.text)
         ptext = {p.id: p for p in prompts}
         groups = [list(gold([ptext[pid]] * len(ts), ts)) for pid, ts in by_prompt.items()]
-        sigma = lab.sigma if lab.sigma is not None else calibrate_sigma(groups, lab.agreement)
+        texts = list(by_prompt.values())  # copies of one answer: every labeler ties them
+        sigma = lab.sigma if lab.sigma is not None else calibrate_sigma(groups, lab.agreement, texts)
         labelers = [SimulatedLabeler(f"sim-labeler-{i}", sigma, gold, seed=cfg.seed * 1000 + rnd)
                     for i in range(lab.labelers)]
         from rankloop.simulate import label_project
@@ -742,7 +743,7 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
             with _bar(cfg, f"simulated labeling (σ = {sigma:.3f})", total) as (bar, task):
                 bar.update(task, completed=admin.progress(pid)["slots_done"])
                 stats = label_project(admin, pid, labelers, lab.password, on_submit=lambda: bar.advance(task))
-        agreement = expected_agreement(groups, sigma)
+        agreement = expected_agreement(groups, sigma, texts)
         figures.update(stats)
     else:
         server, thread = _start_server(app, lab.host, lab.port)

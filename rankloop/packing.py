@@ -16,6 +16,12 @@ block-diagonal additive mask, so each token sees exactly what it would see in it
 
 A batch is packed only when that removes at least 10 % of the padded positions (``worth_packing``).
 
+Sliding-window attention (Mistral, Qwen2 with ``use_sliding_window``, …): a model given its own 4D
+mask applies no window of its own, so the packed mask carries it — a query sees the keys fewer than
+W positions back, counted in position ids, which is the window of the padded path. Models whose
+layers differ (full attention in some, a window in others) are not packed: one mask cannot be both
+(``supports_packing``).
+
 Used by the reward-model trainer (``rankloop.reward.packing``) and by PPO's teacher-forced passes
 (``rankloop.rl.rollout``). Equal to the padded forward to float rounding (tests).
 """
@@ -57,15 +63,22 @@ class PackedBatch:
         """Real (non-padding) token positions forwarded."""
         return int((self.segment >= 0).sum())
 
-    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor:
+    def attention_bias(self, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
         """``(R, 1, L, L)`` additive mask: query q may attend key k iff both are in one segment, k is on
-        q's branch or the shared part, and (causal) k ≤ q. Padding attends to itself only."""
+        q's branch or the shared part, (causal) k ≤ q, and — with a sliding ``window`` W — k is fewer
+        than W positions before q (transformers' ``kv_idx > q_idx − W``). Padding attends to itself only."""
         seg, br = self.segment, self.branch
         n = seg.shape[1]
         allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, Lq, Lk)
         allowed &= (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
         if self.causal:
             allowed &= torch.ones(n, n, dtype=torch.bool, device=seg.device).tril()
+        if window is not None:
+            if not self.causal:  # bidirectional windows count |q − k| ≤ W: a convention of their own
+                raise ValueError("sliding-window attention is packed for causal models only")
+            # Position ids, not columns: a tree branch's positions continue its prompt's.
+            pos = self.position_ids
+            allowed &= (pos[:, :, None] - pos[:, None, :]) < window
         allowed |= torch.eye(n, dtype=torch.bool, device=seg.device)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
@@ -82,10 +95,40 @@ def worth_packing(positions: int, padded_positions: int, min_saving: float = MIN
     return positions <= (1 - min_saving) * padded_positions
 
 
+def _layer_windows(config) -> set:
+    """The attention window of each layer kind the model has: None (full attention), an int W (a
+    sliding window) or the name of an attention we do not pack (chunked, linear, …)."""
+    window = getattr(config, "sliding_window", None) or None
+    if getattr(config, "use_sliding_window", True) is False:  # Qwen2-style switch, in older releases too
+        window = None
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return {window}
+    return {None if t == "full_attention" else window if t == "sliding_attention" else t for t in types}
+
+
+def _one_window(config) -> tuple[bool, int | None]:
+    """(every layer attends alike — fully or through one window W —, that window or None)."""
+    windows = _layer_windows(config)
+    window = next(iter(windows))
+    return len(windows) == 1 and (window is None or isinstance(window, int)), window
+
+
+def attention_window(model: nn.Module) -> int | None:
+    """The sliding window W every attention layer of ``model`` uses, or None for full attention (for a
+    model that ``supports_packing``)."""
+    alike, window = _one_window(model.config)
+    if not alike:
+        raise ValueError(f"{model.config.model_type}: layers with different attention "
+                         f"({sorted(map(str, _layer_windows(model.config)))}) cannot share one packed mask")
+    return window
+
+
 def supports_packing(model: nn.Module) -> bool:
     """A 4D additive mask is honoured as given by the sdpa and eager attention implementations
-    (flash-attention kernels take no such mask)."""
-    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+    (flash-attention kernels take no such mask), and every layer attends alike — fully, or through one
+    sliding window the packed mask then applies."""
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager") and _one_window(model.config)[0]
 
 
 def ffd_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
@@ -167,6 +210,7 @@ def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, first_col
 def packed_hidden(backbone: nn.Module, batch: PackedBatch, **kwargs) -> torch.Tensor:
     """The backbone's last hidden states at ``batch``'s read positions: ``(*read.shape, H)``."""
     dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
-    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_bias(dtype),
+    bias = batch.attention_bias(dtype, attention_window(backbone))
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=bias,
                       position_ids=batch.position_ids, **kwargs).last_hidden_state  # (R, L, H)
     return hidden[batch.read_row, batch.read_col]

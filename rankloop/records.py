@@ -7,6 +7,11 @@ c3 > c1 = c4 > c2. A pairwise choice is the K = 2 case. ``Comparison`` rows are 
 ranking on demand (all C(K, 2) ordered pairs, ties dropped) and are also the import/export format
 for pairwise corpora (TRL, HH-RLHF).
 
+Identical texts are never a pair: two candidates with the same text carry no preference between
+them, whatever groups a labeler put them in, so ``comparisons()`` drops their pair and the reward
+losses and metrics skip it too (they receive ``text_classes``). The pairs each copy makes with the
+other candidates stay.
+
 ``RankedExample`` is one row of ``rankings.jsonl``: a ranking together with the prompt and the
 candidate texts it orders, so that a trainer needs no database to read it.
 
@@ -18,12 +23,18 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from itertools import combinations
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": str}
 PromptContent = Union[str, list[Message]]
+
+
+def text_classes(texts: Sequence[str]) -> list[int]:
+    """Each text's class: the index of the first text equal to it (identical texts share a class)."""
+    first: dict[str, int] = {}
+    return [first.setdefault(t, i) for i, t in enumerate(texts)]
 
 
 class _Record(BaseModel):
@@ -253,12 +264,12 @@ class RankedExample(_Record):
         return [by_id[i] for i in ids], [rank[i] for i in ids]
 
     def comparisons(self) -> list[Comparison]:
-        """All C(K, 2) pairs of different rank as Comparisons (ties dropped)."""
+        """All C(K, 2) pairs of different rank as Comparisons (ties and pairs of identical texts dropped)."""
         by_id = {c.id: c.text for c in self.candidates}
         out = []
         for a, b in self.ranking.pairs():
             if by_id[a] == by_id[b]:
-                continue  # identical texts carry no preference
+                continue  # identical texts carry no preference (see the module docstring)
             out.append(Comparison(prompt=self.prompt, chosen=by_id[a], rejected=by_id[b], margin=self.margin))
         return out
 
@@ -293,6 +304,33 @@ class RankedExample(_Record):
             margin=comp.margin,
             source=source,
         )
+
+
+class RenderedPrompt(str):
+    """A prompt as a policy reads it (its chat template, or HH-style text) that remembers the prompt
+    it was rendered from, ``content`` (text or chat messages).
+
+    PPO hands these to the reward function: a function sees the policy's text, a plain ``str``; a
+    reward model renders ``content`` with its own tokenizer (``rankloop.reward.model.render``), so it
+    reads in PPO exactly what it read in training.
+    """
+
+    content: PromptContent
+
+    def __new__(cls, text: str, content: PromptContent) -> "RenderedPrompt":
+        self = super().__new__(cls, text)
+        self.content = content
+        return self
+
+    def __reduce__(self):  # pickling (e.g. to another process) keeps ``content``
+        return (RenderedPrompt, (str(self), self.content))
+
+
+def prompt_content(prompt: "PromptContent | Prompt | RenderedPrompt") -> PromptContent:
+    """The prompt as given — text or chat messages — from a record, a policy's rendering or itself."""
+    if isinstance(prompt, (RenderedPrompt, Prompt)):
+        return prompt.content
+    return prompt
 
 
 def render_prompt(prompt: PromptContent) -> str:

@@ -19,6 +19,7 @@ machinery is a large share of the time (see ``bench/ppo_vs_trl.py`` for the meas
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from rankloop.records import Candidate, Prompt, render_prompt
+from rankloop.records import Candidate, Prompt, RenderedPrompt, render_prompt
 
 
 class PromptTooLongError(ValueError):
@@ -92,12 +93,16 @@ def default_stop_ids(model, tokenizer) -> list[int]:
 
 def prompt_text(prompt: Prompt | str, tokenizer) -> str:
     """Plain text for a prompt: chat messages through the tokenizer's chat template when it has
-    one, else rendered HH-style (``render_prompt``)."""
+    one, else rendered HH-style (``render_prompt``). A ``Prompt`` comes back as a ``RenderedPrompt``,
+    a ``str`` that keeps the prompt's content, so a reward model given it renders the prompt its own
+    way (as in training) rather than reading the policy's template."""
     if isinstance(prompt, str):
         return prompt
     if prompt.messages is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-    return render_prompt(prompt.content)
+        text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = render_prompt(prompt.content)
+    return RenderedPrompt(text, prompt.content)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int | None = None,
@@ -168,6 +173,14 @@ def backbone_of(lm):
     return getattr(base, base.base_model_prefix)
 
 
+def cache_argument(module) -> str:
+    """The name under which ``module.forward`` takes the KV cache: ``cache`` in current transformers
+    (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` in the
+    releases before the rename and in models that have not been renamed."""
+    params = inspect.signature(unwrap_peft(module).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class _Stepper:
     """One decode step of a causal LM with a KV cache: (n, L) new tokens → (n, V) logits at the last one.
 
@@ -184,10 +197,11 @@ class _Stepper:
         if keep_hidden:
             self.backbone = backbone_of(model)
             self.head = unwrap_peft(model).get_output_embeddings()
+        self.cache_arg = cache_argument(self.backbone if keep_hidden else model)
 
     def __call__(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  past_key_values=self.cache, use_cache=True)
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+              self.cache_arg: self.cache, "use_cache": True}
         if not self.keep_hidden:
             return self.model(**kw, logits_to_keep=1).logits[:, -1, :]
         self.hidden = self.backbone(**kw).last_hidden_state[:, -1, :]
@@ -225,7 +239,8 @@ def _generate_chunk(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tok
             bad = (~torch.isfinite(logits)).any(-1).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite logits while sampling (step {step}, rows {bad[:8]})")
         if step < min_new_tokens and stop.numel():
-            logits[:, stop] = float("-inf")
+            # Out of place: at T = 1 ``scaled`` is ``logits`` itself, and π's log-probs must not see the mask.
+            logits = logits.index_fill(1, stop, float("-inf"))
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:

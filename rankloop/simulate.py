@@ -7,6 +7,8 @@ tied). Two labelers then agree on a pair whose gold gap is ``d`` with probabilit
 
     p² + (1 − p)²,   p = Φ(d / (σ √2))
 
+and on a pair of copies of one text always (both tie it).
+
 :func:`calibrate_sigma` solves for the σ that makes the mean of that over all candidate pairs of a
 batch equal the target — 0.73 by default, the inter-labeler agreement InstructGPT reports
 (Ouyang et al. 2022, §5.1) — so the reward model learns from rankings as noisy as people's.
@@ -33,18 +35,25 @@ def _phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-def expected_agreement(gold_groups: Sequence[Sequence[float]], sigma: float) -> float:
+def expected_agreement(gold_groups: Sequence[Sequence[float]], sigma: float,
+                       texts: Sequence[Sequence[str]] | None = None) -> float:
     """Mean probability that two independent labelers order a candidate pair the same way.
 
-    ``gold_groups``: the gold scores of each item's candidates. Pairs with equal gold scores agree
-    with probability 1/2 (σ > 0), or 1 when σ = 0.
+    ``gold_groups``: the gold scores of each item's candidates; ``texts``: their texts, grouped
+    alike. Two copies of one text are tied by every labeler, so their pair agrees with probability
+    1; without ``texts`` every pair is taken for two different texts. Different texts with equal
+    gold scores agree with probability 1/2.
     """
+    if texts is not None and [len(t) for t in texts] != [len(g) for g in gold_groups]:
+        raise ValueError("texts must be grouped as gold_groups: one text per gold score")
     total, n = 0.0, 0
-    for g in gold_groups:
+    for item, g in enumerate(gold_groups):
         for i in range(len(g)):
             for j in range(i + 1, len(g)):
                 d = abs(g[i] - g[j])
-                if sigma <= 0:
+                if texts is not None and texts[item][i] == texts[item][j]:
+                    p = 1.0
+                elif sigma <= 0:
                     p = 1.0 if d > 0 else 0.5
                 else:
                     p = _phi(d / (sigma * math.sqrt(2.0)))
@@ -55,24 +64,28 @@ def expected_agreement(gold_groups: Sequence[Sequence[float]], sigma: float) -> 
     return total / n
 
 
-def calibrate_sigma(gold_groups: Sequence[Sequence[float]], target: float = INSTRUCTGPT_AGREEMENT) -> float:
+def calibrate_sigma(gold_groups: Sequence[Sequence[float]], target: float = INSTRUCTGPT_AGREEMENT,
+                    texts: Sequence[Sequence[str]] | None = None) -> float:
     """The noise σ at which :func:`expected_agreement` equals ``target`` (bisection).
 
-    Agreement falls monotonically from its σ = 0 value towards 1/2 as σ grows. A target above the
-    noise-free agreement (many exactly tied gold pairs) returns σ = 0.
+    Pass the candidates' ``texts`` whenever a policy may write one answer twice: copies always
+    agree, so σ must be larger for the same overall agreement. Agreement falls monotonically from
+    its σ = 0 value towards (1 + share of copy pairs) / 2 as σ grows. A target above the noise-free
+    agreement (many exactly tied gold pairs) returns σ = 0; one below the floor cannot be reached.
     """
     if not 0.5 < target < 1.0:
         raise ValueError(f"target agreement must be in (0.5, 1), got {target}")
-    if expected_agreement(gold_groups, 0.0) <= target:
+    if expected_agreement(gold_groups, 0.0, texts) <= target:
         return 0.0
     lo, hi = 0.0, 1.0
-    while expected_agreement(gold_groups, hi) > target:
+    while expected_agreement(gold_groups, hi, texts) > target:
         hi *= 2
         if hi > 1e6:
-            raise ValueError("cannot reach the target agreement")
+            raise ValueError(f"cannot reach the target agreement {target}: too many pairs are copies of one "
+                             "text, which every labeler ties")
     for _ in range(60):
         mid = (lo + hi) / 2
-        if expected_agreement(gold_groups, mid) > target:
+        if expected_agreement(gold_groups, mid, texts) > target:
             lo = mid
         else:
             hi = mid

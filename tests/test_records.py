@@ -72,3 +72,29 @@ def test_render_prompt_hh_style():
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "joke?"}]
     assert render_prompt(msgs) == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:"
     assert render_prompt("plain") == "plain"
+
+
+def test_rendered_prompt_is_a_str_that_keeps_its_content():
+    import copy
+    import json
+    import pickle
+
+    from rankloop.records import Prompt, RenderedPrompt, prompt_content
+
+    msgs = [{"role": "user", "content": "hi"}]
+    r = RenderedPrompt("<s>user: hi</s><s>assistant:", msgs)
+    assert isinstance(r, str) and r == "<s>user: hi</s><s>assistant:" and json.dumps([r]) == json.dumps([str(r)])
+    for again in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert again == r and again.content == msgs
+    assert prompt_content(r) == msgs and prompt_content(Prompt(id="p", messages=msgs)) == msgs
+    assert prompt_content("plain") == "plain" and prompt_content(msgs) is msgs
+
+
+def test_identical_texts_are_one_text_class_and_no_comparison():
+    from rankloop.records import text_classes
+
+    assert text_classes(["x", "y", "x", "z", "y"]) == [0, 1, 0, 3, 1]
+    e = RankedExample(prompt_id="p", prompt="q?", ranking=Ranking(prompt_id="p", order=["a", "b", "c"]),
+                      candidates=[CandidateText(id="a", text="same"), CandidateText(id="b", text="other"),
+                                  CandidateText(id="c", text="same")])
+    assert [(c.chosen, c.rejected) for c in e.comparisons()] == [("same", "other"), ("other", "same")]

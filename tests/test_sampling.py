@@ -164,3 +164,55 @@ def test_sample_cli_writes_k_candidates(tiny_gpt2, tmp_path):
                                        "--output", str(tmp_path / "x.jsonl"), "--device", "cuda"])
         assert res.exit_code == 2 and "not usable here" in res.output
         assert not (tmp_path / "x.jsonl").exists()
+
+
+def _teacher_forced_logprobs(model, batch, temperature: float) -> torch.Tensor:
+    """(N, R) log softmax(logits / T)[token] of the sampled responses, from one forward pass."""
+    from rankloop.sampling import positions
+
+    ids, am = batch.input_ids, batch.attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=am, position_ids=positions(am)).logits.float()
+    P = batch.prompt_ids.size(1)
+    logits = logits[:, P - 1:-1] / temperature
+    lp = torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+    return lp * batch.response_mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.3])
+def test_policy_logprobs_ignore_min_new_tokens_mask(gpt2, temperature):
+    """The sampler's log π is the policy's own, as a forward pass computes it: the stop tokens that
+    min_new_tokens forbids are removed from what is sampled, never from π (at T = 1 the masked logits
+    once aliased the ones the log-probs were taken from)."""
+    model, tok = gpt2
+    greedy = generate(model, tok, PROMPTS, max_new_tokens=1, temperature=0, stop_token_ids=[])
+    stop = sorted(set(greedy.response_ids[:, 0].tolist()))  # the likeliest first tokens: masking them matters
+    b = generate(model, tok, PROMPTS, max_new_tokens=6, min_new_tokens=4, temperature=temperature,
+                 stop_token_ids=stop, seed=0, policy_stats=True)
+    assert (b.response_lengths >= 4).all()
+    assert torch.allclose(b.logprobs, _teacher_forced_logprobs(model, b, temperature), atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+@pytest.mark.parametrize("policy_stats", [False, True])
+def test_decoding_uses_the_current_cache_argument(which, policy_stats, request):
+    """No deprecated ``past_key_values`` (removed in transformers 5.40) on either decode path."""
+    import warnings
+
+    model, tok = request.getfixturevalue(which)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(model, tok, PROMPTS, max_new_tokens=4, seed=0, policy_stats=policy_stats)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_cache_argument_falls_back_for_models_before_the_rename(gpt2):
+    from rankloop.sampling import cache_argument
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            return input_ids
+
+    assert cache_argument(Old()) == "past_key_values"
+    assert cache_argument(gpt2[0]) == "cache"

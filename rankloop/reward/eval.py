@@ -1,12 +1,14 @@
 """Evaluating a reward model against held-out human rankings.
 
-Metrics (over rankings of any K, ties allowed):
+Metrics (over rankings of any K, ties allowed). Two copies of one text are never a pair
+(``rankloop.records``): their pair counts in none of the metrics, as in the loss.
 
 - ``pairwise_accuracy``: over every pair of differently-ranked candidates, the fraction the model
   orders the same way (r_w > r_l; an exact score tie counts ½). The figure InstructGPT and every
   pairwise trainer report.
-- ``exact_ranking_accuracy``: the fraction of rankings whose every pair is ordered correctly.
-  Equals ``pairwise_accuracy`` when K = 2.
+- ``exact_ranking_accuracy``: the fraction of rankings whose every pair is ordered correctly
+  (r_w > r_l strictly: a score tie is not correct). At K = 2 it equals ``pairwise_accuracy`` only
+  when no pair's scores tie — a tie counts ½ there and 0 here.
 - ``kendall_tau``: Kendall's τ-b between the scores and the human order, averaged over rankings
   (τ-b corrects for ties on either side; a ranking that is one tie group is skipped).
 - ``mean_margin``: the mean of r_w − r_l over pairs (in normalised units when the model has
@@ -28,11 +30,13 @@ from rankloop.records import RankedExample
 
 @dataclass
 class EncodedRanking:
-    """One ranking, tokenised: ``ids[k]`` are candidate k's tokens, ``ranks[k]`` its tie group."""
+    """One ranking, tokenised: ``ids[k]`` are candidate k's tokens, ``ranks[k]`` its tie group,
+    ``text_class[k]`` its text's class (``rankloop.records.text_classes``; None when no text repeats)."""
 
     ids: list[list[int]]
     ranks: list[int]
     margin: float | None = None
+    text_class: list[int] | None = None
 
     @property
     def max_len(self) -> int:
@@ -41,23 +45,29 @@ class EncodedRanking:
 
 def encode_examples(examples: Sequence[RankedExample], tokenizer, max_length: int) -> list[EncodedRanking]:
     """Tokenise every candidate once (render prompt + response, truncate on the left)."""
+    from rankloop.records import text_classes
     from rankloop.reward.model import encode_texts, render
 
     texts, spans = [], []
     for ex in examples:
         cand_texts, ranks = ex.texts_in_rank_order()
-        spans.append((len(texts), len(cand_texts), ranks, ex.margin))
+        classes = text_classes(cand_texts)
+        spans.append((len(texts), len(cand_texts), ranks, ex.margin,
+                      classes if classes != list(range(len(classes))) else None))
         texts.extend(render(tokenizer, ex.prompt, t) for t in cand_texts)
     ids = encode_texts(tokenizer, texts, max_length) if texts else []
-    return [EncodedRanking(ids[s : s + k], ranks, margin) for s, k, ranks, margin in spans]
+    return [EncodedRanking(ids[s : s + k], ranks, margin, tc) for s, k, ranks, margin, tc in spans]
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's τ-b of two equal-length sequences; ``None`` when either is constant."""
+def kendall_tau_b(x: Sequence[float], y: Sequence[float], skip: Sequence[int] | None = None) -> float | None:
+    """Kendall's τ-b of two equal-length sequences; ``None`` when either is constant. Pairs i, j with
+    ``skip[i] == skip[j]`` (copies of one text) are left out."""
     n = len(x)
     conc = disc = tx = ty = 0
     for i in range(n):
         for j in range(i + 1, n):
+            if skip is not None and skip[i] == skip[j]:
+                continue
             dx, dy = x[i] - x[j], y[i] - y[j]
             if dx == 0 and dy == 0:
                 continue
@@ -73,8 +83,10 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
     return (conc - disc) / denom if denom > 0 else None
 
 
-def ranking_metrics(scores: Sequence[Sequence[float]], ranks: Sequence[Sequence[int]]) -> dict:
-    """The metrics above from per-ranking score lists and tie-group ranks (0 = best)."""
+def ranking_metrics(scores: Sequence[Sequence[float]], ranks: Sequence[Sequence[int]],
+                    text_class: Sequence[Sequence[int] | None] | None = None) -> dict:
+    """The metrics above from per-ranking score lists and tie-group ranks (0 = best); ``text_class``
+    (per ranking, as ``EncodedRanking.text_class``) marks copies of one text, which make no pair."""
     correct = pairs = 0.0
     margin_sum = 0.0
     exact = with_pairs = 0
@@ -82,13 +94,14 @@ def ranking_metrics(scores: Sequence[Sequence[float]], ranks: Sequence[Sequence[
     flat: list[float] = []
     best: list[float] = []
     worst: list[float] = []
-    for s, r in zip(scores, ranks):
+    classes = text_class if text_class is not None else [None] * len(scores)
+    for s, r, tc in zip(scores, ranks, classes):
         flat.extend(s)
         ok = True
         n = 0
         for i in range(len(s)):
             for j in range(len(s)):
-                if r[i] < r[j]:
+                if r[i] < r[j] and (tc is None or tc[i] != tc[j]):
                     d = s[i] - s[j]
                     correct += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
                     ok = ok and d > 0
@@ -100,7 +113,7 @@ def ranking_metrics(scores: Sequence[Sequence[float]], ranks: Sequence[Sequence[
             exact += ok
             best.extend(v for v, k in zip(s, r) if k == min(r))
             worst.extend(v for v, k in zip(s, r) if k == max(r))
-        tau = kendall_tau_b(s, [-k for k in r])
+        tau = kendall_tau_b(s, [-k for k in r], tc)
         if tau is not None:
             taus.append(tau)
     t = torch.tensor(flat, dtype=torch.float64) if flat else torch.zeros(0, dtype=torch.float64)
@@ -169,7 +182,7 @@ def evaluate_reward_model(
     raw = score_encoded(scorer.model, encoded, scorer.tokenizer.pad_token_id, batch_size, device)
     norm = scorer.normalisation if normalise else None
     scores = [[(v - norm.offset) / norm.scale for v in s] for s in raw] if norm else raw
-    metrics = ranking_metrics(scores, [e.ranks for e in encoded])
+    metrics = ranking_metrics(scores, [e.ranks for e in encoded], [e.text_class for e in encoded])
     metrics.update({
         "model": str(model_dir),
         "data": str(data_path),

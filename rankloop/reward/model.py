@@ -7,13 +7,18 @@
 - Encoders (BERT and friends) are read where they were pre-trained to summarise: their own
   pooled [CLS] output.
 
-Texts are ``render(prompt) + response`` — the chat template when the tokenizer has one and the
-prompt is a message list — tokenised with truncation on the left, so an over-long text keeps the
-end of the response (see ``rankloop.models``).
+Texts are ``render(tokenizer, prompt, response)`` — the one rendering train-rm, eval-rm and PPO's
+scoring share: for a message list and a tokenizer with a chat template, the template over the
+messages plus the assistant turn (ending in its end-of-turn token); else ``render_prompt(prompt) +
+response`` — tokenised with truncation on the left, so an over-long text keeps the end of the
+response (see ``rankloop.models``). In PPO the prompts arrive as the policy's renderings
+(``rankloop.records.RenderedPrompt``); their ``content`` is what is rendered here.
 
-Normalisation (Stiennon et al. 2020, §C.5): after training, a reference set's scores give an
-``offset`` (mean) and ``scale`` (std) stored beside the weights in ``reward_normalisation.json``;
-``RewardScorer.score`` returns ``(r − offset) / scale`` so the reference set scores mean 0, std 1.
+Normalisation (Ziegler et al. 2019, §2: mean 0 and variance 1 on the reference distribution):
+after training, a reference set's scores give an ``offset`` (mean) and ``scale`` (std) stored
+beside the weights in ``reward_normalisation.json``; ``RewardScorer.score`` returns
+``(r − offset) / scale`` so the reference set scores mean 0, std 1. (Stiennon et al. 2020 only
+shift, so that their reference summaries score 0 on average; they do not rescale.)
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from rankloop.records import PromptContent, render_prompt
+from rankloop.records import Prompt, PromptContent, RenderedPrompt, prompt_content, render_prompt
 
 if TYPE_CHECKING:
     from rankloop.packing import PackedBatch
@@ -102,8 +107,13 @@ class ScoreModule(nn.Module):
 # ---------------------------------------------------------------- text → tokens
 
 
-def render(tokenizer, prompt: PromptContent, response: str) -> str:
-    """The text a reward model reads for ``(prompt, response)``."""
+def render(tokenizer, prompt: "PromptContent | Prompt | RenderedPrompt", response: str) -> str:
+    """The text a reward model reads for ``(prompt, response)``, in training, evaluation and PPO alike.
+
+    ``prompt``: text or chat messages, a ``Prompt``, or a policy's rendering of one (``RenderedPrompt``,
+    as PPO passes): never the policy's template, always the reward model's own rendering of the content.
+    """
+    prompt = prompt_content(prompt)
     if isinstance(prompt, list) and getattr(tokenizer, "chat_template", None):
         msgs = list(prompt) + [{"role": "assistant", "content": response}]
         return tokenizer.apply_chat_template(msgs, tokenize=False)
@@ -211,9 +221,9 @@ class RewardScorer:
             out = (out - self.normalisation.offset) / self.normalisation.scale
         return out
 
-    def score(self, prompts: Sequence[str | list[dict]], responses: Sequence[str], batch_size: int = 32,
-              normalise: bool = True) -> torch.Tensor:
-        """Reward of each (prompt, response), ``(B,)`` float32 on CPU."""
+    def score(self, prompts: Sequence[PromptContent | Prompt | RenderedPrompt], responses: Sequence[str],
+              batch_size: int = 32, normalise: bool = True) -> torch.Tensor:
+        """Reward of each (prompt, response), ``(B,)`` float32 on CPU (texts from ``render``)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:

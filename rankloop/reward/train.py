@@ -96,6 +96,7 @@ class RankingBatch(NamedTuple):
     ranks: torch.Tensor  # (B, K) rank of each candidate, 0 = best, ties equal
     mask: torch.Tensor  # (B, K) real slots
     margin: torch.Tensor | None  # (B,) or None
+    text_class: torch.Tensor  # (B, K) candidates with the same text share a class: they make no pair
 
 
 def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack: dict | None = None) -> RankingBatch:
@@ -113,17 +114,19 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
     index = torch.zeros((len(rows), k), dtype=torch.long)
     ranks = torch.zeros((len(rows), k), dtype=torch.long)
     mask = torch.zeros((len(rows), k), dtype=torch.bool)
+    text_class = torch.arange(k).repeat(len(rows), 1)  # (B, K): copies of one text make no pair
     pos = 0
     for b, r in enumerate(rows):
         n = len(r.ids)
         index[b, :n] = torch.arange(pos, pos + n)
         ranks[b, :n] = torch.as_tensor(r.ranks)
+        text_class[b, :n] = torch.as_tensor(r.text_class if r.text_class is not None else range(n))
         mask[b, :n] = True
         pos += n
     margin = None
     if use_margin and any(r.margin is not None for r in rows):
         margin = torch.tensor([r.margin or 0.0 for r in rows], dtype=torch.float32)
-    return RankingBatch(input_ids, attention_mask, packed, index, ranks, mask, margin)
+    return RankingBatch(input_ids, attention_mask, packed, index, ranks, mask, margin, text_class)
 
 
 # ---------------------------------------------------------------- model
@@ -298,7 +301,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             bar.update(task, completed=done)
         train_seconds = time.perf_counter() - t_train
 
-        # 5. Evaluate, fit the normalisation (Stiennon et al. 2020), save ---------------------------
+        # 5. Evaluate, fit the normalisation (Ziegler et al. 2019 §2: mean 0, std 1), save ---------------------------
         final_eval = evaluate(acc, model, data, cfg, plan.total_steps)
     if main:
         norm = fit_normalisation(cfg, model, data, acc.device)
@@ -431,9 +434,10 @@ def micro_step(scorer, acc, encoded, idx: list[int], n_global: int, loss: str, p
     s = flat[b.index.to(device)]  # (B, K)
     ranks, mask = b.ranks.to(device), b.mask.to(device)
     margin = b.margin.to(device) if b.margin is not None else None
-    per = ranking_loss(loss, s, ranks, mask, margin)  # (B,)
+    text_class = b.text_class.to(device)
+    per = ranking_loss(loss, s, ranks, mask, margin, text_class)  # (B,)
     acc.backward(per.sum() * acc.num_processes / n_global)
-    pm = pair_metrics(s.detach(), ranks, mask)
+    pm = pair_metrics(s.detach(), ranks, mask, text_class)
     return torch.stack([per.detach().sum(), torch.tensor(float(len(idx)), device=device),
                         pm["correct"], pm["margin"], pm["pairs"]])
 
@@ -445,7 +449,7 @@ def evaluate(acc, model, data: RewardData, cfg: RewardTrainConfig, step: int) ->
     m = None
     if acc.is_main_process:
         raw = score_encoded(model, data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, acc.device)
-        m = ranking_metrics(raw, [e.ranks for e in data.eval_set])
+        m = ranking_metrics(raw, [e.ranks for e in data.eval_set], [e.text_class for e in data.eval_set])
         acc.log({"step": step, "eval/pairwise_accuracy": m["pairwise_accuracy"],
                  "eval/exact_ranking_accuracy": m["exact_ranking_accuracy"], "eval/kendall_tau": m["kendall_tau"],
                  "eval/margin": m["mean_margin"]}, step=step)

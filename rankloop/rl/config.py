@@ -65,7 +65,8 @@ class PPOConfig(Config):
     kl_target: float = Field(6.0, gt=0, description="Target KL per response (nats), adaptive control only.")
     kl_horizon: float = Field(10000, gt=0, description="Controller horizon in samples, adaptive control only.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward "
-                                                    "penalty (ppo/kl_ref is always reported with k3, ≥ 0).")
+                                                    "penalty: only k1 is accepted (as a reward, k2 and k3 give a "
+                                                    "biased KL gradient); ppo/kl_ref is always reported with k3, ≥ 0.")
 
     # --- PPO
     ppo_epochs: int = Field(4, ge=1, description="Passes over the batch per iteration.")
@@ -115,4 +116,7 @@ class PPOConfig(Config):
                              f"({self.grad_accum_steps})")
         if self.lora and self.critic == "separate":
             raise ValueError("critic='separate' with lora is not supported; use the shared value head")
+        if self.kl_estimator != "k1":  # E_π[k ∇log π] = ∇KL holds for k1 only (docs/ppo.md, "KL")
+            raise ValueError(f"kl_estimator={self.kl_estimator!r} as the reward penalty biases the policy gradient "
+                             "away from the KL's; use 'k1' (k3 is what ppo/kl_ref reports anyway)")
         return self

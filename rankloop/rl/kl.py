@@ -8,8 +8,11 @@ r = π_ref(x) / π(x) = exp(ref_logp − logp):
     k2 = ½ (log r)²          biased (low bias when π ≈ π_ref), low variance, ≥ 0
     k3 = (r − 1) − log r     unbiased, low variance, ≥ 0 for every sample
 
-The per-token penalty in the reward uses k1 by default (Ziegler et al. 2019, eq. 2; Stiennon et al.
-2020, eq. 1; Ouyang et al. 2022, eq. 2: r = r_θ(x, y) − β log(π(y|x) / π_ref(y|x))). What rankloop
+The per-token penalty in the reward is k1 (Ziegler et al. 2019, eq. 2; Stiennon et al. 2020, eq. 1;
+Ouyang et al. 2022, eq. 2: r = r_θ(x, y) − β log(π(y|x) / π_ref(y|x))), and only k1: a penalty used
+as a reward moves the policy by E_π[k ∇log π], which is ∇KL(π ‖ π_ref) for k1 and biased for k2
+and k3 (k3 estimates the KL's value without bias, not its gradient), so ``PPOConfig`` refuses them
+there. Every estimator stays available here for reporting and for other objectives. What rankloop
 *reports* as ``ppo/kl_ref`` is the k3 sum over the response, which is non-negative for every
 sample, so the reported KL is never negative (TRL's long-standing "negative KL" came from
 averaging k1 over samples that were not drawn from the policy it was measured against).

@@ -54,8 +54,11 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     """(x − mean) / std over the masked entries; masked-out entries become 0.
 
     ``shift_mean = False`` only rescales (used for rewards, whose mean carries signal).
+    A single masked entry (batch size 1, a 1-token response) has no spread: its biased variance 0
+    gives x − mean = 0 (shifted) or x itself (unshifted) instead of the unbiased variance's error.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=bool(mask.sum() > 1))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

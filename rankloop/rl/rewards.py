@@ -6,6 +6,12 @@
 - a directory written by ``rankloop train-rm`` (scored by ``rankloop.reward.model.RewardScorer``
   with the normalisation saved beside it).
 
+The prompts PPO passes are the policy's renderings (its chat template or HH-style text), as ``str``
+— each a ``rankloop.records.RenderedPrompt`` that also keeps the prompt as given in ``.content``. A
+reward-model directory renders that content with its own tokenizer (``rankloop.reward.model.render``:
+the chat template's assistant turn, ending in the end-of-turn token), so it scores in PPO exactly the
+text ``train-rm`` trained it on.
+
 Built in: ``rankloop.rl.rewards:vader_positive`` (positive sentiment by the VADER lexicon, the
 ``vaderSentiment`` package), ``rankloop.rl.rewards:length`` (a toy reward for tests).
 """

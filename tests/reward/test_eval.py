@@ -25,8 +25,8 @@ def test_metrics_hand_worked():
 def test_ties_in_labels_and_scores():
     m = ranking_metrics([[1.0, 1.0, 0.0]], [[0, 0, 1]])  # a = b > c; scores tie a, b
     assert m["pairs"] == 2 and m["pairwise_accuracy"] == 1.0
-    m = ranking_metrics([[1.0, 1.0]], [[0, 1]])  # a score tie counts ½
-    assert m["pairwise_accuracy"] == 0.5 and m["exact_ranking_accuracy"] == 0.0
+    m = ranking_metrics([[1.0, 1.0]], [[0, 1]])  # a score tie counts ½ in pairwise, 0 in exact: at K = 2
+    assert m["pairwise_accuracy"] == 0.5 and m["exact_ranking_accuracy"] == 0.0  # they differ on score ties
     assert kendall_tau_b([1.0, 1.0], [1, 1]) is None
     assert math.isnan(ranking_metrics([[1.0, 2.0]], [[0, 0]])["pairwise_accuracy"])
 
@@ -63,3 +63,28 @@ def test_cli_config_errors(tmp_path):
     cfg.write_text("data: a\nmodel: b\noutput: c\nlearning_rate: 3\n")
     proc = run_cli("train-rm", "--config", cfg, check=False)
     assert proc.returncode == 2 and "learning_rate" in proc.stderr
+
+
+def test_identical_texts_in_different_groups_are_no_pair():
+    """A > A' > B with A' the text of A: a perfect model (A and A' score alike, above B) is perfect."""
+    scores, ranks, same = [[1.0, 1.0, 0.0]], [[0, 1, 2]], [[0, 0, 2]]
+    m = ranking_metrics(scores, ranks, same)
+    assert m["pairs"] == 2 and m["pairwise_accuracy"] == 1.0 and m["exact_ranking_accuracy"] == 1.0
+    assert m["kendall_tau"] == pytest.approx(1.0) and m["mean_margin"] == pytest.approx(1.0)
+    before = ranking_metrics(scores, ranks)  # the pair of copies counted as a score tie: 2.5 / 3
+    assert before["pairwise_accuracy"] == pytest.approx(2.5 / 3) and before["exact_ranking_accuracy"] == 0.0
+
+
+def test_encode_examples_marks_identical_texts():
+    from rankloop.models import tiny_tokenizer
+    from rankloop.records import CandidateText, RankedExample, Ranking
+    from rankloop.reward.eval import encode_examples
+
+    def ex(texts, order):
+        return RankedExample(prompt_id="p", prompt="q?", ranking=Ranking(prompt_id="p", order=order),
+                             candidates=[CandidateText(id=str(i), text=x) for i, x in enumerate(texts)])
+
+    tok = tiny_tokenizer()
+    dup, plain = encode_examples([ex([" a", " b", " a"], ["0", "1", "2"]), ex([" a", " b"], ["1", "0"])], tok, 32)
+    assert dup.text_class == [0, 1, 0] and plain.text_class is None
+    assert dup.ids[0] == dup.ids[2]

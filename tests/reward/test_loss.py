@@ -123,3 +123,45 @@ def test_pair_metrics_sums():
     m = pair_metrics(t([[2.0, 1.0, 1.0]]), torch.tensor([[0, 1, 2]]), full(3))
     # pairs: 2>1 ✓, 2>1 ✓, 1=1 → ½
     assert m["pairs"].item() == 3 and m["correct"].item() == 2.5 and m["margin"].item() == pytest.approx(2.0)
+
+
+# Identical texts in different tie groups (a labeler put the same answer at two places): the pair
+# between them carries no preference, so — as in RankedExample.comparisons() — it is no pair.
+# Ranking A > B > A' with A' the same text as A: text classes [0, 1, 0].
+DUP_RANKS, DUP_CLASS = torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 0]])
+
+
+def test_identical_texts_make_no_pair():
+    assert pair_mask(DUP_RANKS, full(3), DUP_CLASS)[0].int().tolist() == [[0, 1, 0], [0, 0, 1], [0, 0, 0]]
+    s = [0.4, -0.3, 0.4]  # a perfect model scores identical texts alike
+    want = (-math.log(torch.sigmoid(t(s[0] - s[1])).item()) - math.log(torch.sigmoid(t(s[1] - s[2])).item())) / 2
+    got = bradley_terry_loss(t([s]), DUP_RANKS, full(3), text_class=DUP_CLASS).item()
+    assert got == pytest.approx(want, abs=1e-12)  # no log 2 for (A, A'), the other pairs weigh ½ each
+    m = pair_metrics(t([s]), DUP_RANKS, full(3), DUP_CLASS)
+    assert m["pairs"].item() == 2 and m["correct"].item() == 1.0  # A > B right, B > A' wrong; no ½ for the tie
+    # Without the text classes every pair counts, as before.
+    assert pair_metrics(t([s]), DUP_RANKS, full(3))["pairs"].item() == 3
+
+
+def test_identical_texts_in_pl_leave_each_others_risk_sets():
+    # A is chosen against {A, B} (not its own copy), B against {B, A'}; A' is last and chooses nothing.
+    s = [0.4, -0.3, 0.9]
+    lse = lambda *xs: math.log(sum(math.exp(x) for x in xs))
+    want = ((lse(s[0], s[1]) - s[0]) + (lse(s[1], s[2]) - s[1])) / 2
+    got = plackett_luce_loss(t([s]), DUP_RANKS, full(3), text_class=DUP_CLASS).item()
+    assert got == pytest.approx(want, abs=1e-12)
+    # A ranking whose only pair is a text and its copy is no choice at all: loss 0, no NaN.
+    for kind in ("bt", "pl"):
+        z = t([[0.3, 0.3]]).requires_grad_()
+        loss = ranking_loss(kind, z, torch.tensor([[0, 1]]), full(2), text_class=torch.tensor([[0, 0]]))
+        loss.sum().backward()
+        assert loss.item() == 0.0 and torch.equal(z.grad, torch.zeros(1, 2))
+
+
+def test_tied_identical_texts_and_distinct_texts_are_unchanged():
+    # Tied copies are a tie already (Breslow for PL); distinct classes change nothing, bit for bit.
+    s, ranks = t([[0.5, -0.2, 0.5, 1.0]]), torch.tensor([[0, 1, 0, 2]])
+    for kind in ("bt", "pl"):
+        plain = ranking_loss(kind, s, ranks, full(4))
+        assert torch.equal(ranking_loss(kind, s, ranks, full(4), text_class=torch.tensor([[0, 1, 2, 3]])), plain)
+        assert torch.equal(ranking_loss(kind, s, ranks, full(4), text_class=torch.tensor([[0, 1, 0, 3]])), plain)

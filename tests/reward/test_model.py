@@ -166,3 +166,45 @@ def test_packed_scores_and_grads_equal_padded(tmp_path_factory, arch, lora):
     assert g0.keys() == g1.keys() and g0
     for n in g0:
         assert torch.allclose(g0[n], g1[n], atol=1e-5), (n, (g0[n] - g1[n]).abs().max())
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+
+
+@pytest.mark.parametrize("policy_template", ["same", "none"])
+def test_ppo_scores_chat_prompts_as_train_rm_reads_them(tmp_path, policy_template):
+    """PPO hands the reward function the policy's rendering of each prompt; a reward-model directory
+    still reads prompt + assistant turn through its own chat template, ending in the end-of-turn
+    token, exactly as train-rm and eval-rm encode a ranking of the same prompt."""
+    from rankloop.records import CandidateText, Prompt, RankedExample, Ranking
+    from rankloop.reward.eval import encode_examples
+    from rankloop.rl.rewards import call_reward, load_reward
+    from rankloop.sampling import prompt_text
+
+    rm_dir = build_tiny(tmp_path / "rm", "gpt2", "reward", seed=2)
+    tok = load_tokenizer(rm_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(rm_dir)
+    policy_tok = load_tokenizer(rm_dir, padding_side="left")
+    if policy_template == "none":
+        policy_tok.chat_template = None
+    messages = [{"role": "user", "content": "tell me about the cat."}]
+    responses = [" the cat sat on the mat.", " go away."]
+
+    example = RankedExample(prompt_id="p", prompt=messages,
+                            candidates=[CandidateText(id=str(i), text=r) for i, r in enumerate(responses)],
+                            ranking=Ranking(prompt_id="p", order=["0", "1"]))
+    ids = encode_examples([example], tok, 128)[0].ids  # what train-rm and eval-rm forward
+    assert tok.decode(ids[0]).endswith("assistant:  the cat sat on the mat.</s>")
+    model = load_sequence_scorer(rm_dir, tokenizer=tok).eval()
+    with torch.no_grad():
+        trained = sequence_scores(model, *pad_batch(ids, tok.pad_token_id))
+
+    texts = [prompt_text(Prompt(id="p", messages=messages), policy_tok)] * 2  # what run_ppo passes
+    ppo = call_reward(load_reward(rm_dir), texts, responses)
+    assert ppo == pytest.approx(trained.tolist(), abs=1e-6)
+    # Functions still receive plain strings: the policy's own rendering.
+    assert isinstance(texts[0], str) and texts[0] == (
+        "<s>user: tell me about the cat.</s><s>assistant:" if policy_template == "same"
+        else "\n\nHuman: tell me about the cat.\n\nAssistant:")

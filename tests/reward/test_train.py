@@ -129,6 +129,30 @@ def test_all_pairs_batch_equals_expanded_pairs_one_by_one(tiny_gpt2, rank_data):
         assert torch.allclose(grads_k[n], p.grad, atol=1e-5), n
 
 
+def test_identical_texts_train_as_their_comparisons(tiny_gpt2):
+    """A ranking that puts one text at two places: the trainer's loss is the mean over exactly the pairs
+    ``comparisons()`` exports (the copies make none), whichever loss layout reads it."""
+    from accelerate import Accelerator
+
+    from rankloop.records import CandidateText, RankedExample, Ranking
+
+    tok = load_tokenizer(tiny_gpt2)
+    texts = [" the cat sat.", " a dog ran in the park.", " the cat sat.", " good morning!"]
+    ex = RankedExample(prompt_id="p", prompt="tell me.", ranking=Ranking(prompt_id="p", order=["0", "1", "2", "3"]),
+                       candidates=[CandidateText(id=str(i), text=x) for i, x in enumerate(texts)])
+    enc = encode_examples([ex], tok, 64)
+    torch.manual_seed(0)
+    model = load_sequence_scorer(tiny_gpt2, tokenizer=tok)
+    sums = micro_step(ScoreModule(model), Accelerator(cpu=True), enc, [0], 1, "bt", tok.pad_token_id)
+    with torch.no_grad():
+        one = lambda x: sequence_scores(model, *[t[None] for t in (torch.tensor(x), torch.ones(len(x), dtype=torch.long))])
+        score = {x: one(enc[0].ids[texts.index(x)]) for x in set(texts)}
+        pairs = ex.comparisons()
+        want = torch.stack([-F.logsigmoid(score[c.chosen] - score[c.rejected]) for c in pairs]).mean()
+    assert len(pairs) == 5  # C(4, 2) = 6 less the copies' pair
+    assert sums[0].item() == pytest.approx(want.item(), abs=1e-5) and sums[4].item() == 5
+
+
 def test_packed_training_equals_padded_training(tmp_path, tiny_gpt2, rank_data):
     """train-rm with packed rows and the shared prefix (default) follows padded training: the same step losses
     and the same weights up to float rounding (which Adam amplifies on near-zero gradients, so the

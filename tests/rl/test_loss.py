@@ -183,3 +183,48 @@ def test_kl_controllers():
     again = AdaptiveKLController(1.0, 1.0, 1.0)
     again.load_state_dict(state)
     assert again.state_dict() == state
+
+
+def test_whitening_one_response_token_does_not_raise():
+    # batch_size 1 and a 1-token response (both allowed by PPOConfig): one entry, no spread to divide by.
+    x = torch.tensor([[0.7, 5.0]])
+    m = torch.tensor([[1.0, 0.0]])
+    assert torch.equal(masked_whiten(x, m), torch.zeros(1, 2))  # Â − mean(Â) = 0: no signal, not NaN
+    assert torch.equal(masked_whiten(x, m, shift_mean=False), torch.tensor([[0.7, 0.0]]))  # left as it is
+    with pytest.raises(ValueError, match="at least 2"):
+        masked_var(x, m)  # the unbiased variance itself stays undefined
+
+
+def _reward_penalty_gradient(estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact expectations over a 4-outcome policy π_θ = softmax(θ) against π_ref: the policy gradient of
+    the penalty used as a reward, E_π[k(x) ∇ log π(x)] (what PPO follows: the penalty is a reward, no
+    gradient flows through it), and the true ∇ KL(π_θ ‖ π_ref)."""
+    theta = torch.tensor([0.3, -0.2, 1.1, 0.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.tensor([0.0, 0.5, -0.4, 0.9], dtype=torch.float64), -1)
+    logp = torch.log_softmax(theta, -1)
+    k = kl_estimate(logp.detach(), ref, estimator)  # (4,) the per-sample penalty
+    surrogate = (logp.exp().detach() * k * logp).sum()  # ∇ = E_π[k ∇ log π]
+    pg, = torch.autograd.grad(surrogate, theta, retain_graph=True)
+    kl = (logp.exp() * (logp - ref)).sum()
+    true, = torch.autograd.grad(kl, theta)
+    return pg, true
+
+
+def test_only_k1_as_reward_penalty_follows_the_kl_gradient():
+    # k1 is exact: E_π[(log π − log π_ref) ∇ log π] = ∇ KL (the score-function identity, E_π[∇ log π] = 0).
+    pg, true = _reward_penalty_gradient("k1")
+    assert torch.allclose(pg, true, atol=1e-12)
+    # k2 and k3 are unbiased *values* of the KL (k3) or nearly so (k2), but as rewards their policy
+    # gradient is not the KL's: here off by far more than rounding.
+    for est in ("k2", "k3"):
+        pg, true = _reward_penalty_gradient(est)
+        assert (pg - true).norm() / true.norm() > 0.2, est
+
+
+@pytest.mark.parametrize("est", ["k2", "k3"])
+def test_ppo_config_refuses_biased_kl_penalty(est):
+    from rankloop.rl.ppo import PPOConfig
+
+    with pytest.raises(ValueError, match="kl_estimator.*k1"):
+        PPOConfig(policy="p", output="o", kl_estimator=est)
+    assert PPOConfig(policy="p", output="o").kl_estimator == "k1"
