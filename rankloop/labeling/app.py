@@ -8,7 +8,6 @@ process (see ``db``).
 from __future__ import annotations
 
 import gc
-import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,9 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import rankloop
 from rankloop.labeling.assign import Queue
 from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolve_url, upgrade
+from rankloop.labeling.deps import status_of
 from rankloop.labeling.models import User
 from rankloop.labeling.routes import auth, pages, projects, tasks, users
 from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
+from rankloop.labeling.services import DomainError, Throttled
+from rankloop.labeling.settings import LabelingSettings
 
 HERE = Path(__file__).parent
 
@@ -71,13 +73,16 @@ def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
 
 
 def create_app(database_url: str | None = None, *, migrate: bool = True, admin: tuple[str, str] | None = None,
-               secure_cookies: bool | None = None, login_max_failures: int = 10) -> FastAPI:
-    """The app over ``database_url`` (default: ``$RANKLOOP_DATABASE_URL`` or ``./rankloop-labeling.db``).
+               secure_cookies: bool | None = None, login_max_failures: int = 10,
+               settings: LabelingSettings | None = None) -> FastAPI:
+    """The app over ``database_url`` (default: ``settings.database_url``, i.e. ``$RANKLOOP_DATABASE_URL``,
+    else ``./rankloop-labeling.db``).
 
     ``admin=(username, password)`` creates the first admin when the database has no users.
-    ``secure_cookies`` marks cookies Secure (default: ``$RANKLOOP_SECURE_COOKIES`` set to 1; turn it on
-    behind HTTPS)."""
-    url = resolve_url(database_url)
+    ``secure_cookies`` marks cookies Secure (default: ``settings.secure_cookies``,
+    ``$RANKLOOP_SECURE_COOKIES``; turn it on behind HTTPS). ``settings`` defaults to the environment's."""
+    settings = settings or LabelingSettings()
+    url = resolve_url(database_url or settings.database_url)
     if migrate:
         upgrade(url)
     engine = make_engine(url, background_checkpoint=True)
@@ -99,7 +104,8 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.state.login_limiter = LoginLimiter(max_failures=login_max_failures)
     app.state.queue = Queue(engine)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
-    app.state.secure_cookies = (os.environ.get("RANKLOOP_SECURE_COOKIES") == "1") if secure_cookies is None else secure_cookies
+    app.state.settings = settings
+    app.state.secure_cookies = settings.secure_cookies if secure_cookies is None else secure_cookies
     if admin is not None:
         bootstrap_admin(app.state.sessionmaker, *admin)
 
@@ -109,14 +115,22 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
 
     app.add_middleware(SecurityHeaders)
 
+    def error_reply(request: Request, status: int, detail: str, headers: dict | None = None):
+        if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
+            return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        if status == 401:
+            return RedirectResponse("/login", status_code=303)
+        return app.state.templates.TemplateResponse(request, "error.html", {"user": None, "status": status, "detail": detail},
+                                                    status_code=status, headers=headers)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-        if exc.status_code == 401:
-            return RedirectResponse("/login", status_code=303)
-        return app.state.templates.TemplateResponse(request, "error.html", {"user": None, "status": exc.status_code,
-                                                                           "detail": exc.detail}, status_code=exc.status_code)
+        return error_reply(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+        return error_reply(request, status_of(exc), str(exc), headers)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
@@ -127,5 +141,6 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory rankloop.labeling.app:app_from_env`` (several workers)."""
-    user, pw = os.environ.get("RANKLOOP_ADMIN_USER"), os.environ.get("RANKLOOP_ADMIN_PASSWORD")
-    return create_app(os.environ.get("RANKLOOP_DATABASE_URL"), admin=(user, pw) if user and pw else None)
+    s = LabelingSettings()
+    return create_app(s.database_url, admin=(s.admin_user, s.admin_password) if s.admin_user and s.admin_password else None,
+                      settings=s)

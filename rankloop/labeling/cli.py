@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -85,28 +86,38 @@ def _session(database_url: Optional[str]):
     return make_sessionmaker(make_engine(url))()
 
 
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """An ordinary mistake (a duplicate name, an unknown user, a bad value, an unreadable file) is
+    one line on stderr and exit code 2, not a traceback."""
+    from rankloop.labeling.services import DomainError
+
+    try:
+        yield
+    except (DomainError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 @labeling.command("create-user")
 def create_user(
     username: str,
     role: str = typer.Option("labeler", help="labeler or admin"),
-    password: Optional[str] = typer.Option(None, envvar="RANKLOOP_NEW_PASSWORD", help="prompted for when not given"),
+    password: Optional[str] = typer.Option(None, help="default: $RANKLOOP_NEW_PASSWORD, else prompted for"),
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
     """Create a user (e.g. the first admin)."""
-    from fastapi import HTTPException
-
-    from rankloop.labeling.routes.users import create_user as make
     from rankloop.labeling.schemas import UserCreate
+    from rankloop.labeling.services import parse, users
+    from rankloop.labeling.settings import LabelingSettings
 
+    password = password or LabelingSettings().new_password
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    body = UserCreate(username=username, password=password, role=role)
-    with _session(database_url) as db:
-        try:
-            u = make(db, body.username, body.password, body.role)
-        except HTTPException as e:
-            typer.echo(f"error: {e.detail}", err=True)
-            raise typer.Exit(2) from None
+    with _clear_errors():
+        body = parse(UserCreate, username=username, password=password, role=role)
+        with _session(database_url) as db:
+            u = users.create_user(db, body)
     typer.echo(f"created {u.role} {u.username!r} (id {u.id})")
 
 
@@ -118,11 +129,13 @@ def create_project(
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
     """Create a project."""
-    from rankloop.labeling.routes.projects import create_project as make
     from rankloop.labeling.schemas import ProjectCreate
+    from rankloop.labeling.services import parse, projects
 
-    with _session(database_url) as db:
-        p = make(db, ProjectCreate(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate, instructions=instructions))
+    with _clear_errors():
+        body = parse(ProjectCreate, name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate, instructions=instructions)
+        with _session(database_url) as db:
+            p = projects.create_project(db, body)
     typer.echo(f"created project {p.name!r} (id {p.id})")
 
 
@@ -134,34 +147,22 @@ def import_cmd(
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
     """Import prompts and candidates into a project."""
-    from fastapi import HTTPException
-
-    from rankloop.labeling.export import find_project
     from rankloop.labeling.importer import import_items, read_files
+    from rankloop.labeling.services import projects
 
-    from rankloop.labeling.export import ExportError
-
-    with _session(database_url) as db:
-        try:
-            ps, cs, gold = read_files(candidates, prompts)
-            out = import_items(db, find_project(db, project), ps, cs, gold)
-        except HTTPException as e:
-            typer.echo(f"error: {e.detail}", err=True)
-            raise typer.Exit(2) from None
-        except (OSError, ExportError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+    with _clear_errors(), _session(database_url) as db:
+        ps, cs, gold = read_files(candidates, prompts)
+        out = import_items(db, projects.find_project(db, project), ps, cs, gold)
     typer.echo(out.model_dump_json())
 
 
 @labeling.command("add-member")
 def add_member_cmd(project: str, username: str, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
     """Give a labeler access to a project."""
-    from rankloop.labeling.export import find_project
-    from rankloop.labeling.routes.projects import add_member
+    from rankloop.labeling.services import projects
 
-    with _session(database_url) as db:
-        add_member(db, find_project(db, project).id, username)
+    with _clear_errors(), _session(database_url) as db:
+        projects.add_member(db, projects.find_project(db, project).id, username)
     typer.echo(f"{username} may now label {project}")
 
 

@@ -9,7 +9,6 @@ claims use ``SELECT … FOR UPDATE SKIP LOCKED`` and unique constraints.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -20,7 +19,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_URL = "sqlite:///rankloop-labeling.db"
-ENV_URL = "RANKLOOP_DATABASE_URL"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -28,7 +26,9 @@ def resolve_url(url: str | None) -> str:
     """``--database-url``, else ``$RANKLOOP_DATABASE_URL``, else a SQLite file in the cwd.
 
     A bare ``postgresql://`` URL is given the psycopg 3 driver (the one rankloop installs)."""
-    url = url or os.environ.get(ENV_URL) or DEFAULT_URL
+    from rankloop.labeling.settings import LabelingSettings
+
+    url = url or LabelingSettings().database_url or DEFAULT_URL
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     if url.startswith("postgresql://"):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from rankloop.labeling.models import AuthToken, User
 from rankloop.labeling.security import Principal, same, token_hash
+from rankloop.labeling.services.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Throttled, Unauthorized
 
 SESSION_COOKIE = "rankloop_session"
 CSRF_HEADER = "x-csrf-token"
@@ -27,6 +28,18 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+
+# How each domain error reads in HTTP (the one place that knows both).
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    Invalid: 422, NotFound: 404, Conflict: 409, Forbidden: 403, Unauthorized: 401, Throttled: 429,
+}
+
+
+def status_of(e: DomainError) -> int:
+    for cls in type(e).__mro__:
+        if cls in DOMAIN_STATUS:
+            return DOMAIN_STATUS[cls]
+    return 400
 
 
 def as_utc(dt: datetime | None) -> datetime | None:

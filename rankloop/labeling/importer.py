@@ -8,25 +8,24 @@ in the project (a later round of the loop) is reused if its content is the same.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from rankloop.labeling.db import writing
 from rankloop.labeling.models import CandidateRow, Item, Project, PromptRow, Slot
 from rankloop.labeling.schemas import GoldIn, ImportOut
+from rankloop.labeling.services.errors import Invalid, explain, listing
 from rankloop.records import Candidate, Prompt, normalise_order
 
 
 def _fail(msg: str, bad: list[str]) -> None:
     if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise HTTPException(422, f"{msg}: {', '.join(bad[:5])}{more}")
+        raise Invalid(f"{msg}: {listing(bad)}")
 
 
 def import_items(db: Session, project: Project, prompts: list[Prompt], candidates: list[Candidate],
@@ -35,7 +34,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
     for c in candidates:
         by_prompt[c.prompt_id].append(c)
     pids = [p.id for p in prompts]
-    _fail("prompt ids repeated in this import", sorted({i for i in pids if pids.count(i) > 1}) if len(set(pids)) != len(pids) else [])
+    _fail("prompt ids repeated in this import", sorted(i for i, n in Counter(pids).items() if n > 1))
     cids = [c.id for c in candidates]
     if len(set(cids)) != len(cids):
         seen: set[str] = set()
@@ -45,7 +44,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
         try:
             gold_by[g.prompt_id] = normalise_order(g.order)
         except ValueError as e:
-            raise HTTPException(422, f"gold ranking for prompt {g.prompt_id!r}: {e}") from None
+            raise Invalid(f"gold ranking for prompt {g.prompt_id!r}: {e}") from None
     _fail("gold rankings name prompts that are not in this import", sorted(set(gold_by) - set(pids)))
 
     with writing(db):
@@ -70,7 +69,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
             flat = [c for g in order for c in g]
             want = {c.id for c in by_prompt[pid]}
             if sorted(flat) != sorted(want):
-                raise HTTPException(422, f"gold ranking for prompt {pid!r} must be a permutation of its candidates {sorted(want)}")
+                raise Invalid(f"gold ranking for prompt {pid!r} must be a permutation of its candidates {sorted(want)}")
 
         new = [p for p in prompts if p.id not in existing]
         row_id = {p.id: existing[p.id].id for p in prompts if p.id in existing}
@@ -112,9 +111,9 @@ def parse_jsonl_bytes(data: bytes, name: str) -> list[dict]:
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
-                raise HTTPException(422, f"{name}:{lineno}: not valid JSON: {e.msg}") from None
+                raise Invalid(f"{name}:{lineno}: not valid JSON: {e.msg}") from None
             if not isinstance(obj, dict):
-                raise HTTPException(422, f"{name}:{lineno}: expected a JSON object")
+                raise Invalid(f"{name}:{lineno}: expected a JSON object")
             out.append(obj)
     return out
 
@@ -127,8 +126,6 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
     combined: ``{"prompt_id", "prompt" (text or messages), "candidates": [{"id", "text", …}],
     "gold": [[…], …]?}``."""
     from pydantic import ValidationError
-
-    from rankloop.io import _explain
 
     prompts: list[Prompt] = []
     cands: list[Candidate] = []
@@ -157,7 +154,7 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
                 if r.get("gold") is not None:
                     gold.append(GoldIn(prompt_id=pid, order=r["gold"]))
     except ValidationError as e:
-        raise HTTPException(422, f"{name} row {i}: {_explain(e)}") from None
+        raise Invalid(f"{name} row {i}: {explain(e)}") from None
     return prompts, cands, gold
 
 

@@ -11,20 +11,16 @@ import secrets
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 
 from rankloop.labeling import importer, stats
-from rankloop.labeling.db import writing
-from rankloop.labeling.deps import SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, SessionDep
-from rankloop.labeling.models import AuthToken, Member, Project, User
-from rankloop.labeling.routes.auth import authenticate, issue_token
-from rankloop.labeling.routes.projects import add_member, create_project, get_project
-from rankloop.labeling.routes.users import create_user
-from rankloop.labeling.schemas import ProjectCreate, SubmitIn
+from rankloop.labeling.deps import SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, SessionDep, status_of
+from rankloop.labeling.routes.auth import client_address
+from rankloop.labeling.schemas import ProjectCreate, SubmitIn, UserCreate
 from rankloop.labeling.security import SESSION_DAYS, Principal, same
+from rankloop.labeling.services import DomainError, Invalid, NotFound, Throttled, auth, parse, projects, users
 
 router = APIRouter(include_in_schema=False)
 LOGIN_CSRF_COOKIE = "rankloop_login_csrf"
@@ -60,13 +56,14 @@ def login_submit(request: Request, db: SessionDep, username: Annotated[str, Form
     if not same(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
         return login_page(request, "The form expired; please try again.", 403)
     try:
-        user = authenticate(request, db, username, password)
-    except HTTPException as e:
-        resp = login_page(request, e.detail, e.status_code)
-        if e.headers:
-            resp.headers.update(e.headers)
+        user = auth.authenticate(db, request.app.state.login_limiter, username, password, client_address(request))
+    except Throttled as e:
+        resp = login_page(request, str(e), 429)
+        resp.headers["Retry-After"] = str(e.retry_after)
         return resp
-    raw = issue_token(db, user.id, "session", csrf=secrets.token_urlsafe(32))
+    except DomainError as e:
+        return login_page(request, str(e), status_of(e))
+    raw = auth.issue_token(db, user.id, "session", csrf=secrets.token_urlsafe(32))
     resp = see_other("/admin" if user.role == "admin" else "/label")
     resp.set_cookie(SESSION_COOKIE, raw, httponly=True, samesite="lax", secure=request.app.state.secure_cookies,
                     max_age=SESSION_DAYS * 86400, path="/")
@@ -76,8 +73,7 @@ def login_submit(request: Request, db: SessionDep, username: Annotated[str, Form
 
 @router.post("/logout")
 def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectResponse:
-    with writing(db):
-        db.execute(delete(AuthToken).where(AuthToken.token_hash == user.token_hash))
+    auth.revoke_hash(db, user.token_hash)
     request.app.state.token_cache.drop(user.token_hash)
     resp = see_other("/login")
     resp.delete_cookie(SESSION_COOKIE, path="/")
@@ -118,10 +114,10 @@ def label_submit(task_id: int, user: CurrentUser, request: Request, db: SessionD
         body = SubmitIn(order=json.loads(order), idempotency_key=idempotency_key, all_bad=all_bad, unsafe=unsafe,
                         rationale=rationale.strip() or None)
         request.app.state.queue.submit(task_id, user.user_id, body)
-    except HTTPException as e:
-        if e.status_code == 404:
-            raise
-        return _task_page(request, db, user, task_id, pid, error=str(e.detail), status_code=e.status_code)
+    except NotFound:
+        raise
+    except DomainError as e:
+        return _task_page(request, db, user, task_id, pid, error=str(e), status_code=status_of(e))
     except (ValueError, TypeError) as e:
         return _task_page(request, db, user, task_id, pid, error=f"could not read the ranking: {e}", status_code=422)
     return see_other("/label" + (f"?project_id={pid}" if pid is not None else ""))
@@ -132,9 +128,8 @@ def label_submit(task_id: int, user: CurrentUser, request: Request, db: SessionD
 
 @router.get("/admin")
 def admin_home(user: AdminUser, request: Request, db: SessionDep, error: str | None = None) -> HTMLResponse:
-    projects = list(db.execute(select(Project).order_by(Project.id)).scalars())
-    users = list(db.execute(select(User).order_by(User.id)).scalars())
-    return render(request, "admin.html", user, projects=projects, users=users, csrf=user.csrf, error=error)
+    return render(request, "admin.html", user, projects=projects.list_projects(db), users=users.list_users(db), csrf=user.csrf,
+                  error=error)
 
 
 @router.post("/admin/projects")
@@ -143,11 +138,9 @@ def admin_create_project(user: AdminUser, request: Request, db: SessionDep, name
                          overlap: Annotated[int, Form()] = 1, gold_rate: Annotated[float, Form()] = 0.0,
                          instructions: Annotated[str, Form()] = "") -> Response:
     try:
-        p = create_project(db, ProjectCreate(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                             instructions=instructions))
-    except HTTPException as e:
-        return admin_home(user, request, db, error=str(e.detail))
-    except ValueError as e:
+        p = projects.create_project(db, parse(ProjectCreate, name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
+                                              instructions=instructions))
+    except DomainError as e:
         return admin_home(user, request, db, error=str(e))
     return see_other(f"/admin/projects/{p.id}")
 
@@ -155,14 +148,9 @@ def admin_create_project(user: AdminUser, request: Request, db: SessionDep, name
 @router.post("/admin/users")
 def admin_create_user(user: AdminUser, request: Request, db: SessionDep, username: Annotated[str, Form()],
                       password: Annotated[str, Form()], role: Annotated[str, Form()] = "labeler") -> Response:
-    from rankloop.labeling.schemas import UserCreate
-
     try:
-        body = UserCreate(username=username, password=password, role=role)
-        create_user(db, body.username, body.password, body.role)
-    except HTTPException as e:
-        return admin_home(user, request, db, error=str(e.detail))
-    except ValueError as e:
+        users.create_user(db, parse(UserCreate, username=username, password=password, role=role))
+    except DomainError as e:
         return admin_home(user, request, db, error=str(e))
     return see_other("/admin")
 
@@ -170,12 +158,10 @@ def admin_create_user(user: AdminUser, request: Request, db: SessionDep, usernam
 @router.get("/admin/projects/{project_id}")
 def admin_project(project_id: int, user: AdminUser, request: Request, db: SessionDep, error: str | None = None,
                   notice: str | None = None) -> HTMLResponse:
-    p = get_project(db, project_id)
-    members = list(db.execute(select(User).join(Member, Member.user_id == User.id).where(Member.project_id == project_id)
-                              .order_by(User.username)).scalars())
+    p = projects.get_project(db, project_id)
     return render(request, "project.html", user, project=p, progress=stats.progress(db, project_id),
                   agreement=stats.agreement(db, project_id), consensus=stats.consensus(db, project_id)[:50],
-                  members=members, csrf=user.csrf, error=error, notice=notice)
+                  members=projects.list_members(db, project_id), csrf=user.csrf, error=error, notice=notice)
 
 
 @router.post("/admin/projects/{project_id}/import")
@@ -184,14 +170,16 @@ async def admin_import(project_id: int, user: AdminUser, request: Request, db: S
     cands, prompts = form.get("candidates"), form.get("prompts")
     try:
         if not isinstance(cands, UploadFile) or not cands.filename:
-            raise HTTPException(422, "choose a candidates (or combined) JSONL file")
+            raise Invalid("choose a candidates (or combined) JSONL file")
         crow = importer.parse_jsonl_bytes(await cands.read(), cands.filename)
         prow = (importer.parse_jsonl_bytes(await prompts.read(), prompts.filename)
                 if isinstance(prompts, UploadFile) and prompts.filename else None)
         ps, cs, gold = importer.split_rows(crow, prow, cands.filename)
-        out = importer.import_items(db, get_project(db, project_id), ps, cs, gold)
-    except HTTPException as e:
-        return admin_project(project_id, user, request, db, error=str(e.detail))
+        out = importer.import_items(db, projects.get_project(db, project_id), ps, cs, gold)
+    except NotFound:
+        raise
+    except DomainError as e:
+        return admin_project(project_id, user, request, db, error=str(e))
     return admin_project(project_id, user, request, db,
                          notice=f"imported {out.prompts} new prompts, {out.candidates} candidates, {out.items} items "
                                 f"({out.gold_items} gold)")
@@ -200,19 +188,9 @@ async def admin_import(project_id: int, user: AdminUser, request: Request, db: S
 @router.post("/admin/projects/{project_id}/invite")
 def admin_invite(project_id: int, user: AdminUser, request: Request, db: SessionDep, username: Annotated[str, Form()],
                  password: Annotated[str, Form()] = "") -> Response:
-    from rankloop.labeling.schemas import UserCreate
-
+    projects.get_project(db, project_id)
     try:
-        get_project(db, project_id)
-        exists = db.execute(select(User.id).where(User.username == username)).first()
-        if exists is None:
-            if not password:
-                raise HTTPException(422, f"{username!r} has no account yet: give an initial password")
-            body = UserCreate(username=username, password=password, role="labeler")
-            create_user(db, body.username, body.password, body.role)
-        request.app.state.queue.forget(user_id=add_member(db, project_id, username).id)
-    except HTTPException as e:
-        return admin_project(project_id, user, request, db, error=str(e.detail))
-    except ValueError as e:
+        request.app.state.queue.forget(user_id=projects.invite(db, project_id, username, password or None).id)
+    except DomainError as e:
         return admin_project(project_id, user, request, db, error=str(e))
     return see_other(f"/admin/projects/{project_id}")
