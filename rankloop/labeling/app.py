@@ -8,10 +8,12 @@ process (see ``db``).
 from __future__ import annotations
 
 import gc
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -30,9 +32,47 @@ from rankloop.labeling.services import DomainError, Throttled
 from rankloop.labeling.settings import LabelingSettings
 
 HERE = Path(__file__).parent
+MAX_ERRORS = 20  # validation errors listed in one reply
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+# Requests that carry an import (a whole round's prompts and candidates) get their own, larger body limit.
+IMPORT_PATHS = re.compile(r"^/(api|admin)/projects/\d+/(import|import-files)$")
+
+
+class BodyLimit:
+    """413 for a request body over the limit: refused at the first read when Content-Length says so,
+    else counted as it arrives (chunked uploads), so no route ever buffers more than the limit.
+    The reply names the limit and never the payload.
+
+    (FastAPI's own ``max_body_size`` arrived only in releases far newer than the ones rankloop
+    supports; this pure ASGI wrapper works on all of them.)"""
+
+    def __init__(self, app, default: int, imports: int):
+        self.app, self.default, self.imports = app, default, imports
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.imports if IMPORT_PATHS.match(scope["path"]) else self.default
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            too_big = StarletteHTTPException(413, f"request body over the limit of {limit} bytes")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                raise too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise too_big
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 class SecurityHeaders:
@@ -113,6 +153,7 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes, imports=settings.max_import_bytes)
     app.add_middleware(SecurityHeaders)
 
     def error_reply(request: Request, status: int, detail: str, headers: dict | None = None):
@@ -122,6 +163,16 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
             return RedirectResponse("/login", status_code=303)
         return app.state.templates.TemplateResponse(request, "error.html", {"user": None, "status": status, "detail": detail},
                                                     status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's default reply lists every error with its input: a 10 MB field comes back whole.
+        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        if not request.url.path.startswith("/api/"):
+            shown = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:MAX_ERRORS])
+            return error_reply(request, 422, f"the request was not understood ({shown})")
+        more = [{"type": "more", "loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more errors"}] if len(errors) > MAX_ERRORS else []
+        return JSONResponse({"detail": errors[:MAX_ERRORS] + more}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

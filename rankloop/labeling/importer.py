@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from rankloop.labeling.db import writing
 from rankloop.labeling.models import CandidateRow, Item, Project, PromptRow, Slot
-from rankloop.labeling.schemas import GoldIn, ImportOut
+from rankloop.labeling.schemas import MAX_EXTERNAL_ID, MAX_TEXT, GoldIn, ImportOut
 from rankloop.labeling.services.errors import Invalid, explain, listing
 from rankloop.records import Candidate, Prompt, normalise_order
 
@@ -28,8 +28,27 @@ def _fail(msg: str, bad: list[str]) -> None:
         raise Invalid(f"{msg}: {listing(bad)}")
 
 
+def _chars(p: Prompt) -> int:
+    return len(p.text) if p.text is not None else sum(len(m.get("content", "")) + len(m.get("role", "")) for m in p.messages)
+
+
+def check_sizes(prompts: list[Prompt], candidates: list[Candidate]) -> None:
+    """Every id fits its column and no text is over ``MAX_TEXT`` characters (the whole request is
+    bounded by the body limit; this bounds each piece, so one row cannot take it all)."""
+    _fail(f"ids longer than {MAX_EXTERNAL_ID} characters",
+          [f"{x.id[:40]!r}… ({len(x.id)})" for x in [*prompts, *candidates] if len(x.id) > MAX_EXTERNAL_ID]
+          + [f"candidate {c.id!r} names prompt {c.prompt_id[:40]!r}… ({len(c.prompt_id)})" for c in candidates
+             if len(c.prompt_id) > MAX_EXTERNAL_ID])
+    _fail(f"policy names longer than {MAX_EXTERNAL_ID} characters",
+          [f"candidate {c.id!r}" for c in candidates if len(c.policy) > MAX_EXTERNAL_ID])
+    _fail(f"prompts longer than {MAX_TEXT} characters", [f"{p.id!r} has {_chars(p)}" for p in prompts if _chars(p) > MAX_TEXT])
+    _fail(f"candidates longer than {MAX_TEXT} characters",
+          [f"{c.id!r} has {len(c.text)}" for c in candidates if len(c.text) > MAX_TEXT])
+
+
 def import_items(db: Session, project: Project, prompts: list[Prompt], candidates: list[Candidate],
                  gold: list[GoldIn] = ()) -> ImportOut:
+    check_sizes(prompts, candidates)
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates:
         by_prompt[c.prompt_id].append(c)
