@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rankloop.labeling.db import writing
-from rankloop.labeling.models import User
+from rankloop.labeling.models import AuthToken, User
 from rankloop.labeling.schemas import UserCreate, UserUpdate
 from rankloop.labeling.security import hash_password
 from rankloop.labeling.services.errors import Conflict, NotFound, brief
@@ -39,12 +39,24 @@ def create_user(db: Session, new: UserCreate) -> User:
 
 
 def update_user(db: Session, user_id: int, change: UserUpdate) -> User:
+    """Change role, active or password. A new password or a deactivation ends every session and
+    token of the user (re-activating brings none back). The last active admin cannot be demoted
+    or deactivated: nobody could administer the app after that."""
     with writing(db):
         user = get_user(db, user_id)
+        demoted = (change.role is not None and change.role != "admin") or change.active is False
+        if demoted and user.role == "admin" and user.active:
+            # FOR UPDATE (PostgreSQL): two admins demoting each other at once queue here; SQLite's
+            # writers are serialised already.
+            admins = db.execute(select(User.id).where(User.role == "admin", User.active.is_(True)).with_for_update()).all()
+            if len(admins) <= 1:
+                raise Conflict(f"{brief(user.username)} is the last active admin: make another admin first")
         if change.active is not None:
             user.active = change.active
         if change.role is not None:
             user.role = change.role
         if change.password is not None:
             user.password_hash = hash_password(change.password)
+        if change.password is not None or change.active is False:
+            db.execute(delete(AuthToken).where(AuthToken.user_id == user_id))
     return user
