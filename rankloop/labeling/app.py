@@ -8,7 +8,6 @@ process (see ``db``).
 from __future__ import annotations
 
 import gc
-import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import rankloop
 from rankloop.labeling.assign import Queue
 from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolve_url, upgrade
-from rankloop.labeling.deps import status_of
+from rankloop.labeling.deps import status_of, trusted_networks
+from rankloop.labeling.middleware import BodyLimit, SecurityHeaders
 from rankloop.labeling.models import User
 from rankloop.labeling.routes import auth, pages, projects, tasks, users
 from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
@@ -33,71 +33,6 @@ from rankloop.labeling.settings import LabelingSettings
 
 HERE = Path(__file__).parent
 MAX_ERRORS = 20  # validation errors listed in one reply
-
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-
-
-# Requests that carry an import (a whole round's prompts and candidates) get their own, larger body limit.
-IMPORT_PATHS = re.compile(r"^/(api|admin)/projects/\d+/(import|import-files)$")
-
-
-class BodyLimit:
-    """413 for a request body over the limit: refused at the first read when Content-Length says so,
-    else counted as it arrives (chunked uploads), so no route ever buffers more than the limit.
-    The reply names the limit and never the payload.
-
-    (FastAPI's own ``max_body_size`` arrived only in releases far newer than the ones rankloop
-    supports; this pure ASGI wrapper works on all of them.)"""
-
-    def __init__(self, app, default: int, imports: int):
-        self.app, self.default, self.imports = app, default, imports
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.imports if IMPORT_PATHS.match(scope["path"]) else self.default
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            too_big = StarletteHTTPException(413, f"request body over the limit of {limit} bytes")
-            if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                raise too_big
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise too_big
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-class SecurityHeaders:
-    """Pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs more than a request's SQL):
-    a strict CSP on pages, no framing, no MIME sniffing."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if html:
-                    headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
 
 def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
     """Create ``username`` as an admin if the database has no users yet. Returns whether it did."""
@@ -145,6 +80,7 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.state.queue = Queue(engine)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
     app.state.settings = settings
+    app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
     app.state.secure_cookies = settings.secure_cookies if secure_cookies is None else secure_cookies
     if admin is not None:
         bootstrap_admin(app.state.sessionmaker, *admin)
@@ -154,7 +90,7 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, imports=settings.max_import_bytes)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, secure=app.state.secure_cookies)
 
     def error_reply(request: Request, status: int, detail: str, headers: dict | None = None):
         if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):

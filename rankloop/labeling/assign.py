@@ -10,8 +10,9 @@ on constraints, not on luck:
   (``Queue.writing``: a process lock and ``BEGIN IMMEDIATE``).
 - ``UNIQUE (item_id, labeler_id)``: never the same item twice to one labeler (a race that would
   break it fails the transaction, which is retried).
-- ``UNIQUE (slot_id)`` and ``UNIQUE (labeler_id, idempotency_key)`` on rankings: a slot is
-  answered once, and a retried or double-clicked submission is recognised and stored once.
+- ``UNIQUE (slot_id)`` and ``UNIQUE (project_id, labeler_id, idempotency_key)`` on rankings: a
+  slot is answered once, and a retried or double-clicked submission is recognised and stored once
+  (a key means nothing outside its project: another project may see the same one).
 
 Leases that run out are reaped (the slot reopened, a gold slot dropped) at most every
 ``REAP_EVERY`` seconds per process, inside a claiming transaction.
@@ -93,7 +94,7 @@ SQL = {
                  "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id",
     "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key "
             "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
-    "key_used": "SELECT slot_id FROM rankings WHERE labeler_id = :uid AND idempotency_key = :key",
+    "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
                       "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, "
                       ":rationale, :key, :is_gold, :now) RETURNING id",
@@ -317,7 +318,7 @@ class Queue:
                             return SubmitOut(ranking_id=done_id, task_id=task_id, duplicate=True)
                         raise Conflict(f"task {task_id} was already submitted (with another idempotency key)")
                     if conflict:
-                        other = self.q(cur, "key_used", uid=uid, key=body.idempotency_key).fetchone()
+                        other = self.q(cur, "key_used", pid=pid, uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:
                             raise Conflict(f"idempotency key already used for task {other[0]}")
                     check_permutation(order, self.item(cur, item_id).ids)

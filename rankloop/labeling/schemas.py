@@ -39,11 +39,28 @@ class LoginIn(_Body):
 class TokenOut(BaseModel):
     token: str
     token_type: str = "bearer"
+    id: Optional[int] = None
+    expires_at: Optional[datetime] = None
     user: "UserOut"
 
 
 class TokenCreate(_Body):
-    name: str = Field("script", max_length=128)
+    name: str = Field("script", min_length=1, max_length=128)
+    days: Optional[float] = Field(None, gt=0, description="lifetime in days (default and maximum: the server's "
+                                  "token_days and token_max_days, 90 and 365 unless configured)")
+
+
+class TokenInfo(BaseModel):
+    """A session or token as listed: never its secret."""
+
+    id: int
+    user_id: int
+    username: str
+    kind: Literal["session", "api"]
+    name: Optional[str]
+    created_at: datetime
+    expires_at: Optional[datetime]
+    current: bool = Field(False, description="the one this request is authenticated with")
 
 
 class UserCreate(_Body):

@@ -646,3 +646,56 @@ def test_item14_error_pages_keep_the_navigation_and_speak_plainly(tc, admin, app
         assert web.post(f"/label/{task}", data={**form, "idempotency_key": "first"}, follow_redirects=False).status_code == 303
         r = web.post(f"/label/{task}", data={**form, "idempotency_key": "second"})
         assert r.status_code == 409 and "already submitted this task" in r.text and "idempotency" not in r.text
+
+
+# ------------------------------------------------------------------ the schema change (items 3, 12, 15)
+
+
+def test_migration_0002_upgrades_a_0001_database_with_data(db_url):
+    """A database made by 0001, with a never-expiring token and a ranking, upgrades in place: the
+    token gets an expiry, the ranking stays, keys become per project; and it downgrades back."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect, text
+
+    from rankloop.labeling.db import MIGRATIONS, resolve_url
+
+    url = resolve_url(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "0001")
+    engine = create_engine(url)
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO users (id, username, password_hash, role, active, created_at) "
+                       f"VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
+        c.execute(text(f"INSERT INTO auth_tokens (token_hash, user_id, kind, name, created_at) VALUES ('h', 1, 'api', 'old', '{now}')"))
+        for pid in (1, 2):
+            c.execute(text(f"INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
+                           f"VALUES ({pid}, 'p{pid}', '', 2, 'ranking', 1, 0, 60, '{now}')"))
+            c.execute(text(f"INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES ({pid}, {pid}, 'q', '\"q\"', '{{}}')"))
+            c.execute(text(f"INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES ({pid}, {pid}, {pid}, '[]', false)"))
+            c.execute(text(f"INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) "
+                           f"VALUES ({pid}, {pid}, {pid}, 0, 1, 'done', false)"))
+        c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                       f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k', false, '{now}')"))
+    command.upgrade(cfg, "head")
+    insert_second = text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                         f"idempotency_key, is_gold, created_at) VALUES (2, 2, 2, 1, '[]', false, false, 'k', false, '{now}')")
+    with engine.begin() as c:
+        assert c.execute(text("SELECT expires_at FROM auth_tokens WHERE name = 'old'")).scalar_one() is not None
+        c.execute(insert_second)  # the same key in the other project
+    uniques = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("rankings")}
+    assert ("project_id", "labeler_id", "idempotency_key") in uniques and ("slot_id",) in uniques
+    assert ("labeler_id", "idempotency_key") not in uniques
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM rankings WHERE slot_id = 2"))
+    command.downgrade(cfg, "0001")
+    uniques = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("rankings")}
+    assert ("labeler_id", "idempotency_key") in uniques and ("slot_id",) in uniques
+    with engine.begin() as c:
+        assert c.execute(text("SELECT count(*) FROM rankings")).scalar_one() == 1
+    command.upgrade(cfg, "head")
+    engine.dispose()

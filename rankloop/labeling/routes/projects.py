@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 
 from rankloop.labeling import export as export_mod
 from rankloop.labeling import importer, stats
-from rankloop.labeling.deps import AdminUser, CurrentUser, SessionDep
+from rankloop.labeling.deps import AdminUser, CurrentUser, PathId, SessionDep
 from rankloop.labeling.models import Project, User
 from rankloop.labeling.services import projects
 from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, MemberIn, ProgressOut, ProjectCreate,
@@ -31,25 +31,25 @@ def list_projects(user: CurrentUser, db: SessionDep) -> list[Project]:
 
 
 @router.get("/{project_id}", response_model=ProjectOut)
-def read_project(project_id: int, user: CurrentUser, db: SessionDep) -> Project:
+def read_project(project_id: PathId, user: CurrentUser, db: SessionDep) -> Project:
     return projects.visible_project(db, project_id, user.user_id, user.is_admin)
 
 
 @router.patch("/{project_id}", response_model=ProjectOut)
-def update_project(project_id: int, body: ProjectUpdate, _: AdminUser, db: SessionDep, request: Request) -> Project:
+def update_project(project_id: PathId, body: ProjectUpdate, _: AdminUser, db: SessionDep, request: Request) -> Project:
     p = projects.update_project(db, project_id, body)
     request.app.state.queue.forget(project_id=project_id)
     return p
 
 
 @router.post("/{project_id}/import", response_model=ImportOut, summary="Import prompts, candidates and gold rankings (JSON)")
-def import_json(project_id: int, body: ImportIn, _: AdminUser, db: SessionDep) -> ImportOut:
+def import_json(project_id: PathId, body: ImportIn, _: AdminUser, db: SessionDep) -> ImportOut:
     return importer.import_items(db, projects.get_project(db, project_id), body.prompts, body.candidates, body.gold)
 
 
 @router.post("/{project_id}/import-files", response_model=ImportOut,
              summary="Import JSONL files: candidates.jsonl + prompts.jsonl, or one combined JSONL")
-async def import_files(project_id: int, _: AdminUser, db: SessionDep,
+async def import_files(project_id: PathId, _: AdminUser, db: SessionDep,
                        candidates: Annotated[UploadFile, File(description="candidates.jsonl, or combined rows")],
                        prompts: Annotated[UploadFile | None, File(description="prompts.jsonl")] = None) -> ImportOut:
     crow = importer.parse_jsonl_bytes(await candidates.read(), candidates.filename or "candidates")
@@ -59,12 +59,12 @@ async def import_files(project_id: int, _: AdminUser, db: SessionDep,
 
 
 @router.get("/{project_id}/members", response_model=list[UserOut])
-def list_members(project_id: int, _: AdminUser, db: SessionDep) -> list[User]:
+def list_members(project_id: PathId, _: AdminUser, db: SessionDep) -> list[User]:
     return projects.list_members(db, project_id)
 
 
 @router.post("/{project_id}/members", response_model=UserOut, status_code=201, summary="Invite a labeler to the project")
-def invite(project_id: int, body: MemberIn, _: AdminUser, db: SessionDep, request: Request) -> User:
+def invite(project_id: PathId, body: MemberIn, _: AdminUser, db: SessionDep, request: Request) -> User:
     projects.get_project(db, project_id)
     user = projects.add_member(db, project_id, body.username)
     request.app.state.queue.forget(user_id=user.id)
@@ -72,31 +72,31 @@ def invite(project_id: int, body: MemberIn, _: AdminUser, db: SessionDep, reques
 
 
 @router.delete("/{project_id}/members/{user_id}", status_code=204)
-def remove_member(project_id: int, user_id: int, _: AdminUser, db: SessionDep, request: Request) -> None:
+def remove_member(project_id: PathId, user_id: PathId, _: AdminUser, db: SessionDep, request: Request) -> None:
     projects.remove_member(db, project_id, user_id)
     request.app.state.queue.forget(user_id=user_id)
 
 
 @router.get("/{project_id}/progress", response_model=ProgressOut)
-def progress(project_id: int, _: AdminUser, db: SessionDep) -> ProgressOut:
+def progress(project_id: PathId, _: AdminUser, db: SessionDep) -> ProgressOut:
     projects.get_project(db, project_id)
     return stats.progress(db, project_id)
 
 
 @router.get("/{project_id}/agreement", response_model=AgreementOut)
-def agreement(project_id: int, _: AdminUser, db: SessionDep) -> AgreementOut:
+def agreement(project_id: PathId, _: AdminUser, db: SessionDep) -> AgreementOut:
     projects.get_project(db, project_id)
     return stats.agreement(db, project_id)
 
 
 @router.get("/{project_id}/consensus", response_model=list[ConsensusOut])
-def consensus(project_id: int, _: AdminUser, db: SessionDep) -> list[ConsensusOut]:
+def consensus(project_id: PathId, _: AdminUser, db: SessionDep) -> list[ConsensusOut]:
     projects.get_project(db, project_id)
     return stats.consensus(db, project_id)
 
 
 @router.get("/{project_id}/rankings", response_model=list[RankingOut], summary="Every raw ranking, as given")
-def rankings(project_id: int, _: AdminUser, db: SessionDep) -> list[RankingOut]:
+def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOut]:
     projects.get_project(db, project_id)
     payload = stats.item_payloads(db, project_id)
     return [RankingOut(id=r.id, task_id=r.slot_id, item_id=r.item_id, prompt_id=payload[r.item_id]["prompt_id"],
@@ -106,7 +106,7 @@ def rankings(project_id: int, _: AdminUser, db: SessionDep) -> list[RankingOut]:
 
 @router.get("/{project_id}/export", response_class=PlainTextResponse,
             summary="Download rankings.jsonl (format=rankings) or TRL comparisons (format=trl)")
-def export(project_id: int, _: AdminUser, db: SessionDep, format: Literal["rankings", "trl"] = "rankings",
+def export(project_id: PathId, _: AdminUser, db: SessionDep, format: Literal["rankings", "trl"] = "rankings",
            min_agreement: Annotated[float | None, Query(ge=0, le=1)] = None,
            min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None) -> PlainTextResponse:
     p = projects.get_project(db, project_id)
