@@ -166,6 +166,74 @@ def add_member_cmd(project: str, username: str, database_url: Optional[str] = ty
     typer.echo(f"{username} may now label {project}")
 
 
+tokens = typer.Typer(help="Sessions and API tokens: create, list, revoke. (On the database: a running app "
+                     "notices a revocation within its token cache's 30 s.)", no_args_is_help=True)
+labeling.add_typer(tokens, name="tokens")
+
+
+def _user_id(db, username: str) -> int:
+    from rankloop.labeling.services import NotFound, users
+
+    u = users.find_user(db, username)
+    if u is None:
+        raise NotFound(f"no user {username!r}")
+    return u.id
+
+
+@tokens.command("create")
+def tokens_create(
+    username: str,
+    name: str = typer.Option("script", help="what the token is for (shown in lists)"),
+    days: Optional[float] = typer.Option(None, help="lifetime (default $RANKLOOP_TOKEN_DAYS, 90; at most $RANKLOOP_TOKEN_MAX_DAYS, 365)"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Make an API token for a user's scripts; prints it once (only its hash is stored)."""
+    from rankloop.labeling.services import auth
+    from rankloop.labeling.settings import LabelingSettings
+
+    s = LabelingSettings()
+    with _clear_errors(), _session(database_url) as db:
+        raw, row = auth.script_token(db, _user_id(db, username), name, days, s.token_days, s.token_max_days)
+    typer.echo(f"token {row.id} for {username!r} ({name}), expires {row.expires_at:%Y-%m-%d %H:%M} UTC:", err=True)
+    typer.echo(raw)
+
+
+@tokens.command("list")
+def tokens_list(
+    user: Optional[str] = typer.Option(None, "--user", help="only this user's"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Unexpired sessions and tokens: id, user, kind, name, created, expires (never the secrets)."""
+    from rankloop.labeling.services import auth
+
+    with _clear_errors(), _session(database_url) as db:
+        rows = auth.list_tokens(db, _user_id(db, user) if user else None)
+    typer.echo(f"{'id':>6}  {'user':<20} {'kind':<8} {'name':<20} {'created (UTC)':<17} expires (UTC)")
+    for t in rows:
+        typer.echo(f"{t.id:>6}  {t.username:<20} {t.kind:<8} {(t.name or ''):<20} {t.created_at:%Y-%m-%d %H:%M} "
+                   f"{t.expires_at:%Y-%m-%d %H:%M}")
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: int, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
+    """Revoke one session or token (its id from `tokens list`)."""
+    from rankloop.labeling.services import auth
+
+    with _clear_errors(), _session(database_url) as db:
+        row = auth.revoke_token(db, token_id)
+    typer.echo(f"revoked token {row.id} ({row.kind} {row.name or ''})")
+
+
+@tokens.command("revoke-all")
+def tokens_revoke_all(username: str, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
+    """Revoke every session and token of a user (log them out everywhere)."""
+    from rankloop.labeling.services import auth
+
+    with _clear_errors(), _session(database_url) as db:
+        n = auth.revoke_all(db, _user_id(db, username))
+    typer.echo(f"revoked {n} sessions and tokens of {username!r}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("export")(export)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rankloop.labeling.db import writing
-from rankloop.labeling.models import Member, Project, User
+from rankloop.labeling.models import Member, Project, Slot, User
 from rankloop.labeling.schemas import ProjectCreate, ProjectUpdate, UserCreate
 from rankloop.labeling.services import users
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, brief, listing, parse
@@ -69,6 +69,7 @@ def update_project(db: Session, project_id: int, change: ProjectUpdate) -> Proje
 
 
 def list_members(db: Session, project_id: int) -> list[User]:
+    get_project(db, project_id)
     return list(db.execute(select(User).join(Member, Member.user_id == User.id).where(Member.project_id == project_id)
                            .order_by(User.username)).scalars())
 
@@ -94,5 +95,14 @@ def invite(db: Session, project_id: int, username: str, password: str | None) ->
 
 
 def remove_member(db: Session, project_id: int, user_id: int) -> None:
+    """End a membership. The tasks the user holds in the project go back to the queue now (not
+    when their lease runs out), so a late answer to one is refused."""
+    get_project(db, project_id)
     with writing(db):
-        db.execute(delete(Member).where(Member.project_id == project_id, Member.user_id == user_id))
+        gone = db.execute(delete(Member).where(Member.project_id == project_id, Member.user_id == user_id)).rowcount
+        if not gone:
+            raise NotFound(f"user {user_id} is not a member of project {project_id}")
+        held = (Slot.project_id == project_id, Slot.labeler_id == user_id, Slot.status == "leased")
+        db.execute(update(Slot).where(*held, Slot.slot_no.is_not(None))
+                   .values(status="open", labeler_id=None, leased_at=None, lease_expires=None))
+        db.execute(delete(Slot).where(*held, Slot.slot_no.is_(None)))  # a gold item's slot is made per labeler
