@@ -48,7 +48,7 @@ def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
 
 
 def create_app(database_url: str | None = None, *, migrate: bool = True, admin: tuple[str, str] | None = None,
-               secure_cookies: bool | None = None, login_max_failures: int = 10,
+               secure_cookies: bool | None = None, login_max_failures: int | None = None,
                settings: LabelingSettings | None = None) -> FastAPI:
     """The app over ``database_url`` (default: ``settings.database_url``, i.e. ``$RANKLOOP_DATABASE_URL``,
     else ``./rankloop-labeling.db``).
@@ -76,7 +76,7 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.token_cache = TokenCache()
-    app.state.login_limiter = LoginLimiter(max_failures=login_max_failures)
+    app.state.login_limiter = LoginLimiter(max_failures=login_max_failures or settings.login_max_failures)
     app.state.queue = Queue(engine)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
     app.state.settings = settings

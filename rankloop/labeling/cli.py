@@ -50,12 +50,14 @@ def serve(
 
         upgrade(url)
         uvicorn.run("rankloop.labeling.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, access_log=False)
+                    log_level=log_level, access_log=False, proxy_headers=False)
         return
     from rankloop.labeling.app import create_app
 
     app = create_app(url, admin=(admin_user, admin_password) if admin_user else None, secure_cookies=secure_cookies)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # proxy_headers=False: uvicorn would believe X-Forwarded-For from any loopback peer; the app
+    # reads it itself, from $RANKLOOP_TRUSTED_PROXIES only (docs/labeling.md, "Login throttling").
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
 
 
 def export(

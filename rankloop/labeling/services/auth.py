@@ -23,7 +23,7 @@ def authenticate(db: Session, limiter: LoginLimiter, username: str, password: st
     if not verify_password(password, user.password_hash if user else None) or not user.active:
         limiter.failed(username, address)
         raise Unauthorized("wrong username or password")
-    limiter.succeeded(username)
+    limiter.succeeded(username, address)
     return user
 
 
