@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse
@@ -114,4 +115,12 @@ def export(project_id: PathId, _: AdminUser, db: SessionDep, format: Literal["ra
     rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{p.name}-{format}.jsonl"'})
+                             headers={"Content-Disposition": attachment(f"{p.name}-{format}.jsonl")})
+
+
+def attachment(filename: str) -> str:
+    """A download header for any name (RFC 6266): the exact name UTF-8-percent-encoded in
+    ``filename*`` (RFC 5987), and for old clients an ASCII ``filename`` with every other character
+    (non-ASCII, quotes, backslashes, control characters such as CR/LF) replaced by ``_``."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
