@@ -124,20 +124,48 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
 
 
 def parse_jsonl_bytes(data: bytes, name: str) -> list[dict]:
+    """The JSON objects of an uploaded JSONL file; ``Invalid`` naming the line for anything else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise Invalid(f"{name}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                      "save the file as UTF-8") from None
     out = []
-    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         if raw.strip():
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise Invalid(f"{name}:{lineno}: not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise Invalid(f"{name}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise Invalid(f"{name}:{lineno}: expected a JSON object")
             out.append(obj)
     return out
 
 
-def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload"
+def _combined_prompt_id(r: dict, row: int) -> str:
+    """A combined row's prompt id: ``prompt_id`` (or ``id``) as given, 0 included; the row number
+    only when neither is there."""
+    pid = r.get("prompt_id", r.get("id"))
+    if pid is None or pid == "":
+        return str(row)
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise Invalid(f"'prompt_id' must be a string or a whole number, not {type(pid).__name__}")
+    return str(pid)
+
+
+def _combined_candidates(r: dict) -> list:
+    cands = r.get("candidates")
+    if not isinstance(cands, list):
+        got = "missing" if cands is None else f"a {type(cands).__name__}"
+        raise Invalid(f"'candidates' must be a list of texts or {{\"id\", \"text\"}} objects ({got})")
+    return cands
+
+
+def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload", prompts_name: str = "prompts"
                ) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
     """Validate uploaded rows into records.
 
@@ -149,23 +177,25 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
     prompts: list[Prompt] = []
     cands: list[Candidate] = []
     gold: list[GoldIn] = []
+    where, i = name, 0
     try:
         if prompt_rows is not None:
+            where = prompts_name
             for i, r in enumerate(prompt_rows, start=1):
                 r = dict(r)
                 if "prompt" in r and "text" not in r and "messages" not in r:
                     p = r.pop("prompt")
                     r["messages" if isinstance(p, list) else "text"] = p
                 prompts.append(Prompt.model_validate(r))
+            where = name
             for i, r in enumerate(candidate_rows, start=1):
                 cands.append(Candidate.model_validate(r))
         else:
             for i, r in enumerate(candidate_rows, start=1):
-                r = dict(r)
-                pid = str(r.get("prompt_id") or r.get("id") or i)
+                pid = _combined_prompt_id(r, i)
                 p = r.get("prompt", r.get("text", r.get("messages")))
                 prompts.append(Prompt(id=pid, **({"messages": p} if isinstance(p, list) else {"text": p}), meta=r.get("meta", {})))
-                for j, c in enumerate(r.get("candidates") or []):
+                for j, c in enumerate(_combined_candidates(r)):
                     c = dict(c) if isinstance(c, dict) else {"text": c}
                     c.setdefault("id", f"{pid}-{j}")
                     c["prompt_id"] = pid
@@ -173,7 +203,9 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
                 if r.get("gold") is not None:
                     gold.append(GoldIn(prompt_id=pid, order=r["gold"]))
     except ValidationError as e:
-        raise Invalid(f"{name} row {i}: {explain(e)}") from None
+        raise Invalid(f"{where} row {i}: {explain(e)}") from None
+    except Invalid as e:
+        raise Invalid(f"{where} row {i}: {e}") from None
     return prompts, cands, gold
 
 
@@ -181,4 +213,4 @@ def read_files(candidates: str | Path, prompts: str | Path | None = None) -> tup
     cp = Path(candidates)
     rows = parse_jsonl_bytes(cp.read_bytes(), cp.name)
     prow = parse_jsonl_bytes(Path(prompts).read_bytes(), Path(prompts).name) if prompts else None
-    return split_rows(rows, prow, cp.name)
+    return split_rows(rows, prow, cp.name, Path(prompts).name if prompts else "prompts")

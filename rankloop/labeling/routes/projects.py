@@ -55,7 +55,8 @@ async def import_files(project_id: PathId, _: AdminUser, db: SessionDep,
                        prompts: Annotated[UploadFile | None, File(description="prompts.jsonl")] = None) -> ImportOut:
     crow = importer.parse_jsonl_bytes(await candidates.read(), candidates.filename or "candidates")
     prow = importer.parse_jsonl_bytes(await prompts.read(), prompts.filename or "prompts") if prompts is not None and prompts.filename else None
-    ps, cs, gold = importer.split_rows(crow, prow, candidates.filename or "candidates")
+    ps, cs, gold = importer.split_rows(crow, prow, candidates.filename or "candidates",
+                                       prompts.filename if prow is not None else "prompts")
     return importer.import_items(db, projects.get_project(db, project_id), ps, cs, gold)
 
 
