@@ -31,10 +31,13 @@ def issue_token(db: Session, user_id: int, kind: str, name: str | None = None, c
                 days: float = SESSION_DAYS) -> tuple[str, AuthToken]:
     """A new secret for ``user_id``, valid for ``days``; only its SHA-256 is stored. Returns the
     secret and the stored row."""
-    raw = new_token()
+    raw, now = new_token(), datetime.now(timezone.utc)
     row = AuthToken(token_hash=token_hash(raw), user_id=user_id, kind=kind, name=name, csrf=csrf,
-                    expires_at=datetime.now(timezone.utc) + timedelta(days=days))
+                    expires_at=now + timedelta(days=days))
     with writing(db):
+        # Every login makes a row; the expired ones go here (an indexed range delete), so the
+        # table holds at most the live ones.
+        db.execute(delete(AuthToken).where(AuthToken.expires_at < now))
         db.add(row)
     return raw, row
 
