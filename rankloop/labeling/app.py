@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import rankloop
 from rankloop.labeling.assign import Queue
 from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolve_url, upgrade
-from rankloop.labeling.deps import status_of, trusted_networks
+from rankloop.labeling.deps import page_user, status_of, trusted_networks
 from rankloop.labeling.middleware import BodyLimit, SecurityHeaders
 from rankloop.labeling.models import User
 from rankloop.labeling.routes import auth, pages, projects, tasks, users
@@ -97,8 +97,8 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
             return JSONResponse({"detail": detail}, status_code=status, headers=headers)
         if status == 401:
             return RedirectResponse("/login", status_code=303)
-        return app.state.templates.TemplateResponse(request, "error.html", {"user": None, "status": status, "detail": detail},
-                                                    status_code=status, headers=headers)
+        return app.state.templates.TemplateResponse(request, "error.html", {"user": page_user(request), "status": status,
+                                                                           "detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):

@@ -110,6 +110,13 @@ def lookup_token(request: Request, raw: str, kind: str | None = None) -> Princip
     return p
 
 
+def page_user(request: Request) -> Principal | None:
+    """The browser session's user, for pages rendered outside a route (error pages keep the
+    navigation bar); no CSRF check, since nothing is changed."""
+    cookie = request.cookies.get(cookie_name(request, SESSION_COOKIE))
+    return lookup_token(request, cookie, kind="session") if cookie else None
+
+
 async def optional_principal(request: Request) -> Principal | None:
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":

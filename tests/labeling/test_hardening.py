@@ -645,7 +645,8 @@ def test_item14_error_pages_keep_the_navigation_and_speak_plainly(tc, admin, app
                 "csrf_token": csrf_of(page.text)}
         assert web.post(f"/label/{task}", data={**form, "idempotency_key": "first"}, follow_redirects=False).status_code == 303
         r = web.post(f"/label/{task}", data={**form, "idempotency_key": "second"})
-        assert r.status_code == 409 and "already submitted this task" in r.text and "idempotency" not in r.text
+        alert = " ".join(re.findall(r'role="alert"[^>]*>(.*?)<', r.text, re.S))
+        assert r.status_code == 409 and "already submitted this task" in alert and "idempotency" not in alert
 
 
 # ------------------------------------------------------------------ the schema change (items 3, 12, 15)
