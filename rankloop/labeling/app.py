@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
@@ -33,6 +33,39 @@ from rankloop.labeling.settings import LabelingSettings
 
 HERE = Path(__file__).parent
 MAX_ERRORS = 20  # validation errors listed in one reply
+
+
+def error_reply(request: Request, status: int, detail: str, headers: dict | None = None) -> Response:
+    """The API answers JSON; a page answers the error page (with the navigation bar of whoever is
+    logged in), or the login page for a 401."""
+    if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    if status == 401:
+        return RedirectResponse("/login", status_code=303)
+    return request.app.state.templates.TemplateResponse(
+        request, "error.html", {"user": page_user(request), "status": status, "detail": detail}, status_code=status,
+        headers=headers)
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    # FastAPI's default reply lists every error with its input: a 10 MB field would come back whole.
+    errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+    if not request.url.path.startswith("/api/"):
+        shown = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:MAX_ERRORS])
+        return error_reply(request, 422, f"the request was not understood ({shown})")
+    if len(errors) > MAX_ERRORS:
+        errors = errors[:MAX_ERRORS] + [{"type": "more", "loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more errors"}]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return error_reply(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+
+async def domain_error(request: Request, exc: DomainError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+    return error_reply(request, status_of(exc), str(exc), headers)
+
 
 def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
     """Create ``username`` as an admin if the database has no users yet. Returns whether it did."""
@@ -92,32 +125,9 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, imports=settings.max_import_bytes)
     app.add_middleware(SecurityHeaders, secure=app.state.secure_cookies)
 
-    def error_reply(request: Request, status: int, detail: str, headers: dict | None = None):
-        if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
-            return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-        if status == 401:
-            return RedirectResponse("/login", status_code=303)
-        return app.state.templates.TemplateResponse(request, "error.html", {"user": page_user(request), "status": status,
-                                                                           "detail": detail}, status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError):
-        # FastAPI's default reply lists every error with its input: a 10 MB field comes back whole.
-        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
-        if not request.url.path.startswith("/api/"):
-            shown = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:MAX_ERRORS])
-            return error_reply(request, 422, f"the request was not understood ({shown})")
-        more = [{"type": "more", "loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more errors"}] if len(errors) > MAX_ERRORS else []
-        return JSONResponse({"detail": errors[:MAX_ERRORS] + more}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return error_reply(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
-
-    @app.exception_handler(DomainError)
-    async def domain_error(request: Request, exc: DomainError):
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
-        return error_reply(request, status_of(exc), str(exc), headers)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DomainError, domain_error)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
