@@ -4,9 +4,8 @@ asking, and whether they may."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, AsyncIterator, Optional
-
 from ipaddress import ip_address, ip_network
+from typing import Annotated, AsyncIterator, Optional
 
 from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy import select
@@ -72,6 +71,7 @@ def client_address(request: Request) -> str:
 
 def trusted_networks(proxies: list[str]) -> list:
     return [ip_network(p, strict=False) for p in proxies]
+
 
 # How each domain error reads in HTTP (the one place that knows both).
 DOMAIN_STATUS: dict[type[DomainError], int] = {
