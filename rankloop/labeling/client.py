@@ -87,10 +87,6 @@ class LabelingClient:
         self._call("DELETE", "/api/auth/tokens")
         self.token = None
 
-    def as_user(self, token: str) -> "LabelingClient":
-        """Another client over the same connection, authenticated as ``token``."""
-        return LabelingClient(self.http, token=token)
-
     def me(self) -> dict:
         return self._call("GET", "/api/auth/me")
 

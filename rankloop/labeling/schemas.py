@@ -210,11 +210,6 @@ class ConsensusOut(BaseModel):
     is_gold: bool
 
 
-class ExportIn(_Body):
-    min_agreement: Optional[float] = Field(None, ge=0, le=1)
-    min_gold_accuracy: Optional[float] = Field(None, ge=0, le=1)
-
-
 class RankingOut(BaseModel):
     id: int
     task_id: int

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from rankloop.labeling.client import LabelingClient, LabelingError
-from rankloop.labeling.models import AuthToken, Project, Slot, User
+from rankloop.labeling.models import AuthToken, Project, Slot
 from labhelp import ADMIN, best_first, labeler, make_records
 
 
