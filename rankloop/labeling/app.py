@@ -8,12 +8,12 @@ process (see ``db``).
 from __future__ import annotations
 
 import gc
-import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
@@ -23,38 +23,48 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import rankloop
 from rankloop.labeling.assign import Queue
 from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolve_url, upgrade
+from rankloop.labeling.deps import page_user, status_of, trusted_networks
+from rankloop.labeling.middleware import BodyLimit, SecurityHeaders
 from rankloop.labeling.models import User
 from rankloop.labeling.routes import auth, pages, projects, tasks, users
 from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
+from rankloop.labeling.services import DomainError, Throttled
+from rankloop.labeling.settings import LabelingSettings
 
 HERE = Path(__file__).parent
-
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+MAX_ERRORS = 20  # validation errors listed in one reply
 
 
-class SecurityHeaders:
-    """Pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs more than a request's SQL):
-    a strict CSP on pages, no framing, no MIME sniffing."""
+def error_reply(request: Request, status: int, detail: str, headers: dict | None = None) -> Response:
+    """The API answers JSON; a page answers the error page (with the navigation bar of whoever is
+    logged in), or the login page for a 401."""
+    if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    if status == 401:
+        return RedirectResponse("/login", status_code=303)
+    return request.app.state.templates.TemplateResponse(
+        request, "error.html", {"user": page_user(request), "status": status, "detail": detail}, status_code=status,
+        headers=headers)
 
-    def __init__(self, app):
-        self.app = app
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    # FastAPI's default reply lists every error with its input: a 10 MB field would come back whole.
+    errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+    if not request.url.path.startswith("/api/"):
+        shown = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:MAX_ERRORS])
+        return error_reply(request, 422, f"the request was not understood ({shown})")
+    if len(errors) > MAX_ERRORS:
+        errors = errors[:MAX_ERRORS] + [{"type": "more", "loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more errors"}]
+    return JSONResponse({"detail": errors}, status_code=422)
 
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if html:
-                    headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
-                message = {**message, "headers": headers}
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return error_reply(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+
+async def domain_error(request: Request, exc: DomainError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+    return error_reply(request, status_of(exc), str(exc), headers)
 
 
 def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
@@ -71,13 +81,16 @@ def bootstrap_admin(sessionmaker, username: str, password: str) -> bool:
 
 
 def create_app(database_url: str | None = None, *, migrate: bool = True, admin: tuple[str, str] | None = None,
-               secure_cookies: bool | None = None, login_max_failures: int = 10) -> FastAPI:
-    """The app over ``database_url`` (default: ``$RANKLOOP_DATABASE_URL`` or ``./rankloop-labeling.db``).
+               secure_cookies: bool | None = None, login_max_failures: int | None = None,
+               settings: LabelingSettings | None = None) -> FastAPI:
+    """The app over ``database_url`` (default: ``settings.database_url``, i.e. ``$RANKLOOP_DATABASE_URL``,
+    else ``./rankloop-labeling.db``).
 
     ``admin=(username, password)`` creates the first admin when the database has no users.
-    ``secure_cookies`` marks cookies Secure (default: ``$RANKLOOP_SECURE_COOKIES`` set to 1; turn it on
-    behind HTTPS)."""
-    url = resolve_url(database_url)
+    ``secure_cookies`` marks cookies Secure (default: ``settings.secure_cookies``,
+    ``$RANKLOOP_SECURE_COOKIES``; turn it on behind HTTPS). ``settings`` defaults to the environment's."""
+    settings = settings or LabelingSettings()
+    url = resolve_url(database_url or settings.database_url)
     if migrate:
         upgrade(url)
     engine = make_engine(url, background_checkpoint=True)
@@ -96,10 +109,12 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.token_cache = TokenCache()
-    app.state.login_limiter = LoginLimiter(max_failures=login_max_failures)
+    app.state.login_limiter = LoginLimiter(max_failures=login_max_failures or settings.login_max_failures)
     app.state.queue = Queue(engine)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
-    app.state.secure_cookies = (os.environ.get("RANKLOOP_SECURE_COOKIES") == "1") if secure_cookies is None else secure_cookies
+    app.state.settings = settings
+    app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
+    app.state.secure_cookies = settings.secure_cookies if secure_cookies is None else secure_cookies
     if admin is not None:
         bootstrap_admin(app.state.sessionmaker, *admin)
 
@@ -107,16 +122,12 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes, imports=settings.max_import_bytes)
+    app.add_middleware(SecurityHeaders, secure=app.state.secure_cookies)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        if request.url.path.startswith("/api/") or request.url.path.startswith("/static/"):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-        if exc.status_code == 401:
-            return RedirectResponse("/login", status_code=303)
-        return app.state.templates.TemplateResponse(request, "error.html", {"user": None, "status": exc.status_code,
-                                                                           "detail": exc.detail}, status_code=exc.status_code)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DomainError, domain_error)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
@@ -127,5 +138,6 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory rankloop.labeling.app:app_from_env`` (several workers)."""
-    user, pw = os.environ.get("RANKLOOP_ADMIN_USER"), os.environ.get("RANKLOOP_ADMIN_PASSWORD")
-    return create_app(os.environ.get("RANKLOOP_DATABASE_URL"), admin=(user, pw) if user and pw else None)
+    s = LabelingSettings()
+    return create_app(s.database_url, admin=(s.admin_user, s.admin_password) if s.admin_user and s.admin_password else None,
+                      settings=s)

@@ -10,8 +10,9 @@ on constraints, not on luck:
   (``Queue.writing``: a process lock and ``BEGIN IMMEDIATE``).
 - ``UNIQUE (item_id, labeler_id)``: never the same item twice to one labeler (a race that would
   break it fails the transaction, which is retried).
-- ``UNIQUE (slot_id)`` and ``UNIQUE (labeler_id, idempotency_key)`` on rankings: a slot is
-  answered once, and a retried or double-clicked submission is recognised and stored once.
+- ``UNIQUE (slot_id)`` and ``UNIQUE (project_id, labeler_id, idempotency_key)`` on rankings: a
+  slot is answered once, and a retried or double-clicked submission is recognised and stored once
+  (a key means nothing outside its project: another project may see the same one).
 
 Leases that run out are reaped (the slot reopened, a gold slot dropped) at most every
 ``REAP_EVERY`` seconds per process, inside a claiming transaction.
@@ -38,10 +39,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from fastapi import HTTPException
 from sqlalchemy.engine import Engine
 
 from rankloop.labeling.schemas import CandidateView, SubmitIn, SubmitOut, TaskOut
+from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
 
 RETRIES = 8
@@ -93,7 +94,7 @@ SQL = {
                  "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id",
     "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key "
             "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
-    "key_used": "SELECT slot_id FROM rankings WHERE labeler_id = :uid AND idempotency_key = :key",
+    "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
                       "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, "
                       ":rationale, :key, :is_gold, :now) RETURNING id",
@@ -197,7 +198,7 @@ class Queue:
             return hit[1]
         row = self.q(cur, "settings", pid=pid).fetchone()
         if row is None:
-            raise HTTPException(404, f"project {pid} not found")
+            raise NotFound(f"project {pid} not found")
         s = Settings(row[0], row[1], int(row[2]), float(row[3]))
         self._settings[pid] = (time.monotonic() + SETTINGS_TTL, s)
         return s
@@ -213,7 +214,7 @@ class Queue:
             return mine
         if project_id in mine or (is_admin and self.q(cur, "exists", pid=project_id).fetchone()):
             return [project_id]
-        raise HTTPException(404, f"project {project_id} not found among your projects")
+        raise NotFound(f"project {project_id} not found among your projects")
 
     def item(self, cur: Any, item_id: int) -> ItemView:
         v = self._items.get(item_id)
@@ -294,7 +295,7 @@ class Queue:
         with self.reading() as cur:
             s = self.q(cur, "slot", sid=task_id).fetchone()
             if s is None or (s[1] != uid and not is_admin):
-                raise HTTPException(404, f"task {task_id} not found among your tasks")
+                raise NotFound(f"task {task_id} not found among your tasks")
             return self._task(cur, s[0], task_id, s[2], self.read_ts(s[4]) or now_utc())
 
     # ------------------------------------------------------------ submission
@@ -302,24 +303,24 @@ class Queue:
         try:
             order = normalise_order(body.order)
         except ValueError as e:
-            raise HTTPException(422, str(e)) from None
+            raise Invalid(str(e)) from None
         conflict = False  # after a unique violation: find out which, in a fresh transaction
         for attempt in range(RETRIES):
             try:
                 with self.writing() as cur:
                     s = self.q(cur, "slot", sid=task_id).fetchone()
                     if s is None or s[1] != uid:
-                        raise HTTPException(404, f"task {task_id} is not yours (unknown, or its lease expired and it "
+                        raise NotFound(f"task {task_id} is not yours (unknown, or its lease expired and it "
                                                  "was given to someone else)")
                     item_id, _, pid, is_gold, _, done_id, done_key = s
                     if done_id is not None:  # already answered
                         if done_key == body.idempotency_key:
                             return SubmitOut(ranking_id=done_id, task_id=task_id, duplicate=True)
-                        raise HTTPException(409, f"task {task_id} was already submitted (with another idempotency key)")
+                        raise Conflict(f"task {task_id} was already submitted (with another idempotency key)")
                     if conflict:
-                        other = self.q(cur, "key_used", uid=uid, key=body.idempotency_key).fetchone()
+                        other = self.q(cur, "key_used", pid=pid, uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:
-                            raise HTTPException(409, f"idempotency key already used for task {other[0]}")
+                            raise Conflict(f"idempotency key already used for task {other[0]}")
                     check_permutation(order, self.item(cur, item_id).ids)
                     rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
                                  all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
@@ -334,7 +335,7 @@ class Queue:
 
 
 def check_permutation(order: list[list[str]], shown: frozenset[str]) -> None:
-    """422 unless ``order`` names each shown candidate exactly once."""
+    """``Invalid`` unless ``order`` names each shown candidate exactly once."""
     counts: dict[str, int] = {}
     for g in order:
         for c in g:
@@ -343,12 +344,9 @@ def check_permutation(order: list[list[str]], shown: frozenset[str]) -> None:
     rep = sorted(c for c, n in counts.items() if n > 1)
     unknown = sorted(set(counts) - shown)
     missing = sorted(shown - set(counts))
-    if rep:
-        problems.append(f"repeated: {rep}")
-    if unknown:
-        problems.append(f"not shown in this task: {unknown}")
-    if missing:
-        problems.append(f"missing: {missing}")
+    for what, ids in (("repeated", rep), ("not shown in this task", unknown), ("missing", missing)):
+        if ids:  # at most a few ids, each cut short: never the whole payload back
+            problems.append(f"{what}: [{listing([repr(c) for c in ids])}]")
     if problems:
-        raise HTTPException(422, "the ranking must be a permutation of the shown candidate ids "
-                                 f"{sorted(shown)}; " + "; ".join(problems))
+        raise Invalid("the ranking must be a permutation of the shown candidate ids "
+                      f"{sorted(shown)}; " + "; ".join(problems))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -49,12 +50,14 @@ def serve(
 
         upgrade(url)
         uvicorn.run("rankloop.labeling.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, access_log=False)
+                    log_level=log_level, access_log=False, proxy_headers=False)
         return
     from rankloop.labeling.app import create_app
 
     app = create_app(url, admin=(admin_user, admin_password) if admin_user else None, secure_cookies=secure_cookies)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # proxy_headers=False: uvicorn would believe X-Forwarded-For from any loopback peer; the app
+    # reads it itself, from $RANKLOOP_TRUSTED_PROXIES only (docs/labeling.md, "Login throttling").
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
 
 
 def export(
@@ -85,28 +88,38 @@ def _session(database_url: Optional[str]):
     return make_sessionmaker(make_engine(url))()
 
 
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """An ordinary mistake (a duplicate name, an unknown user, a bad value, an unreadable file) is
+    one line on stderr and exit code 2, not a traceback."""
+    from rankloop.labeling.services import DomainError
+
+    try:
+        yield
+    except (DomainError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 @labeling.command("create-user")
 def create_user(
     username: str,
     role: str = typer.Option("labeler", help="labeler or admin"),
-    password: Optional[str] = typer.Option(None, envvar="RANKLOOP_NEW_PASSWORD", help="prompted for when not given"),
+    password: Optional[str] = typer.Option(None, help="default: $RANKLOOP_NEW_PASSWORD, else prompted for"),
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
     """Create a user (e.g. the first admin)."""
-    from fastapi import HTTPException
-
-    from rankloop.labeling.routes.users import create_user as make
     from rankloop.labeling.schemas import UserCreate
+    from rankloop.labeling.services import parse, users
+    from rankloop.labeling.settings import LabelingSettings
 
+    password = password or LabelingSettings().new_password
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    body = UserCreate(username=username, password=password, role=role)
-    with _session(database_url) as db:
-        try:
-            u = make(db, body.username, body.password, body.role)
-        except HTTPException as e:
-            typer.echo(f"error: {e.detail}", err=True)
-            raise typer.Exit(2) from None
+    with _clear_errors():
+        body = parse(UserCreate, username=username, password=password, role=role)
+        with _session(database_url) as db:
+            u = users.create_user(db, body)
     typer.echo(f"created {u.role} {u.username!r} (id {u.id})")
 
 
@@ -118,11 +131,13 @@ def create_project(
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
     """Create a project."""
-    from rankloop.labeling.routes.projects import create_project as make
     from rankloop.labeling.schemas import ProjectCreate
+    from rankloop.labeling.services import parse, projects
 
-    with _session(database_url) as db:
-        p = make(db, ProjectCreate(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate, instructions=instructions))
+    with _clear_errors():
+        body = parse(ProjectCreate, name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate, instructions=instructions)
+        with _session(database_url) as db:
+            p = projects.create_project(db, body)
     typer.echo(f"created project {p.name!r} (id {p.id})")
 
 
@@ -134,35 +149,91 @@ def import_cmd(
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
     """Import prompts and candidates into a project."""
-    from fastapi import HTTPException
-
-    from rankloop.labeling.export import find_project
     from rankloop.labeling.importer import import_items, read_files
+    from rankloop.labeling.services import projects
 
-    from rankloop.labeling.export import ExportError
-
-    with _session(database_url) as db:
-        try:
-            ps, cs, gold = read_files(candidates, prompts)
-            out = import_items(db, find_project(db, project), ps, cs, gold)
-        except HTTPException as e:
-            typer.echo(f"error: {e.detail}", err=True)
-            raise typer.Exit(2) from None
-        except (OSError, ExportError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+    with _clear_errors(), _session(database_url) as db:
+        ps, cs, gold = read_files(candidates, prompts)
+        out = import_items(db, projects.find_project(db, project), ps, cs, gold)
     typer.echo(out.model_dump_json())
 
 
 @labeling.command("add-member")
 def add_member_cmd(project: str, username: str, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
     """Give a labeler access to a project."""
-    from rankloop.labeling.export import find_project
-    from rankloop.labeling.routes.projects import add_member
+    from rankloop.labeling.services import projects
 
-    with _session(database_url) as db:
-        add_member(db, find_project(db, project).id, username)
+    with _clear_errors(), _session(database_url) as db:
+        projects.add_member(db, projects.find_project(db, project).id, username)
     typer.echo(f"{username} may now label {project}")
+
+
+tokens = typer.Typer(help="Sessions and API tokens: create, list, revoke. (On the database: a running app "
+                     "notices a revocation within its token cache's 30 s.)", no_args_is_help=True)
+labeling.add_typer(tokens, name="tokens")
+
+
+def _user_id(db, username: str) -> int:
+    from rankloop.labeling.services import NotFound, users
+
+    u = users.find_user(db, username)
+    if u is None:
+        raise NotFound(f"no user {username!r}")
+    return u.id
+
+
+@tokens.command("create")
+def tokens_create(
+    username: str,
+    name: str = typer.Option("script", help="what the token is for (shown in lists)"),
+    days: Optional[float] = typer.Option(None, help="lifetime (default $RANKLOOP_TOKEN_DAYS, 90; at most $RANKLOOP_TOKEN_MAX_DAYS, 365)"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Make an API token for a user's scripts; prints it once (only its hash is stored)."""
+    from rankloop.labeling.services import auth
+    from rankloop.labeling.settings import LabelingSettings
+
+    s = LabelingSettings()
+    with _clear_errors(), _session(database_url) as db:
+        raw, row = auth.script_token(db, _user_id(db, username), name, days, s.token_days, s.token_max_days)
+    typer.echo(f"token {row.id} for {username!r} ({name}), expires {row.expires_at:%Y-%m-%d %H:%M} UTC:", err=True)
+    typer.echo(raw)
+
+
+@tokens.command("list")
+def tokens_list(
+    user: Optional[str] = typer.Option(None, "--user", help="only this user's"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Unexpired sessions and tokens: id, user, kind, name, created, expires (never the secrets)."""
+    from rankloop.labeling.services import auth
+
+    with _clear_errors(), _session(database_url) as db:
+        rows = auth.list_tokens(db, _user_id(db, user) if user else None)
+    typer.echo(f"{'id':>6}  {'user':<20} {'kind':<8} {'name':<20} {'created (UTC)':<17} expires (UTC)")
+    for t in rows:
+        typer.echo(f"{t.id:>6}  {t.username:<20} {t.kind:<8} {(t.name or ''):<20} {t.created_at:%Y-%m-%d %H:%M} "
+                   f"{t.expires_at:%Y-%m-%d %H:%M}")
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: int, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
+    """Revoke one session or token (its id from `tokens list`)."""
+    from rankloop.labeling.services import auth
+
+    with _clear_errors(), _session(database_url) as db:
+        row = auth.revoke_token(db, token_id)
+    typer.echo(f"revoked token {row.id} ({row.kind} {row.name or ''})")
+
+
+@tokens.command("revoke-all")
+def tokens_revoke_all(username: str, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
+    """Revoke every session and token of a user (log them out everywhere)."""
+    from rankloop.labeling.services import auth
+
+    with _clear_errors(), _session(database_url) as db:
+        n = auth.revoke_all(db, _user_id(db, username))
+    typer.echo(f"revoked {n} sessions and tokens of {username!r}")
 
 
 def register(app: typer.Typer) -> None:

@@ -69,13 +69,23 @@ class LabelingClient:
         self.token = self._call("POST", "/api/auth/login", json={"username": username, "password": password})["token"]
         return self.token
 
-    def api_token(self, name: str = "script") -> str:
-        """A long-lived token for scripts (does not replace the one in use)."""
-        return self._call("POST", "/api/auth/tokens", json={"name": name})["token"]
+    def api_token(self, name: str = "script", days: float | None = None) -> str:
+        """A token for scripts, valid ``days`` (default: the server's, 90); does not replace the one
+        in use."""
+        body: dict[str, Any] = {"name": name, **({"days": days} if days is not None else {})}
+        return self._call("POST", "/api/auth/tokens", json=body)["token"]
 
-    def as_user(self, token: str) -> "LabelingClient":
-        """Another client over the same connection, authenticated as ``token``."""
-        return LabelingClient(self.http, token=token)
+    def tokens(self) -> list[dict]:
+        """This user's sessions and tokens (ids, names, expiry; never the secrets)."""
+        return self._call("GET", "/api/auth/tokens")
+
+    def revoke_token(self, token_id: int) -> None:
+        self._call("DELETE", f"/api/auth/tokens/{token_id}")
+
+    def revoke_all_tokens(self) -> None:
+        """Revoke every session and token of this user, the one in use included."""
+        self._call("DELETE", "/api/auth/tokens")
+        self.token = None
 
     def me(self) -> dict:
         return self._call("GET", "/api/auth/me")

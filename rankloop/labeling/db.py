@@ -20,7 +20,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_URL = "sqlite:///rankloop-labeling.db"
-ENV_URL = "RANKLOOP_DATABASE_URL"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -28,7 +27,9 @@ def resolve_url(url: str | None) -> str:
     """``--database-url``, else ``$RANKLOOP_DATABASE_URL``, else a SQLite file in the cwd.
 
     A bare ``postgresql://`` URL is given the psycopg 3 driver (the one rankloop installs)."""
-    url = url or os.environ.get(ENV_URL) or DEFAULT_URL
+    from rankloop.labeling.settings import LabelingSettings
+
+    url = url or LabelingSettings().database_url or DEFAULT_URL
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     if url.startswith("postgresql://"):
@@ -64,6 +65,9 @@ def make_engine(url: str, background_checkpoint: bool = False) -> Engine:
             cur.execute("PRAGMA temp_store=MEMORY")
             if background_checkpoint:
                 cur.execute("PRAGMA wal_autocheckpoint=20000")
+            # After a checkpoint the WAL file is cut back to this size (it is otherwise kept at its
+            # largest: 125 MB after one big import, for good).
+            cur.execute(f"PRAGMA journal_size_limit={int(WAL_SIZE_LIMIT)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -81,6 +85,33 @@ def make_engine(url: str, background_checkpoint: bool = False) -> Engine:
 
 
 CHECKPOINT_EVERY = 1.0
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
+
+
+def _wal_bytes(engine: Engine) -> int:
+    try:
+        return os.path.getsize(f"{engine.url.database}-wal")
+    except OSError:
+        return 0
+
+
+def checkpoint(engine: Engine, mode: str = "PASSIVE") -> None:
+    """``PASSIVE`` copies what it can without waiting for anyone. ``TRUNCATE`` also empties the WAL
+    file; it needs every reader gone, so it holds the process's write lock (writers queue on it,
+    not on SQLite's busy handler) and waits at most 100 ms for readers (busy: tried next time)."""
+    lock = getattr(engine, "info_write_lock", None) if mode == "TRUNCATE" else None
+    with lock if lock is not None else nullcontext():
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if mode == "TRUNCATE":
+                cur.execute("PRAGMA busy_timeout=100")
+            try:
+                cur.execute(f"PRAGMA wal_checkpoint({mode})")
+            finally:
+                cur.execute("PRAGMA busy_timeout=30000")
+        finally:
+            raw.close()
 
 
 def _start_checkpointer(engine: Engine) -> None:
@@ -90,11 +121,9 @@ def _start_checkpointer(engine: Engine) -> None:
     def run() -> None:
         while not stop.wait(CHECKPOINT_EVERY):
             try:
-                raw = engine.raw_connection()
-                try:
-                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
-                finally:
-                    raw.close()
+                # journal_size_limit cuts the WAL at the next write after a complete checkpoint; an
+                # idle app (after a big import) gets no next write, so it is emptied here.
+                checkpoint(engine, "TRUNCATE" if _wal_bytes(engine) > WAL_SIZE_LIMIT else "PASSIVE")
             except Exception:  # noqa: BLE001 - a missed checkpoint is retried next second
                 pass
 
@@ -105,6 +134,10 @@ def dispose(engine: Engine) -> None:
     stop = getattr(engine, "info_checkpoint_stop", None)
     if stop is not None:
         stop.set()
+        try:
+            checkpoint(engine, "TRUNCATE")  # leave a small file behind
+        except Exception:  # noqa: BLE001 - the WAL is replayed at the next open anyway
+            pass
     engine.dispose()
 
 

@@ -14,26 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rankloop.io import write_rankings, write_trl
 from rankloop.labeling import stats
-from rankloop.labeling.models import Project
+from rankloop.labeling.services.errors import DomainError
+from rankloop.labeling.services.projects import find_project
 from rankloop.records import CandidateText, RankedExample, Ranking
 
 
-class ExportError(ValueError):
-    pass
-
-
-def find_project(db: Session, project: int | str) -> Project:
-    q = select(Project).where(Project.id == int(project)) if str(project).isdigit() else select(Project).where(Project.name == str(project))
-    p = db.execute(q).scalar_one_or_none()
-    if p is None:
-        names = ", ".join(db.execute(select(Project.name)).scalars()) or "none"
-        raise ExportError(f"no project {project!r} (projects: {names})")
-    return p
+# What ``export_project`` raises (an unknown project, …): the services' base error, under the name
+# the export command has always caught.
+ExportError = DomainError
 
 
 def collect(db: Session, project_id: int, min_agreement: float | None = None,

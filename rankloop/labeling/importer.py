@@ -8,35 +8,53 @@ in the project (a later round of the loop) is reused if its content is the same.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from rankloop.io import jsonl_lines
 from rankloop.labeling.db import writing
 from rankloop.labeling.models import CandidateRow, Item, Project, PromptRow, Slot
-from rankloop.labeling.schemas import GoldIn, ImportOut
+from rankloop.labeling.schemas import MAX_EXTERNAL_ID, MAX_TEXT, GoldIn, ImportOut
+from rankloop.labeling.services.errors import Invalid, explain, listing
 from rankloop.records import Candidate, Prompt, normalise_order
 
 
 def _fail(msg: str, bad: list[str]) -> None:
     if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise HTTPException(422, f"{msg}: {', '.join(bad[:5])}{more}")
+        raise Invalid(f"{msg}: {listing(bad)}")
+
+
+def _chars(p: Prompt) -> int:
+    return len(p.text) if p.text is not None else sum(len(m.get("content", "")) + len(m.get("role", "")) for m in p.messages)
+
+
+def check_sizes(prompts: list[Prompt], candidates: list[Candidate]) -> None:
+    """Every id fits its column and no text is over ``MAX_TEXT`` characters (the whole request is
+    bounded by the body limit; this bounds each piece, so one row cannot take it all)."""
+    _fail(f"ids longer than {MAX_EXTERNAL_ID} characters",
+          [f"{x.id[:40]!r}… ({len(x.id)})" for x in [*prompts, *candidates] if len(x.id) > MAX_EXTERNAL_ID]
+          + [f"candidate {c.id!r} names prompt {c.prompt_id[:40]!r}… ({len(c.prompt_id)})" for c in candidates
+             if len(c.prompt_id) > MAX_EXTERNAL_ID])
+    _fail(f"policy names longer than {MAX_EXTERNAL_ID} characters",
+          [f"candidate {c.id!r}" for c in candidates if len(c.policy) > MAX_EXTERNAL_ID])
+    _fail(f"prompts longer than {MAX_TEXT} characters", [f"{p.id!r} has {_chars(p)}" for p in prompts if _chars(p) > MAX_TEXT])
+    _fail(f"candidates longer than {MAX_TEXT} characters",
+          [f"{c.id!r} has {len(c.text)}" for c in candidates if len(c.text) > MAX_TEXT])
 
 
 def import_items(db: Session, project: Project, prompts: list[Prompt], candidates: list[Candidate],
                  gold: list[GoldIn] = ()) -> ImportOut:
+    check_sizes(prompts, candidates)
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates:
         by_prompt[c.prompt_id].append(c)
     pids = [p.id for p in prompts]
-    _fail("prompt ids repeated in this import", sorted({i for i in pids if pids.count(i) > 1}) if len(set(pids)) != len(pids) else [])
+    _fail("prompt ids repeated in this import", sorted(i for i, n in Counter(pids).items() if n > 1))
     cids = [c.id for c in candidates]
     if len(set(cids)) != len(cids):
         seen: set[str] = set()
@@ -46,7 +64,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
         try:
             gold_by[g.prompt_id] = normalise_order(g.order)
         except ValueError as e:
-            raise HTTPException(422, f"gold ranking for prompt {g.prompt_id!r}: {e}") from None
+            raise Invalid(f"gold ranking for prompt {g.prompt_id!r}: {e}") from None
     _fail("gold rankings name prompts that are not in this import", sorted(set(gold_by) - set(pids)))
 
     with writing(db):
@@ -71,7 +89,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
             flat = [c for g in order for c in g]
             want = {c.id for c in by_prompt[pid]}
             if sorted(flat) != sorted(want):
-                raise HTTPException(422, f"gold ranking for prompt {pid!r} must be a permutation of its candidates {sorted(want)}")
+                raise Invalid(f"gold ranking for prompt {pid!r} must be a permutation of its candidates {sorted(want)}")
 
         new = [p for p in prompts if p.id not in existing]
         row_id = {p.id: existing[p.id].id for p in prompts if p.id in existing}
@@ -107,20 +125,48 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
 
 
 def parse_jsonl_bytes(data: bytes, name: str) -> list[dict]:
+    """The JSON objects of an uploaded JSONL file; ``Invalid`` naming the line for anything else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise Invalid(f"{name}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                      "save the file as UTF-8") from None
     out = []
-    for lineno, raw in jsonl_lines(data.decode("utf-8")):  # not splitlines(): see rankloop.io.jsonl_lines
+    for lineno, raw in jsonl_lines(text):  # not splitlines(): see rankloop.io.jsonl_lines
         if raw.strip():
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
-                raise HTTPException(422, f"{name}:{lineno}: not valid JSON: {e.msg}") from None
+                raise Invalid(f"{name}:{lineno}: not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise Invalid(f"{name}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
-                raise HTTPException(422, f"{name}:{lineno}: expected a JSON object")
+                raise Invalid(f"{name}:{lineno}: expected a JSON object")
             out.append(obj)
     return out
 
 
-def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload"
+def _combined_prompt_id(r: dict, row: int) -> str:
+    """A combined row's prompt id: ``prompt_id`` (or ``id``) as given, 0 included; the row number
+    only when neither is there."""
+    pid = r.get("prompt_id", r.get("id"))
+    if pid is None or pid == "":
+        return str(row)
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise Invalid(f"'prompt_id' must be a string or a whole number, not {type(pid).__name__}")
+    return str(pid)
+
+
+def _combined_candidates(r: dict) -> list:
+    cands = r.get("candidates")
+    if not isinstance(cands, list):
+        got = "missing" if cands is None else f"a {type(cands).__name__}"
+        raise Invalid(f"'candidates' must be a list of texts or {{\"id\", \"text\"}} objects ({got})")
+    return cands
+
+
+def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload", prompts_name: str = "prompts"
                ) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
     """Validate uploaded rows into records.
 
@@ -129,28 +175,28 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
     "gold": [[…], …]?}``."""
     from pydantic import ValidationError
 
-    from rankloop.io import _explain
-
     prompts: list[Prompt] = []
     cands: list[Candidate] = []
     gold: list[GoldIn] = []
+    where, i = name, 0
     try:
         if prompt_rows is not None:
+            where = prompts_name
             for i, r in enumerate(prompt_rows, start=1):
                 r = dict(r)
                 if "prompt" in r and "text" not in r and "messages" not in r:
                     p = r.pop("prompt")
                     r["messages" if isinstance(p, list) else "text"] = p
                 prompts.append(Prompt.model_validate(r))
+            where = name
             for i, r in enumerate(candidate_rows, start=1):
                 cands.append(Candidate.model_validate(r))
         else:
             for i, r in enumerate(candidate_rows, start=1):
-                r = dict(r)
-                pid = str(r.get("prompt_id") or r.get("id") or i)
+                pid = _combined_prompt_id(r, i)
                 p = r.get("prompt", r.get("text", r.get("messages")))
                 prompts.append(Prompt(id=pid, **({"messages": p} if isinstance(p, list) else {"text": p}), meta=r.get("meta", {})))
-                for j, c in enumerate(r.get("candidates") or []):
+                for j, c in enumerate(_combined_candidates(r)):
                     c = dict(c) if isinstance(c, dict) else {"text": c}
                     c.setdefault("id", f"{pid}-{j}")
                     c["prompt_id"] = pid
@@ -158,7 +204,9 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
                 if r.get("gold") is not None:
                     gold.append(GoldIn(prompt_id=pid, order=r["gold"]))
     except ValidationError as e:
-        raise HTTPException(422, f"{name} row {i}: {_explain(e)}") from None
+        raise Invalid(f"{where} row {i}: {explain(e)}") from None
+    except Invalid as e:
+        raise Invalid(f"{where} row {i}: {e}") from None
     return prompts, cands, gold
 
 
@@ -166,4 +214,4 @@ def read_files(candidates: str | Path, prompts: str | Path | None = None) -> tup
     cp = Path(candidates)
     rows = parse_jsonl_bytes(cp.read_bytes(), cp.name)
     prow = parse_jsonl_bytes(Path(prompts).read_bytes(), Path(prompts).name) if prompts else None
-    return split_rows(rows, prow, cp.name)
+    return split_rows(rows, prow, cp.name, Path(prompts).name if prompts else "prompts")

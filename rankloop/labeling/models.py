@@ -23,6 +23,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
@@ -46,7 +53,7 @@ class AuthToken(Base):
     name: Mapped[Optional[str]] = mapped_column(String(128))
     csrf: Mapped[Optional[str]] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[Optional[datetime]] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # every session and token expires
 
 
 class Project(Base):
@@ -123,7 +130,11 @@ class Slot(Base):
 
 class RankingRow(Base):
     __tablename__ = "rankings"
-    __table_args__ = (UniqueConstraint("labeler_id", "idempotency_key"), Index("ix_rankings_project", "project_id", "item_id"))
+    __table_args__ = (
+        # a retried submission is recognised within its project; another project's key is unrelated
+        UniqueConstraint("project_id", "labeler_id", "idempotency_key", name="uq_rankings_project_labeler_key"),
+        Index("ix_rankings_project", "project_id", "item_id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     slot_id: Mapped[int] = mapped_column(ForeignKey("slots.id", ondelete="CASCADE"), unique=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rankloop.records import Candidate, Prompt, PromptContent
 
 Role = Literal["admin", "labeler"]
 Mode = Literal["ranking", "pairwise"]
+
+# Bounds on every string and list a client sends (issue 11 item 1): the database columns' sizes,
+# and room for real use (a long chat prompt, K = 16 candidates), never unbounded.
+MAX_EXTERNAL_ID = 255  # prompt and candidate ids, policy names: String(255) columns
+MAX_TEXT = 200_000  # characters of one prompt or candidate
+MAX_INSTRUCTIONS = 20_000
+MAX_RATIONALE = 10_000
+MAX_GROUPS = 64  # tie groups in a ranking (K is at most 16; room for mistakes to be named)
+MAX_PROMPTS = 100_000  # per import request
+MAX_CANDIDATES = 16 * MAX_PROMPTS
+
+ExternalId = Annotated[str, Field(max_length=MAX_EXTERNAL_ID)]
+_Group = Annotated[list[ExternalId], Field(max_length=MAX_GROUPS)]
+Order = Annotated[list[_Group], Field(max_length=MAX_GROUPS)] | Annotated[list[ExternalId], Field(max_length=MAX_GROUPS)]
 
 
 class _Body(BaseModel):
@@ -18,18 +32,35 @@ class _Body(BaseModel):
 
 
 class LoginIn(_Body):
-    username: str
-    password: str
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
 
 
 class TokenOut(BaseModel):
     token: str
     token_type: str = "bearer"
+    id: Optional[int] = None
+    expires_at: Optional[datetime] = None
     user: "UserOut"
 
 
 class TokenCreate(_Body):
-    name: str = Field("script", max_length=128)
+    name: str = Field("script", min_length=1, max_length=128)
+    days: Optional[float] = Field(None, gt=0, description="lifetime in days (default and maximum: the server's "
+                                  "token_days and token_max_days, 90 and 365 unless configured)")
+
+
+class TokenInfo(BaseModel):
+    """A session or token as listed: never its secret."""
+
+    id: int
+    user_id: int
+    username: str
+    kind: Literal["session", "api"]
+    name: Optional[str]
+    created_at: datetime
+    expires_at: Optional[datetime]
+    current: bool = Field(False, description="the one this request is authenticated with")
 
 
 class UserCreate(_Body):
@@ -52,18 +83,26 @@ class UserUpdate(_Body):
     role: Optional[Role] = None
 
 
+def _printable(v: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must not contain control characters (line breaks, tabs, …)")
+    return v
+
+
 class ProjectCreate(_Body):
     name: str = Field(min_length=1, max_length=128)
-    instructions: str = ""
+    instructions: str = Field("", max_length=MAX_INSTRUCTIONS)
     k: int = Field(4, ge=2, le=16, description="candidates shown per item (2 in pairwise mode)")
     mode: Mode = "ranking"
     overlap: int = Field(1, ge=1, le=100, description="distinct labelers per item")
     gold_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of served tasks that are gold items")
     lease_seconds: int = Field(1800, ge=5, le=7 * 24 * 3600, description="an unfinished task returns to the queue after this")
 
+    _name = field_validator("name")(_printable)
+
 
 class ProjectUpdate(_Body):
-    instructions: Optional[str] = None
+    instructions: Optional[str] = Field(None, max_length=MAX_INSTRUCTIONS)
     gold_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
     lease_seconds: Optional[int] = Field(None, ge=5, le=7 * 24 * 3600)
 
@@ -81,17 +120,17 @@ class ProjectOut(BaseModel):
 
 
 class GoldIn(_Body):
-    prompt_id: str
-    order: list[list[str]] | list[str] = Field(description="best → worst; inner lists are ties")
+    prompt_id: ExternalId
+    order: Order = Field(description="best → worst; inner lists are ties")
 
 
 class ImportIn(_Body):
     """Prompts and their candidates (``rankloop sample`` output); ``gold`` marks items whose
     correct ranking is known."""
 
-    prompts: list[Prompt]
-    candidates: list[Candidate]
-    gold: list[GoldIn] = Field(default_factory=list)
+    prompts: list[Prompt] = Field(max_length=MAX_PROMPTS)
+    candidates: list[Candidate] = Field(max_length=MAX_CANDIDATES)
+    gold: list[GoldIn] = Field(default_factory=list, max_length=MAX_PROMPTS)
 
 
 class ImportOut(BaseModel):
@@ -103,7 +142,7 @@ class ImportOut(BaseModel):
 
 
 class MemberIn(_Body):
-    username: str
+    username: str = Field(max_length=64)
 
 
 class CandidateView(BaseModel):
@@ -123,11 +162,11 @@ class TaskOut(BaseModel):
 
 
 class SubmitIn(_Body):
-    order: list[list[str]] | list[str] = Field(description="candidate ids best → worst; an inner list is a tie group")
+    order: Order = Field(description="candidate ids best → worst; an inner list is a tie group")
     idempotency_key: str = Field(min_length=1, max_length=128)
     all_bad: bool = False
     unsafe: bool = False
-    rationale: Optional[str] = Field(None, max_length=10000)
+    rationale: Optional[str] = Field(None, max_length=MAX_RATIONALE)
 
 
 class SubmitOut(BaseModel):
@@ -169,11 +208,6 @@ class ConsensusOut(BaseModel):
     consensus: list[list[str]]
     agreement: Optional[float]
     is_gold: bool
-
-
-class ExportIn(_Body):
-    min_agreement: Optional[float] = Field(None, ge=0, le=1)
-    min_gold_accuracy: Optional[float] = Field(None, ge=0, le=1)
 
 
 class RankingOut(BaseModel):

@@ -8,17 +8,19 @@
   other processes notice within that many seconds).
 - CSRF: a per-session secret, sent back by forms (hidden field) and by scripts (``X-CSRF-Token``),
   compared in constant time. Requests authenticated by a bearer token are not exposed to CSRF.
-- Login rate limit: failures counted per username and per client address in a sliding window.
+- Login throttling: per (username, address) backoff, and wider per-address and per-username
+  counts that spare pairs which logged in before (``LoginLimiter``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -101,39 +103,96 @@ class TokenCache:
                     del self._d[k]
 
 
-class LoginLimiter:
-    """At most ``max_failures`` failed logins per username (and ``max_failures_per_address`` per
-    client address) in ``window`` seconds."""
+@dataclass
+class _Pair:
+    failures: int = 0
+    last: float = 0.0
+    locked_until: float = 0.0
 
-    def __init__(self, max_failures: int = 10, window: float = 300.0, max_failures_per_address: int = 50):
-        self.max_failures, self.window = max_failures, window
-        self.per_address = max_failures_per_address  # higher: many people may share one NAT address
-        self._fails: dict[str, deque[float]] = {}
+
+class LoginLimiter:
+    """Slows password guessing down without letting a stranger lock anyone out (docs/labeling.md,
+    "Login throttling").
+
+    - Failures count per (username, address). After ``max_failures`` the pair waits ``base_wait``
+      seconds, doubling with each further failure up to ``max_wait``: a guesser slows down only
+      themselves, and the account's owner elsewhere is not affected. A success, or ``window``
+      seconds without a failure, clears the pair.
+    - Guessing spread out is caught by two wider counts over a sliding ``window``: failures from one
+      address (many usernames) and failures for one username (many addresses). Over ``per_address``
+      or ``per_user`` they make *unknown* pairs wait; a pair that logged in successfully within
+      ``known_for`` seconds is exempt, so people behind one NAT address, and an owner at their usual
+      address, keep logging in.
+
+    Per process and in memory (lost at a restart); each table holds at most ``max_entries`` keys.
+    """
+
+    def __init__(self, max_failures: int = 10, base_wait: float = 30.0, max_wait: float = 900.0, window: float = 900.0,
+                 per_address: int = 100, per_user: int = 100, known_for: float = 30 * 86400.0, max_entries: int = 100_000):
+        self.max_failures, self.base_wait, self.max_wait, self.window = max_failures, base_wait, max_wait, window
+        self.per_address, self.per_user, self.known_for, self.max_entries = per_address, per_user, known_for, max_entries
+        self._pairs: dict[tuple[str, str], _Pair] = {}
+        self._wide: dict[str, deque[float]] = {}  # "a:<address>" and "u:<username>" → failure times
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()  # pair → last success
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._fails.setdefault(key, deque())
+        q = self._wide.get(key)
+        if q is None:
+            if len(self._wide) >= self.max_entries:
+                self._prune(now)
+            q = self._wide[key] = deque()
         while q and q[0] < now - self.window:
             q.popleft()
         return q
 
+    def _prune(self, now: float) -> None:
+        """Drop what the window has forgotten; if an attacker's names still fill a table, start it
+        afresh (the other counts still hold)."""
+        self._pairs = {k: p for k, p in self._pairs.items() if p.last >= now - self.window or p.locked_until > now}
+        self._wide = {k: q for k, q in self._wide.items() if q and q[-1] >= now - self.window}
+        for table in (self._pairs, self._wide):
+            if len(table) >= self.max_entries:
+                table.clear()
+
+    def _is_known(self, pair: tuple[str, str], now: float) -> bool:
+        t = self._known.get(pair)
+        return t is not None and t >= now - self.known_for
+
     def retry_after(self, username: str, address: str) -> int:
-        """Seconds to wait before another attempt is allowed (0: allowed now)."""
-        now = time.monotonic()
+        """Seconds to wait before this pair may try again (0: now)."""
+        now, pair = time.monotonic(), (username.lower(), address)
         with self._lock:
-            wait = 0.0
-            for key, limit in ((f"u:{username.lower()}", self.max_failures), (f"a:{address}", self.per_address)):
-                q = self._recent(key, now)
-                if len(q) >= limit:
-                    wait = max(wait, q[0] + self.window - now)
-            return int(wait) + 1 if wait > 0 else 0
+            p = self._pairs.get(pair)
+            wait = p.locked_until - now if p is not None else 0.0
+            if not self._is_known(pair, now):
+                for key, limit in ((f"a:{address}", self.per_address), (f"u:{pair[0]}", self.per_user)):
+                    q = self._recent(key, now)
+                    if len(q) >= limit:
+                        wait = max(wait, q[0] + self.window - now)
+            return math.ceil(wait) if wait > 0 else 0
 
     def failed(self, username: str, address: str) -> None:
-        now = time.monotonic()
+        now, pair = time.monotonic(), (username.lower(), address)
         with self._lock:
-            for key in (f"u:{username.lower()}", f"a:{address}"):
+            p = self._pairs.get(pair)
+            if p is None:
+                if len(self._pairs) >= self.max_entries:
+                    self._prune(now)
+                p = self._pairs[pair] = _Pair()
+            if p.last < now - self.window:
+                p.failures = 0
+            p.failures, p.last = p.failures + 1, now
+            if p.failures >= self.max_failures:
+                p.locked_until = now + min(self.max_wait, self.base_wait * 2 ** (p.failures - self.max_failures))
+            for key in (f"a:{address}", f"u:{pair[0]}"):
                 self._recent(key, now).append(now)
 
-    def succeeded(self, username: str) -> None:
+    def succeeded(self, username: str, address: str) -> None:
+        pair = (username.lower(), address)
         with self._lock:
-            self._fails.pop(f"u:{username.lower()}", None)
+            self._pairs.pop(pair, None)
+            self._known[pair] = time.monotonic()
+            self._known.move_to_end(pair)
+            while len(self._known) > self.max_entries:
+                self._known.popitem(last=False)

@@ -11,8 +11,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from rankloop.labeling import quality
-from rankloop.labeling.deps import as_utc
-from rankloop.labeling.models import Item, PromptRow, RankingRow, Slot, User
+from rankloop.labeling.models import Item, PromptRow, RankingRow, Slot, User, as_utc
 from rankloop.labeling.schemas import AgreementOut, ConsensusOut, LabelerStats, ProgressOut
 
 

@@ -60,7 +60,8 @@ def start_server(database_url: str, port: int, log: Path, admin: tuple[str, str]
            "RANKLOOP_ADMIN_PASSWORD": admin[1], "PYTHONPATH": str(ROOT)}
     f = open(log, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "rankloop.labeling.app:app_from_env",
-                             "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                             "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+                             "--no-proxy-headers"],
                             stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -47,3 +47,29 @@ def test_admin_helpers_import_and_export(tmp_path, sqlite_url):
     assert r.exit_code == 2 and "no project 'missing'" in r.output
     r = run(app, ["serve", "--workers", "2", *db])
     assert r.exit_code != 0 and "one process" in r.output
+
+
+def test_ordinary_mistakes_are_one_line_and_exit_2(tmp_path, sqlite_url):
+    """Issue 11 item 14: a duplicate project, an unknown member, a short password, a bad role,
+    `--k 40`, an unknown project: one clear line on stderr and exit code 2, no traceback."""
+    run = CliRunner().invoke
+    app = make_app()
+    db = ["--database-url", sqlite_url]
+    assert run(app, ["labeling", "create-project", "p", *db]).exit_code == 0
+    assert run(app, ["labeling", "create-user", "ann", "--password", "ann-password", *db]).exit_code == 0
+    cases = {
+        "duplicate project": (["labeling", "create-project", "p"], "a project named 'p' already exists"),
+        "duplicate user": (["labeling", "create-user", "ann", "--password", "ann-password"], "user 'ann' already exists"),
+        "unknown member": (["labeling", "add-member", "p", "nobody"], "no user 'nobody'"),
+        "unknown project": (["labeling", "add-member", "nope", "ann"], "no project 'nope' (projects: p)"),
+        "short password": (["labeling", "create-user", "bob", "--password", "short"], "password: String should have at least 8"),
+        "bad role": (["labeling", "create-user", "bob", "--password", "bob-password", "--role", "boss"], "role: Input should be"),
+        "k too big": (["labeling", "create-project", "q", "--k", "40"], "k: Input should be less than or equal to 16"),
+        "missing file": (["labeling", "import", "p", str(tmp_path / "none.jsonl")], "No such file"),
+    }
+    for what, (args, message) in cases.items():
+        r = run(app, [*args, *db])
+        assert r.exit_code == 2, (what, r.exit_code, r.output)
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (what, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (what, r.exception)

@@ -1,7 +1,11 @@
 """Server-rendered pages (Jinja2, autoescaped) over the same services as the REST API.
 
 Every state-changing form carries the session's CSRF secret (checked in ``deps``); the login form,
-which has no session yet, uses a double-submit cookie instead.
+which has no session yet, uses a double-submit cookie (``__Host-`` prefixed over HTTPS, so it
+cannot be planted) and refuses posts that the browser says came from another site.
+
+No page takes a message from its URL: a redirect after a form names a notice by code
+(``?notice=token-revoked``), and the text is ours (``NOTICES``).
 """
 
 from __future__ import annotations
@@ -9,28 +13,32 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 
 from rankloop.labeling import importer, stats
-from rankloop.labeling.db import writing
-from rankloop.labeling.deps import SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, SessionDep
-from rankloop.labeling.models import AuthToken, Member, Project, User
-from rankloop.labeling.routes.auth import authenticate, issue_token
-from rankloop.labeling.routes.projects import add_member, create_project, get_project
-from rankloop.labeling.routes.users import create_user
-from rankloop.labeling.schemas import ProjectCreate, SubmitIn
+from rankloop.labeling.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, PathId, QueryId,
+                                    SessionDep, client_address, cookie_name, status_of)
+from rankloop.labeling.schemas import ProjectCreate, SubmitIn, UserCreate
 from rankloop.labeling.security import SESSION_DAYS, Principal, same
+from rankloop.labeling.services import Conflict, DomainError, Invalid, NotFound, Throttled, auth, parse, projects, users
 
 router = APIRouter(include_in_schema=False)
-LOGIN_CSRF_COOKIE = "rankloop_login_csrf"
+
+NOTICES = {
+    "user-created": "User created.",
+    "token-revoked": "Token revoked.",
+    "tokens-revoked": "Every session and token of that user is revoked.",
+}
+MAX_ORDER_CHARS = 64 * 1024  # the ranking form field: K ≤ 16 ids of ≤ 255 characters fit many times over
+TOKENS_SHOWN = 200
 
 
-def render(request: Request, name: str, user: Principal | None = None, status_code: int = 200, **ctx) -> HTMLResponse:
+def render(request: Request, name: str, user: Principal | None = None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
     return request.app.state.templates.TemplateResponse(request, name, {"user": user, **ctx}, status_code=status_code)
 
 
@@ -45,42 +53,65 @@ def home(user: OptionalUser) -> RedirectResponse:
     return see_other("/admin" if user.is_admin else "/label")
 
 
-@router.get("/login")
-def login_page(request: Request, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+# ---------------------------------------------------------------- logging in
+
+
+def login_form(request: Request, error: str | None = None, status_code: int = 200) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     resp = render(request, "login.html", csrf=token, error=error, status_code=status_code)
-    resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=request.app.state.secure_cookies,
-                    max_age=3600)
+    resp.set_cookie(cookie_name(request, LOGIN_CSRF_COOKIE), token, httponly=True, samesite="strict",
+                    secure=request.app.state.secure_cookies, max_age=3600, path="/")
     return resp
 
 
+@router.get("/login")
+def login_page(request: Request) -> HTMLResponse:
+    return login_form(request)
+
+
+def from_this_site(request: Request) -> bool:
+    """False when the browser says the form was posted from another site (login CSRF: a page
+    elsewhere logging the victim in as the attacker). ``Sec-Fetch-Site`` where the browser sends
+    it; else ``Origin`` against ``Host``; neither (an old client, a script): the double-submit
+    cookie decides alone."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
+
+
 @router.post("/login")
-def login_submit(request: Request, db: SessionDep, username: Annotated[str, Form()], password: Annotated[str, Form()],
-                 csrf_token: Annotated[str, Form()] = "") -> Response:
-    if not same(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
-        return login_page(request, "The form expired; please try again.", 403)
+def login_submit(request: Request, db: SessionDep, username: Annotated[str, Form(max_length=64)],
+                 password: Annotated[str, Form(max_length=1024)], csrf_token: Annotated[str, Form(max_length=256)] = "") -> Response:
+    if not from_this_site(request):
+        return login_form(request, "This login form was sent from another site; open the login page here and try again.", 403)
+    if not same(csrf_token, request.cookies.get(cookie_name(request, LOGIN_CSRF_COOKIE))):
+        return login_form(request, "The form expired; please try again.", 403)
     try:
-        user = authenticate(request, db, username, password)
-    except HTTPException as e:
-        resp = login_page(request, e.detail, e.status_code)
-        if e.headers:
-            resp.headers.update(e.headers)
+        user = auth.authenticate(db, request.app.state.login_limiter, username, password, client_address(request))
+    except Throttled as e:
+        resp = login_form(request, str(e), 429)
+        resp.headers["Retry-After"] = str(e.retry_after)
         return resp
-    raw = issue_token(db, user.id, "session", csrf=secrets.token_urlsafe(32))
+    except DomainError as e:
+        return login_form(request, str(e), status_of(e))
+    raw, _ = auth.issue_token(db, user.id, "session", csrf=secrets.token_urlsafe(32))
     resp = see_other("/admin" if user.role == "admin" else "/label")
-    resp.set_cookie(SESSION_COOKIE, raw, httponly=True, samesite="lax", secure=request.app.state.secure_cookies,
-                    max_age=SESSION_DAYS * 86400, path="/")
-    resp.delete_cookie(LOGIN_CSRF_COOKIE)
+    resp.set_cookie(cookie_name(request, SESSION_COOKIE), raw, httponly=True, samesite="lax",
+                    secure=request.app.state.secure_cookies, max_age=SESSION_DAYS * 86400, path="/")
+    resp.delete_cookie(cookie_name(request, LOGIN_CSRF_COOKIE), path="/", secure=request.app.state.secure_cookies)
     return resp
 
 
 @router.post("/logout")
 def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectResponse:
-    with writing(db):
-        db.execute(delete(AuthToken).where(AuthToken.token_hash == user.token_hash))
+    auth.revoke_hash(db, user.token_hash)
     request.app.state.token_cache.drop(user.token_hash)
     resp = see_other("/login")
-    resp.delete_cookie(SESSION_COOKIE, path="/")
+    resp.delete_cookie(cookie_name(request, SESSION_COOKIE), path="/", secure=request.app.state.secure_cookies)
     return resp
 
 
@@ -88,7 +119,7 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectRespo
 
 
 @router.get("/label")
-def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: int | None = None) -> Response:
+def label_next(user: CurrentUser, request: Request, project_id: QueryId = None) -> Response:
     task = request.app.state.queue.next_task(user.user_id, user.is_admin, project_id)
     if task is None:
         return render(request, "done.html", user, project_id=project_id)
@@ -96,7 +127,7 @@ def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: 
     return see_other(f"/label/{task.task_id}{q}")
 
 
-def _task_page(request: Request, db, user: Principal, task_id: int, project_id: int | None, error: str | None = None,
+def _task_page(request: Request, user: Principal, task_id: int, project_id: int | None, error: str | None = None,
                status_code: int = 200) -> HTMLResponse:
     task = request.app.state.queue.get_task(task_id, user.user_id, user.is_admin)
     return render(request, "rank.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
@@ -104,37 +135,53 @@ def _task_page(request: Request, db, user: Principal, task_id: int, project_id: 
 
 
 @router.get("/label/{task_id}")
-def label_task(task_id: int, user: CurrentUser, request: Request, db: SessionDep, project_id: int | None = None) -> HTMLResponse:
-    return _task_page(request, db, user, task_id, project_id)
+def label_task(task_id: PathId, user: CurrentUser, request: Request, project_id: QueryId = None) -> HTMLResponse:
+    return _task_page(request, user, task_id, project_id)
+
+
+def read_order(order: str) -> Any:
+    """The ranking form field (JSON written by the page's script), or ``Invalid``."""
+    if len(order) > MAX_ORDER_CHARS:
+        raise Invalid(f"could not read the ranking: over {MAX_ORDER_CHARS} characters")
+    try:
+        return json.loads(order)
+    except (ValueError, RecursionError):  # RecursionError: '[[[[…' nested too deep for the parser
+        raise Invalid("could not read the ranking: it is not the list of candidate ids this page sends") from None
 
 
 @router.post("/label/{task_id}")
-def label_submit(task_id: int, user: CurrentUser, request: Request, db: SessionDep, order: Annotated[str, Form()],
+def label_submit(task_id: PathId, user: CurrentUser, request: Request, order: Annotated[str, Form()],
                  idempotency_key: Annotated[str, Form()], all_bad: Annotated[bool, Form()] = False,
                  unsafe: Annotated[bool, Form()] = False, rationale: Annotated[str, Form()] = "",
-                 project_id: Annotated[str, Form()] = "") -> Response:
-    pid = int(project_id) if project_id.isdigit() else None
+                 project_id: Annotated[str, Form(max_length=12)] = "") -> Response:
+    pid = int(project_id) if project_id.isdigit() and len(project_id) <= 10 else None
     try:
-        body = SubmitIn(order=json.loads(order), idempotency_key=idempotency_key, all_bad=all_bad, unsafe=unsafe,
-                        rationale=rationale.strip() or None)
+        body = parse(SubmitIn, order=read_order(order), idempotency_key=idempotency_key, all_bad=all_bad, unsafe=unsafe,
+                     rationale=rationale.strip() or None)
         request.app.state.queue.submit(task_id, user.user_id, body)
-    except HTTPException as e:
-        if e.status_code == 404:
-            raise
-        return _task_page(request, db, user, task_id, pid, error=str(e.detail), status_code=e.status_code)
-    except (ValueError, TypeError) as e:
-        return _task_page(request, db, user, task_id, pid, error=f"could not read the ranking: {e}", status_code=422)
+    except NotFound:
+        raise
+    except Conflict:  # the page makes one key per render: this is a second answer to an answered task
+        return _task_page(request, user, task_id, pid, status_code=409,
+                          error="You already submitted this task; your first answer is kept. Go on to the next one.")
+    except DomainError as e:
+        return _task_page(request, user, task_id, pid, error=str(e), status_code=status_of(e))
     return see_other("/label" + (f"?project_id={pid}" if pid is not None else ""))
 
 
 # ---------------------------------------------------------------- admin
 
 
+def admin_page(request: Request, user: Principal, db: SessionDep, error: str | None = None, notice: str | None = None,
+               status_code: int = 200) -> HTMLResponse:
+    return render(request, "admin.html", user, projects=projects.list_projects(db), users=users.list_users(db),
+                  tokens=auth.list_tokens(db, current_hash=user.token_hash, limit=TOKENS_SHOWN), csrf=user.csrf,
+                  error=error, notice=notice, status_code=status_code)
+
+
 @router.get("/admin")
-def admin_home(user: AdminUser, request: Request, db: SessionDep, error: str | None = None) -> HTMLResponse:
-    projects = list(db.execute(select(Project).order_by(Project.id)).scalars())
-    users = list(db.execute(select(User).order_by(User.id)).scalars())
-    return render(request, "admin.html", user, projects=projects, users=users, csrf=user.csrf, error=error)
+def admin_home(user: AdminUser, request: Request, db: SessionDep, notice: str | None = None) -> HTMLResponse:
+    return admin_page(request, user, db, notice=NOTICES.get(notice or ""))
 
 
 @router.post("/admin/projects")
@@ -143,76 +190,79 @@ def admin_create_project(user: AdminUser, request: Request, db: SessionDep, name
                          overlap: Annotated[int, Form()] = 1, gold_rate: Annotated[float, Form()] = 0.0,
                          instructions: Annotated[str, Form()] = "") -> Response:
     try:
-        p = create_project(db, ProjectCreate(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                             instructions=instructions))
-    except HTTPException as e:
-        return admin_home(user, request, db, error=str(e.detail))
-    except ValueError as e:
-        return admin_home(user, request, db, error=str(e))
+        p = projects.create_project(db, parse(ProjectCreate, name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
+                                              instructions=instructions))
+    except DomainError as e:
+        return admin_page(request, user, db, error=str(e), status_code=status_of(e))
     return see_other(f"/admin/projects/{p.id}")
 
 
 @router.post("/admin/users")
 def admin_create_user(user: AdminUser, request: Request, db: SessionDep, username: Annotated[str, Form()],
                       password: Annotated[str, Form()], role: Annotated[str, Form()] = "labeler") -> Response:
-    from rankloop.labeling.schemas import UserCreate
-
     try:
-        body = UserCreate(username=username, password=password, role=role)
-        create_user(db, body.username, body.password, body.role)
-    except HTTPException as e:
-        return admin_home(user, request, db, error=str(e.detail))
-    except ValueError as e:
-        return admin_home(user, request, db, error=str(e))
-    return see_other("/admin")
+        users.create_user(db, parse(UserCreate, username=username, password=password, role=role))
+    except DomainError as e:
+        return admin_page(request, user, db, error=str(e), status_code=status_of(e))
+    return see_other("/admin?notice=user-created")
+
+
+@router.post("/admin/tokens/{token_id}/revoke")
+def admin_revoke_token(token_id: PathId, user: AdminUser, request: Request, db: SessionDep) -> Response:
+    row = auth.revoke_token(db, token_id)
+    request.app.state.token_cache.drop(row.token_hash)
+    return see_other("/admin?notice=token-revoked")
+
+
+@router.post("/admin/users/{user_id}/revoke-tokens")
+def admin_revoke_user_tokens(user_id: PathId, user: AdminUser, request: Request, db: SessionDep) -> Response:
+    users.get_user(db, user_id)
+    auth.revoke_all(db, user_id)
+    request.app.state.token_cache.drop(user_id=user_id)
+    return see_other("/admin?notice=tokens-revoked")
+
+
+def project_page(request: Request, user: Principal, db: SessionDep, project_id: int, error: str | None = None,
+                 notice: str | None = None, status_code: int = 200) -> HTMLResponse:
+    p = projects.get_project(db, project_id)
+    return render(request, "project.html", user, project=p, progress=stats.progress(db, project_id),
+                  agreement=stats.agreement(db, project_id), consensus=stats.consensus(db, project_id)[:50],
+                  members=projects.list_members(db, project_id), csrf=user.csrf, error=error, notice=notice,
+                  status_code=status_code)
 
 
 @router.get("/admin/projects/{project_id}")
-def admin_project(project_id: int, user: AdminUser, request: Request, db: SessionDep, error: str | None = None,
-                  notice: str | None = None) -> HTMLResponse:
-    p = get_project(db, project_id)
-    members = list(db.execute(select(User).join(Member, Member.user_id == User.id).where(Member.project_id == project_id)
-                              .order_by(User.username)).scalars())
-    return render(request, "project.html", user, project=p, progress=stats.progress(db, project_id),
-                  agreement=stats.agreement(db, project_id), consensus=stats.consensus(db, project_id)[:50],
-                  members=members, csrf=user.csrf, error=error, notice=notice)
+def admin_project(project_id: PathId, user: AdminUser, request: Request, db: SessionDep, notice: str | None = None) -> HTMLResponse:
+    return project_page(request, user, db, project_id, notice=NOTICES.get(notice or ""))
 
 
 @router.post("/admin/projects/{project_id}/import")
-async def admin_import(project_id: int, user: AdminUser, request: Request, db: SessionDep) -> Response:
+async def admin_import(project_id: PathId, user: AdminUser, request: Request, db: SessionDep) -> Response:
+    projects.get_project(db, project_id)
     form = await request.form()
     cands, prompts = form.get("candidates"), form.get("prompts")
     try:
         if not isinstance(cands, UploadFile) or not cands.filename:
-            raise HTTPException(422, "choose a candidates (or combined) JSONL file")
+            raise Invalid("choose a candidates (or combined) JSONL file")
         crow = importer.parse_jsonl_bytes(await cands.read(), cands.filename)
         prow = (importer.parse_jsonl_bytes(await prompts.read(), prompts.filename)
                 if isinstance(prompts, UploadFile) and prompts.filename else None)
-        ps, cs, gold = importer.split_rows(crow, prow, cands.filename)
-        out = importer.import_items(db, get_project(db, project_id), ps, cs, gold)
-    except HTTPException as e:
-        return admin_project(project_id, user, request, db, error=str(e.detail))
-    return admin_project(project_id, user, request, db,
-                         notice=f"imported {out.prompts} new prompts, {out.candidates} candidates, {out.items} items "
-                                f"({out.gold_items} gold)")
+        ps, cs, gold = importer.split_rows(crow, prow, cands.filename,
+                                           prompts.filename if prow is not None else "prompts")
+        out = importer.import_items(db, projects.get_project(db, project_id), ps, cs, gold)
+    except DomainError as e:
+        return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
+    return project_page(request, user, db, project_id,
+                        notice=f"imported {out.prompts} new prompts, {out.candidates} candidates, {out.items} items "
+                               f"({out.gold_items} gold)")
 
 
 @router.post("/admin/projects/{project_id}/invite")
-def admin_invite(project_id: int, user: AdminUser, request: Request, db: SessionDep, username: Annotated[str, Form()],
+def admin_invite(project_id: PathId, user: AdminUser, request: Request, db: SessionDep, username: Annotated[str, Form()],
                  password: Annotated[str, Form()] = "") -> Response:
-    from rankloop.labeling.schemas import UserCreate
-
+    projects.get_project(db, project_id)
     try:
-        get_project(db, project_id)
-        exists = db.execute(select(User.id).where(User.username == username)).first()
-        if exists is None:
-            if not password:
-                raise HTTPException(422, f"{username!r} has no account yet: give an initial password")
-            body = UserCreate(username=username, password=password, role="labeler")
-            create_user(db, body.username, body.password, body.role)
-        request.app.state.queue.forget(user_id=add_member(db, project_id, username).id)
-    except HTTPException as e:
-        return admin_project(project_id, user, request, db, error=str(e.detail))
-    except ValueError as e:
-        return admin_project(project_id, user, request, db, error=str(e))
+        request.app.state.queue.forget(user_id=projects.invite(db, project_id, username, password or None).id)
+    except DomainError as e:
+        return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
     return see_other(f"/admin/projects/{project_id}")

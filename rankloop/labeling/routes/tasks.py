@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from rankloop.labeling.assign import Queue
-from rankloop.labeling.deps import CurrentUser
+from rankloop.labeling.deps import CurrentUser, PathId, QueryId
 from rankloop.labeling.schemas import SubmitIn, SubmitOut, TaskOut
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -35,7 +35,7 @@ async def run(queue: Queue, fn, *args):
 
 @router.post("/next", response_model=TaskOut, responses={204: {"description": "nothing left to label"}},
              summary="The task you hold, or a new one (leased to you until lease_expires)")
-async def next_task(user: CurrentUser, queue: QueueDep, project_id: int | None = None):
+async def next_task(user: CurrentUser, queue: QueueDep, project_id: QueryId = None):
     task = await run(queue, queue.next_task, user.user_id, user.is_admin, project_id)
     if task is None:
         return Response(status_code=204)
@@ -43,11 +43,11 @@ async def next_task(user: CurrentUser, queue: QueueDep, project_id: int | None =
 
 
 @router.get("/{task_id}", response_model=TaskOut)
-async def get_task(task_id: int, user: CurrentUser, queue: QueueDep) -> TaskOut:
+async def get_task(task_id: PathId, user: CurrentUser, queue: QueueDep) -> TaskOut:
     return await run(queue, queue.get_task, task_id, user.user_id, user.is_admin)
 
 
 @router.post("/{task_id}/submit", response_model=SubmitOut,
              summary="Submit a ranking: a permutation of the shown candidate ids, best first, inner lists tied")
-async def submit(task_id: int, body: SubmitIn, user: CurrentUser, queue: QueueDep) -> SubmitOut:
+async def submit(task_id: PathId, body: SubmitIn, user: CurrentUser, queue: QueueDep) -> SubmitOut:
     return await run(queue, queue.submit, task_id, user.user_id, body)
