@@ -127,8 +127,8 @@ class Flag:
             return raw
         if self.kind == "value":
             return _parse_scalar(raw, self.inner, self.optional)
-        items = [s.strip() for r in raw for s in str(r).split(",") if s.strip()]
         if self.kind == "list":
+            items = [s.strip() for r in raw for s in str(r).split(",") if s.strip()]
             if self.optional and len(items) == 1 and items[0].lower() in _NONE:
                 return None
             return [_parse_scalar(s, self.inner, False) for s in items]
@@ -148,21 +148,25 @@ class Flag:
             text += " KEY=VALUE, repeated; merged into the file's mapping."
         if self.optional and self.kind in ("value", "list") and self.inner not in _TEXT \
                 and self.field.default is not None:
-            text += " 'none' for None."
+            text += " Accepts 'none'."
         if self.required:
             text += " Required: this or the field in --config."
         return escape(text)
 
-    def _default(self) -> Any:
+    def _default(self) -> tuple[Any, bool | str]:
+        """(click's default, what ``--help`` shows of it). Click's default is only shown: the
+        config's own default applies whenever a flag is not given."""
         d = self.field.default
-        if self.kind in ("list", "dict") or d is PydanticUndefined or self.field.default_factory is not None:
-            return None
-        return d
+        if d is PydanticUndefined or self.field.default_factory is not None or d is None or self.kind == "dict":
+            return None, False
+        if self.kind == "list":
+            return None, ",".join(map(str, d))
+        return d, True
 
     def parameter(self) -> inspect.Parameter:
         """The typer parameter: its annotation and its ``typer.Option`` / ``typer.Argument``."""
-        default = self._default()
-        common = dict(help=self._help(), rich_help_panel=self.panel, show_default=default is not None)
+        default, shown = self._default()
+        common = dict(help=self._help(), rich_help_panel=self.panel, show_default=shown)
         extra = self.field.json_schema_extra if isinstance(self.field.json_schema_extra, dict) else {}
         if self.argument:  # in typer's own "Arguments" panel, above the options
             info = typer.Argument(None, metavar=self.loc[-1].upper(), parser=_identity, help=self._help(),
