@@ -304,3 +304,8 @@ def test_every_flag_the_docs_use_exists():
         opts = {"--help"} | {o for p in c.params for o in (*p.opts, *p.secondary_opts)}
         unknown = [f for f in flags if f not in opts]
         assert not unknown, f"{where}: rankloop {cmd}: unknown {unknown}"
+
+
+def test_a_flag_spelled_twice_is_refused_when_the_command_is_built():
+    with pytest.raises(TypeError, match=r"flags \['--name'\] are spelled twice"):
+        toy_app(aliases={"n": ("--name",)})

@@ -23,8 +23,5 @@ app.add_typer(labeling, name="labeling")
 
 
 def main() -> None:
+    """The console script (``rankloop``; ``python -m rankloop.cli`` runs it too)."""
     app()
-
-
-if __name__ == "__main__":
-    main()

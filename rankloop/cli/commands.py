@@ -255,7 +255,7 @@ def quickstart(cfg: QuickstartConfig) -> None:
     run_quickstart(cfg)
 
 
-LOOP_GROUPS = {  # sampling: and labeling: get a panel each, titled by their descriptions
+LOOP_GROUPS = {  # the nested sampling: and labeling: get a panel each
     "Inputs and outputs": ("output", "policy", "prompts", "eval_prompts", "reward_model"),
     "Rounds and selection": ("rounds", "k", "prompts_per_round", "pool_per_round", "selection", "seed"),
     "Stage settings": ("reward", "ppo"),

@@ -190,8 +190,8 @@ def config_flags(cls: type[BaseModel], groups: Mapping[str, Sequence[str]] | Non
     """A ``Flag`` for every field of ``cls`` (recursively into nested configs), in field order.
 
     ``groups`` maps a ``--help`` panel title to the (top-level) field names shown in it; a field
-    in none is shown under "Other settings", and a nested config's fields under the panel of the
-    field holding it, else its description. ``aliases`` maps a dotted field name to more flag
+    in none is shown under "Other settings", and a nested config's fields in a panel of their
+    own, titled by the field holding them. ``aliases`` maps a dotted field name to more flag
     spellings (``{"learning_rate": ("--lr",)}``); ``arguments`` names fields taken positionally.
     """
     panel_of = {name: title for title, names in (groups or {}).items() for name in names}
@@ -200,13 +200,13 @@ def config_flags(cls: type[BaseModel], groups: Mapping[str, Sequence[str]] | Non
     for name, field in cls.model_fields.items():
         loc = (*prefix, name)
         kind, inner, optional = _shape(field.annotation)
-        where = panel or panel_of.get(name)
         if kind == "model":
-            title = where or f"{name}: {(field.description or name).rstrip('.')}"
+            title = panel or f"{name}: {(field.description or name).rstrip('.')}"
             flags += config_flags(inner, aliases={k[len(name) + 1:]: v for k, v in aliases.items()
                                                   if k.startswith(name + ".")},
                                   prefix=loc, panel=title)
             continue
+        where = panel or panel_of.get(name)
         names = ("--" + "-".join(p.replace("_", "-") for p in loc), *aliases.get(".".join(loc[len(prefix):]), ()))
         flags.append(Flag(loc, "__".join(loc), names, kind, inner, optional, field, where or OTHER,
                           argument=not prefix and name in arguments))
@@ -247,6 +247,10 @@ def config_command(app: typer.Typer, name: str, cls: type[C], *, groups: Mapping
         hints_of = typing.get_type_hints(fn)
         more = [p.replace(kind=_KW, annotation=hints_of.get(p.name, p.annotation))
                 for p in list(inspect.signature(fn).parameters.values())[1:]]
+        spelled = [n for f in flags for n in f.names] + ["--config"]
+        twice = sorted({n for n in spelled if spelled.count(n) > 1})
+        if twice:
+            raise TypeError(f"{name}: {cls.__name__}'s flags {twice} are spelled twice (rename a field or an alias)")
         taken = {_CTX, _FILE, *(f.param for f in flags)}
         clash = taken & {p.name for p in more}
         if clash:
