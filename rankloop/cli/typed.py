@@ -243,18 +243,9 @@ def config_command(app: typer.Typer, name: str, cls: type[C], *, groups: Mapping
     """
     def decorate(fn: F) -> F:
         flags = config_flags(cls, groups, aliases, arguments)
+        more = _more_parameters(fn)
+        _check_spellings(name, cls, flags, more)
         hints = {f.loc: f"set {f.label} or {'.'.join(f.loc)}: in --config" for f in flags if f.required}
-        hints_of = typing.get_type_hints(fn)
-        more = [p.replace(kind=_KW, annotation=hints_of.get(p.name, p.annotation))
-                for p in list(inspect.signature(fn).parameters.values())[1:]]
-        spelled = [n for f in flags for n in f.names] + ["--config"]
-        twice = sorted({n for n in spelled if spelled.count(n) > 1})
-        if twice:
-            raise TypeError(f"{name}: {cls.__name__}'s flags {twice} are spelled twice (rename a field or an alias)")
-        taken = {_CTX, _FILE, *(f.param for f in flags)}
-        clash = taken & {p.name for p in more}
-        if clash:
-            raise TypeError(f"{fn.__name__}: parameters {sorted(clash)} clash with {cls.__name__}'s flags")
         file_opt = typer.Option(None, "--config", metavar="FILE.yaml", show_default=False,
                                 help=f"YAML (or JSON) with any {cls.__name__} field; the flags given override it.")
         params = [inspect.Parameter(_CTX, _KW, annotation=typer.Context),
@@ -285,6 +276,24 @@ def config_command(app: typer.Typer, name: str, cls: type[C], *, groups: Mapping
         return fn
 
     return decorate
+
+
+def _more_parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    """``fn``'s parameters after the config, with their annotations resolved (typer needs types)."""
+    types_of = typing.get_type_hints(fn)
+    return [p.replace(kind=_KW, annotation=types_of.get(p.name, p.annotation))
+            for p in list(inspect.signature(fn).parameters.values())[1:]]
+
+
+def _check_spellings(name: str, cls: type[BaseModel], flags: list[Flag], more: list[inspect.Parameter]) -> None:
+    """Two fields (or a field and an alias) on one flag would leave one of them unreachable."""
+    spelled = [n for f in flags for n in f.names] + ["--config"]
+    twice = sorted({n for n in spelled if spelled.count(n) > 1})
+    if twice:
+        raise TypeError(f"{name}: {cls.__name__}'s flags {twice} are spelled twice (rename a field or an alias)")
+    clash = {_CTX, _FILE, *(f.param for f in flags)} & {p.name for p in more}
+    if clash:
+        raise TypeError(f"{name}: parameters {sorted(clash)} clash with {cls.__name__}'s flags")
 
 
 def _put(data: dict[str, Any], loc: Loc, value: Any) -> None:
