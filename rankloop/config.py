@@ -2,17 +2,24 @@
 
 A config is saved beside every artifact and inside every checkpoint (``config.json``), so a run
 can be reproduced or resumed from its own directory.
+
+``load_config`` is the whole path from a file plus overrides to a validated config; the CLI
+(``rankloop.cli.typed``) uses its parts: ``read_config_file``, ``merge_config`` (nested
+overrides, e.g. one ``labeling.mode`` inside the file's ``labeling:`` mapping) and
+``validate_config``, whose errors name a flag when the bad value came from one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 C = TypeVar("C", bound=BaseModel)
+
+Loc = tuple[str, ...]
 
 
 class Config(BaseModel):
@@ -25,27 +32,65 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
-    """Fields from ``path`` (YAML or JSON), then every override that is not ``None``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value")
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) config file; a clear ``ConfigError`` naming the file otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value")
+    return loaded
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top; a mapping merges into a mapping key by key (recursively),
+    anything else replaces the value."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate_config(cls: type[C], data: Mapping[str, Any], source: str | Path | None = None,
+                    flags: Mapping[Loc, str] | None = None, hints: Mapping[Loc, str] | None = None) -> C:
+    """``cls`` from ``data``, or one ``ConfigError`` line listing every problem.
+
+    ``flags`` maps the location of each value given as a command-line flag to that flag's name,
+    so an error says ``--iterations: …`` for a flag and ``run.yaml: … iterations: …`` for the
+    file. ``hints`` (location → text) is added to a "Field required" error, e.g. how to set it.
+    """
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        where = f"{path}: " if path is not None else ""
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{where}invalid {cls.__name__}: {msgs}") from None
+        flags, hints = flags or {}, hints or {}
+        msgs, from_file = [], False
+        for err in e.errors():
+            loc = tuple(map(str, err["loc"]))
+            flag = next((flags[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in flags), None)
+            from_file |= flag is None
+            label = flag or ".".join(loc)
+            msg = f"{label}: {err['msg']}" if label else err["msg"]
+            if err["type"] == "missing" and loc in hints:
+                msg += f" ({hints[loc]})"
+            elif isinstance(err.get("input"), (str, int, float)):
+                msg += f" (got {err['input']!r})"
+            msgs.append(msg)
+        where = f"{source}: " if source is not None and from_file else ""
+        raise ConfigError(f"{where}invalid {cls.__name__}: {'; '.join(msgs)}") from None
+
+
+def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
+    """Fields from ``path`` (YAML or JSON), then every override that is not ``None``."""
+    data = read_config_file(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(cls, data, path)
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:

@@ -1,12 +1,10 @@
-"""Commands of the labeling stage: ``rankloop serve``, ``rankloop export`` and the
-``rankloop labeling`` admin helpers (create users, projects, import from files).
+"""The ``rankloop labeling`` admin helpers (create users, projects, import from files).
+``rankloop serve`` and ``rankloop export`` are in ``rankloop.cli.commands``.
 
 Heavy imports happen inside the commands; nothing here imports torch."""
 
 from __future__ import annotations
 
-import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,68 +14,6 @@ import typer
 DB_HELP = "SQLAlchemy URL (default: $RANKLOOP_DATABASE_URL, else sqlite:///rankloop-labeling.db). Postgres: postgresql://user:pw@host/db"
 
 labeling = typer.Typer(help="Admin helpers for the labeling app (work directly on its database).", no_args_is_help=True)
-
-
-def serve(
-    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for a team on the network)"),
-    port: int = typer.Option(8000),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
-    admin_user: Optional[str] = typer.Option(None, envvar="RANKLOOP_ADMIN_USER", help="create this admin if the database has no users"),
-    admin_password: Optional[str] = typer.Option(None, envvar="RANKLOOP_ADMIN_PASSWORD", help="password of --admin-user"),
-    workers: int = typer.Option(1, help="app processes (PostgreSQL only; SQLite is one process)"),
-    secure_cookies: bool = typer.Option(False, help="mark cookies Secure (serve behind HTTPS)"),
-    log_level: str = typer.Option("info"),
-) -> None:
-    """Start the labeling web app (FastAPI under uvicorn); migrations are applied at start."""
-    import uvicorn
-
-    from rankloop.labeling.db import is_sqlite, resolve_url
-
-    url = resolve_url(database_url)
-    if admin_user and not admin_password:
-        raise typer.BadParameter("--admin-user needs --admin-password (or $RANKLOOP_ADMIN_PASSWORD)")
-    if workers > 1 and is_sqlite(url):
-        raise typer.BadParameter("SQLite serves from one process; use --workers 1, or PostgreSQL for more")
-    shown = url.split("@")[-1] if "@" in url else url
-    typer.echo(f"rankloop labeling on http://{host}:{port}  database: {shown}")
-    if workers > 1:
-        os.environ["RANKLOOP_DATABASE_URL"] = url
-        if admin_user:
-            os.environ["RANKLOOP_ADMIN_USER"], os.environ["RANKLOOP_ADMIN_PASSWORD"] = admin_user, admin_password or ""
-        if secure_cookies:
-            os.environ["RANKLOOP_SECURE_COOKIES"] = "1"
-        from rankloop.labeling.db import upgrade
-
-        upgrade(url)
-        uvicorn.run("rankloop.labeling.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, access_log=False, proxy_headers=False)
-        return
-    from rankloop.labeling.app import create_app
-
-    app = create_app(url, admin=(admin_user, admin_password) if admin_user else None, secure_cookies=secure_cookies)
-    # proxy_headers=False: uvicorn would believe X-Forwarded-For from any loopback peer; the app
-    # reads it itself, from $RANKLOOP_TRUSTED_PROXIES only (docs/labeling.md, "Login throttling").
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
-
-
-def export(
-    project: str = typer.Argument(..., help="project name or id"),
-    out: Path = typer.Option(Path("rankings.jsonl"), "--out", "-o", help="raw per-labeler rankings (what train-rm reads)"),
-    trl: Optional[Path] = typer.Option(None, help="also write TRL comparisons (prompt/chosen/rejected, ties dropped)"),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
-    min_agreement: Optional[float] = typer.Option(None, min=0, max=1, help="keep items whose labelers agree at least this much (pairwise)"),
-    min_gold_accuracy: Optional[float] = typer.Option(None, min=0, max=1, help="leave out labelers below this gold accuracy"),
-) -> None:
-    """Export a project's rankings from the labeling database."""
-    from rankloop.labeling.db import resolve_url
-    from rankloop.labeling.export import ExportError, export_project
-
-    try:
-        info = export_project(resolve_url(database_url), project, out, trl, min_agreement, min_gold_accuracy)
-    except ExportError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps(info, indent=2, default=str))
 
 
 def _session(database_url: Optional[str]):
@@ -237,6 +173,9 @@ def tokens_revoke_all(username: str, database_url: Optional[str] = typer.Option(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.command("export")(export)
+    """``serve`` and ``export`` (built from their configs with the other commands, in
+    ``rankloop.cli.commands``) and the ``labeling`` group."""
+    from rankloop.cli.commands import register_labeling
+
+    register_labeling(app)
     app.add_typer(labeling, name="labeling")

@@ -1,0 +1,3 @@
+from rankloop.cli import main
+
+main()
