@@ -23,6 +23,7 @@ STAGES = (
     "rankloop.rl.cli_sample",     # sample
     "rankloop.labeling.cli",      # serve, export
     "rankloop.reward.cli",        # train-rm, eval-rm
+    "rankloop.dpo.cli",           # train-dpo
     "rankloop.rl.cli",            # ppo
     "rankloop.loop_cli",          # loop, quickstart
 )
