@@ -454,7 +454,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     pack = pack_settings(cfg, model)
     ref = load_reference(cfg, model, data.tokenizer)
     ref.lm.to(acc.device)
+    t_ref = time.perf_counter()
     ref_logps = reference_logps(acc, ref, data, cfg, pack, console)
+    ref_seconds = time.perf_counter() - t_ref
     if not ref.shares_policy and (data.eval_set is None or cfg.kl_prompts == 0):
         ref = None  # its log-probs are cached: the copy is needed again only for the held-out KL
     policy, optimizer = acc.prepare(ResponseLogps(model), optimizer)
@@ -525,7 +527,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     if main:
         summary = {"steps": plan.total_steps, "rankings": len(data.train), "skipped": data.skipped,
                    "tied_only": data.tied_only, "trainable_parameters": trainable, "parameters": total,
-                   "resumed_at": start, "train_loop_seconds": round(train_seconds, 3)}
+                   "resumed_at": start, "train_loop_seconds": round(train_seconds, 3),
+                   "reference_seconds": round(ref_seconds, 3)}
         if final_eval is not None:
             summary["eval"] = {k: v for k, v in final_eval.items() if k != "scores"}
             _report_eval(console, final_eval, len(data.eval_set))
