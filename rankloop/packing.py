@@ -22,7 +22,8 @@ W positions back, counted in position ids, which is the window of the padded pat
 layers differ (full attention in some, a window in others) are not packed: one mask cannot be both
 (``supports_packing``).
 
-Used by the reward-model trainer (``rankloop.reward.packing``) and by PPO's teacher-forced passes
+Used by the reward-model trainer (``rankloop.reward.packing``), DPO (``rankloop.dpo.train``: the
+response tokens' log-probs, read off a ranking's tree) and PPO's teacher-forced passes
 (``rankloop.rl.rollout``). Equal to the padded forward to float rounding (tests).
 """
 
@@ -186,6 +187,52 @@ def pack_segments(segments: Sequence[Segment], pad_id: int, causal: bool,
             col += n
     empty = torch.zeros(0, dtype=torch.long)
     return PackedBatch(input_ids, position_ids, segment, branch, empty, empty, causal), start
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Tokens shared by all sequences at their start, leaving each at least one token of its own."""
+    n = max(min(len(x) for x in seqs) - 1, 0)
+    first = seqs[0]
+    for i in range(n):
+        if any(x[i] != first[i] for x in seqs):
+            return i
+    return n
+
+
+def pack_groups(groups: Sequence[Sequence[Sequence[int]]], pad_id: int, causal: bool, share_prefix: bool,
+                hidden_size: int, reads: Sequence[Sequence[Sequence[int]]] | None = None) -> PackedBatch:
+    """Pack B groups of sequences (``groups[b][k]`` = token ids; a reward model's or DPO's ranking):
+    causal with ``share_prefix``, one tree segment per group — the tokens its sequences share,
+    once, then each sequence's suffix as a branch; otherwise one segment per sequence.
+
+    ``reads[b][k]`` lists the positions of sequence k of group b to read (within that sequence);
+    by default its last token (causal) or its first (encoders). Read positions ``(M,)`` come in
+    group, sequence, position order; a position in the shared part reads the shared token, whose
+    state is the same for every branch."""
+    segments: list[Segment] = []
+    offsets: list[list[int]] = []  # read-out offsets within each segment
+    for b, g in enumerate(groups):
+        want = reads[b] if reads is not None else [[len(x) - 1 if causal else 0] for x in g]
+        cut = common_prefix_length(g) if (causal and share_prefix and len(g) > 1) else 0
+        if cut:
+            toks, pos, br, offs = list(g[0][:cut]), list(range(cut)), [0] * cut, []
+            for i, x in enumerate(g):
+                base = len(toks) - cut  # position t >= cut of x sits at base + t in the segment
+                suffix = list(x[cut:])
+                toks += suffix
+                pos += range(cut, cut + len(suffix))
+                br += [i + 1] * len(suffix)
+                offs += [t if t < cut else base + t for t in want[i]]
+            segments.append((toks, pos, br))
+            offsets.append(offs)
+        else:
+            for i, x in enumerate(g):
+                segments.append((list(x), list(range(len(x))), [0] * len(x)))
+                offsets.append(list(want[i]))
+    batch, start = pack_segments(segments, pad_id, causal, hidden_size)
+    batch.read_row = torch.tensor([start[s][0] for s, offs in enumerate(offsets) for _ in offs], dtype=torch.long)
+    batch.read_col = torch.tensor([start[s][1] + o for s, offs in enumerate(offsets) for o in offs], dtype=torch.long)
+    return batch
 
 
 def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, first_col: int, hidden_size: int,

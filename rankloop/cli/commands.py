@@ -20,6 +20,7 @@ from rich.console import Console
 
 from rankloop.cli.typed import config_command, fail
 from rankloop.config import Config
+from rankloop.dpo.config import DPOConfig
 from rankloop.io import DataError
 from rankloop.loop import LoopConfig
 from rankloop.quickstart import QuickstartConfig
@@ -209,6 +210,33 @@ def eval_rm(cfg: EvalConfig) -> None:
     typer.echo(json.dumps(m, indent=2))
 
 
+# ---------------------------------------------------------------- dpo
+
+DPO_GROUPS = {
+    "Inputs and outputs": ("data", "model", "output", "reference", "eval_data", "format", "skip_invalid"),
+    "Loss": ("loss", "beta", "label_smoothing", "use_margin"),
+    "Run length and batches": ("epochs", "max_steps", "batch_size", "grad_accum", "group_by_length", "seed"),
+    "Optimiser": ("lr", "weight_decay", "scheduler", "warmup_steps", "max_grad_norm"),
+    "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "disable_dropout",
+              "pack", "share_prefix", "dtype"),
+    "Evaluation": ("eval_every", "eval_batch_size", "kl_prompts", "kl_max_new_tokens"),
+    "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "progress"),
+}
+
+
+def train_dpo(cfg: DPOConfig) -> None:
+    """DPO on K-way rankings (or pairs), no reward model: all C(K,2) pairs or the Plackett–Luce list from one tree forward per ranking."""
+    from rankloop.dpo.train import train_dpo as run
+    from rankloop.runtime import NonFiniteError
+
+    try:
+        run(cfg)
+    except DataError as e:
+        raise _skip_hint(e, cfg.skip_invalid) from None
+    except NonFiniteError as e:
+        fail(str(e), code=3)
+
+
 # ---------------------------------------------------------------- ppo
 
 PPO_GROUPS = {  # the sections of PPOConfig
@@ -316,6 +344,7 @@ def register(app: typer.Typer) -> None:
     register_labeling(app)
     config_command(app, "train-rm", RewardTrainConfig, groups=RM_GROUPS)(train_rm)
     config_command(app, "eval-rm", EvalConfig, groups=EVAL_GROUPS)(eval_rm)
+    config_command(app, "train-dpo", DPOConfig, groups=DPO_GROUPS)(train_dpo)
     config_command(app, "ppo", PPOConfig, groups=PPO_GROUPS, aliases={"learning_rate": ("--lr",)})(ppo)
     config_command(app, "quickstart", QuickstartConfig, groups=QUICKSTART_GROUPS, aliases={"output": ("-o",)})(
         quickstart)

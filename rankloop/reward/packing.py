@@ -22,21 +22,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rankloop.packing import PackedBatch, Segment, pack_segments, packed_hidden, supports_packing
+from rankloop.packing import PackedBatch, common_prefix_length, pack_groups, packed_hidden, supports_packing  # noqa: F401
 
 # Encoders packed: BERT's head reads [CLS] through its pooler, and its position ids start at 0 in every
 # sequence (RoBERTa-style models number positions from padding_idx + 1 and stay padded).
 _ENCODER_TYPES = {"bert"}
-
-
-def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    """Tokens shared by all sequences at their start, leaving each at least one token of its own."""
-    n = max(min(len(x) for x in seqs) - 1, 0)
-    first = seqs[0]
-    for i in range(n):
-        if any(x[i] != first[i] for x in seqs):
-            return i
-    return n
 
 
 def can_pack(model: nn.Module) -> bool:
@@ -48,31 +38,11 @@ def can_pack(model: nn.Module) -> bool:
 
 
 def pack_rankings(groups: Sequence[Sequence[Sequence[int]]], pad_id: int, causal: bool, share_prefix: bool,
-                  hidden_size: int) -> PackedBatch:
+                  hidden_size: int, reads: Sequence[Sequence[Sequence[int]]] | None = None) -> PackedBatch:
     """Pack the candidates of B rankings (``groups[b][k]`` = token ids); read positions ``(N,)`` in
-    ranking-major order (``groups[0][0], groups[0][1], …``), as a flat padded batch has them."""
-    segments: list[Segment] = []
-    reads: list[list[int]] = []  # read-out offsets within each segment
-    for g in groups:
-        cut = common_prefix_length(g) if (causal and share_prefix and len(g) > 1) else 0
-        if cut:
-            toks, pos, br, offs = list(g[0][:cut]), list(range(cut)), [0] * cut, []
-            for i, x in enumerate(g):
-                suffix = list(x[cut:])
-                toks += suffix
-                pos += range(cut, cut + len(suffix))
-                br += [i + 1] * len(suffix)
-                offs.append(len(toks) - 1)
-            segments.append((toks, pos, br))
-            reads.append(offs)
-        else:
-            for x in g:
-                segments.append((list(x), list(range(len(x))), [0] * len(x)))
-                reads.append([len(x) - 1 if causal else 0])
-    batch, start = pack_segments(segments, pad_id, causal, hidden_size)
-    batch.read_row = torch.tensor([start[s][0] for s, offs in enumerate(reads) for _ in offs])
-    batch.read_col = torch.tensor([start[s][1] + o for s, offs in enumerate(reads) for o in offs])
-    return batch
+    ranking-major order (``groups[0][0], groups[0][1], …``), as a flat padded batch has them — or
+    the positions ``reads`` asks for (see ``rankloop.packing.pack_groups``)."""
+    return pack_groups(groups, pad_id, causal, share_prefix, hidden_size, reads)
 
 
 def packed_scores(model: nn.Module, batch: PackedBatch) -> torch.Tensor:

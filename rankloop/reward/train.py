@@ -99,14 +99,16 @@ class RankingBatch(NamedTuple):
     text_class: torch.Tensor  # (B, K) candidates with the same text share a class: they make no pair
 
 
-def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack: dict | None = None) -> RankingBatch:
+def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack: dict | None = None,
+            reads: list[list[list[int]]] | None = None) -> RankingBatch:
     """The rankings ``idx`` of ``encoded`` as one ``RankingBatch``; given ``pack`` (the keyword
-    arguments of ``pack_rankings`` beyond the ids) the candidates are packed when that saves enough."""
+    arguments of ``pack_rankings`` beyond the ids) the candidates are packed when that saves enough,
+    read at the positions ``reads`` (per ranking, per candidate; default: where the score is read)."""
     rows = [encoded[i] for i in idx]
     k = max(len(r.ids) for r in rows)
     input_ids = attention_mask = packed = None
     if pack is not None:
-        packed = pack_rankings([r.ids for r in rows], pad_id, **pack)
+        packed = pack_rankings([r.ids for r in rows], pad_id, **pack, reads=reads)
         if not worth_packing(packed.input_ids.numel(), sum(len(r.ids) for r in rows) * max(r.max_len for r in rows)):
             packed = None
     if packed is None:
@@ -195,6 +197,7 @@ class RewardData(NamedTuple):
     eval_set: list[EncodedRanking] | None
     max_length: int  # tokens per candidate: the config's, capped by the model's positions
     skipped: int  # malformed training rows skipped (``skip_invalid``)
+    tied_only: int = 0  # training rankings left out: one tie group, so no pair and no loss
 
 
 class StepPlan(NamedTuple):
@@ -308,6 +311,8 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         summary = {"steps": plan.total_steps, "rankings": len(data.train), "skipped": data.skipped,
                    "trainable_parameters": trainable, "parameters": total, "resumed_at": start,
                    "train_loop_seconds": round(train_seconds, 3)}
+        if data.tied_only:  # (a key only when there were some: the golden runs have none)
+            summary["tied_only"] = data.tied_only
         if final_eval is not None:
             summary["eval"] = {k: v for k, v in final_eval.items() if k != "scores"}
         final = save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary})
@@ -339,22 +344,30 @@ def check_start(cfg: RewardTrainConfig, run: RunDir, console: Console) -> Path |
     return latest if cfg.resume else None
 
 
-def load_data(cfg: RewardTrainConfig, console: Console) -> RewardData:
+def load_data(cfg: RewardTrainConfig, console: Console, encode=encode_examples) -> RewardData:
+    """Read ``cfg.data`` (and ``cfg.eval_data``) in any preference format, drop (and count) the
+    training rankings that are one tie group — they have no pair, so averaging their zero loss in
+    would only thin the step's gradient — and tokenise with ``encode(examples, tokenizer, max_length)``."""
     tok = load_tokenizer(cfg.model, padding_side="right")
     fmt = None if cfg.format == "auto" else cfg.format
     stats = ReadStats()
     examples = read_preferences(cfg.data, fmt=fmt, skip_invalid=cfg.skip_invalid, stats=stats)
     if stats.skipped:
         console.print(f"skipped {stats.skipped} of {stats.rows} rows of {cfg.data} (--skip-invalid); first: {stats.reasons[0]}")
-    if not examples:
-        raise DataError(cfg.data, None, "no valid rankings to train on")
+    ranked = [ex for ex in examples if len(ex.ranking.order) > 1]
+    tied_only = len(examples) - len(ranked)
+    if tied_only:
+        console.print(f"left out {tied_only} of {len(examples)} rankings of {cfg.data}: all candidates tied (no pair to learn from)")
+    if not ranked:
+        raise DataError(cfg.data, None, "no valid rankings to train on" if not examples else
+                        "every ranking is one tie group: no preference to learn from")
     max_length = min(cfg.max_length, model_max_positions(AutoConfig.from_pretrained(cfg.model)))
-    train = encode_examples(examples, tok, max_length)
+    train = encode(ranked, tok, max_length)
     eval_set = None
     if cfg.eval_data:
         eval_ex = read_preferences(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=ReadStats())
-        eval_set = encode_examples(eval_ex, tok, max_length)
-    return RewardData(tok, train, eval_set, max_length, stats.skipped)
+        eval_set = encode(eval_ex, tok, max_length)
+    return RewardData(tok, train, eval_set, max_length, stats.skipped, tied_only)
 
 
 def plan_steps(cfg: RewardTrainConfig, data: RewardData, world: int) -> StepPlan:
@@ -386,11 +399,13 @@ class EpochCache:
 
 
 def build_training(cfg: RewardTrainConfig, data: RewardData, plan: StepPlan, resume_from: Path | None,
-                   console: Console):
-    """The model, AdamW and the schedule — restored from ``resume_from`` with the RNG — and the first step."""
+                   console: Console, build=None):
+    """The model (``build(cfg, tokenizer, weights_from)``, default ``build_model``), AdamW and the
+    schedule — restored from ``resume_from`` with the RNG — and the first step."""
+    build = build or build_model
     state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=False) if resume_from else None
     # Full fine-tuning resumes from the checkpoint's own weights; LoRA from the base + adapter state.
-    model = build_model(cfg, data.tokenizer, weights_from=str(resume_from) if state is not None and not cfg.lora else None)
+    model = build(cfg, data.tokenizer, weights_from=str(resume_from) if state is not None and not cfg.lora else None)
     if state is not None and cfg.lora:
         model.load_state_dict(state["trainable"], strict=False)
     optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
