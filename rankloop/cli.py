@@ -24,6 +24,7 @@ STAGES = (
     "rankloop.labeling.cli",      # serve, export
     "rankloop.reward.cli",        # train-rm, eval-rm
     "rankloop.rl.cli",            # ppo
+    "rankloop.rl.cli_group",      # rloo, grpo
     "rankloop.loop_cli",          # loop, quickstart
 )
 for _name in STAGES:
