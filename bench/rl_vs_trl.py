@@ -18,7 +18,7 @@ one warm-up), generated tokens per second of iteration (16·K·48 / seconds), pe
 Both sides run in an environment with TRL 1.16 and rankloop over the same torch and transformers
 (the project's own venv has them):
 
-    python bench/rl_vs_trl.py --quick      # < 5 minutes on an idle 4-core laptop; table + bench/results/rl_vs_trl.json
+    python bench/rl_vs_trl.py --quick      # the target: under 5 minutes; table + bench/results/rl_vs_trl.json
 
 Timings depend on the machine's load: each number is a median, and the JSON records the load
 average and thread count the run saw.
@@ -161,7 +161,7 @@ def run_child(side: str, algo: str, model: str, k: int, iterations: int, threads
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="stories260k only, K = 4 and 8, 2 iterations per side, no "
-                    "warm-up (< 5 minutes on an idle 4-core laptop)")
+                    "warm-up (target: under 5 minutes on an idle machine)")
     ap.add_argument("--iterations", type=int, default=None, help="timed iterations per side (default 3 after a "
                     "warm-up; quick: 2, no warm-up)")
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch threads per side")

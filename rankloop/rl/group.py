@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from rankloop.config import save_config
 from rankloop.models import count_parameters, flush_denormals
 from rankloop.rl.config import GroupConfig
 from rankloop.rl.group_loss import aggregation_weights, group_policy_loss, group_view
@@ -35,9 +34,9 @@ from rankloop.rl.loss import logprobs_from_logits, masked_mean
 from rankloop.rl.rewards import RewardFn
 from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, gather_rows, kl_controller,
-                               minibatches, prompt_batch, restore, sample_responses, save_checkpoint, save_final,
+                               minibatches, open_run, prompt_batch, sample_responses, save_checkpoint, save_final,
                                score_responses)
-from rankloop.runtime import FiniteGuard, RunDir, make_accelerator, progress_bar, tracking, trackers
+from rankloop.runtime import FiniteGuard, make_accelerator, progress_bar, tracking, trackers
 
 
 class Advantages(NamedTuple):
@@ -84,13 +83,7 @@ def _train(cfg: GroupConfig, algo: GroupLearner, reward_fn: RewardFn | None, pro
     K = cfg.samples_per_prompt
     check_divisible(cfg.batch_size, cfg.minibatch_size, cfg.grad_accum_steps, world)
     learner = build_learner(cfg, acc, reward_fn, prompts, kl_controller("fixed", cfg.kl_coef), critic=None)
-    run = RunDir(cfg.output, acc, prefix="iter", complete="state.json", keep=cfg.keep_checkpoints)
-    guard = FiniteGuard("iteration")
-    guard.last_good = run.latest() if cfg.resume else None
-    start = restore(cfg, learner, acc, guard.last_good) if guard.last_good is not None else 0
-    run.begin(resumed_at=start)
-    if acc.is_main_process:
-        save_config(cfg, run.out / f"{algo.name}_config.json")
+    run, guard, start = open_run(cfg, learner, acc, algo.name)
     trainable_n, total_n = count_parameters(learner.policy)
     bar = progress_bar(algo.name, enabled=acc.is_main_process and cfg.progress)
 

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from rankloop.config import save_config
 from rankloop.models import count_parameters, flush_denormals
 from rankloop.rl.config import PPOConfig
 from rankloop.rl.kl import kl_k1, kl_k3
@@ -40,8 +39,8 @@ from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_p
 from rankloop.rl.rewards import RewardFn
 from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, kl_controller, minibatches,
-                               prompt_batch, restore, sample_responses, save_checkpoint, save_final, score_responses)
-from rankloop.runtime import FiniteGuard, NonFiniteError, RunDir, make_accelerator, progress_bar, tracking, trackers
+                               open_run, prompt_batch, sample_responses, save_checkpoint, save_final, score_responses)
+from rankloop.runtime import FiniteGuard, NonFiniteError, make_accelerator, progress_bar, tracking, trackers
 
 __all__ = ["PPOConfig", "NonFiniteError", "run_ppo"]
 
@@ -84,13 +83,7 @@ def _train(cfg: PPOConfig, reward_fn: RewardFn | None, prompts: list | None) -> 
     learner = build_learner(cfg, acc, reward_fn, prompts,
                             kl_controller(cfg.kl_control, cfg.kl_coef, cfg.kl_target, cfg.kl_horizon),
                             critic=cfg.critic, value_head_std=cfg.value_head_std)
-    run = RunDir(cfg.output, acc, prefix="iter", complete="state.json", keep=cfg.keep_checkpoints)
-    guard = FiniteGuard("iteration")
-    guard.last_good = run.latest() if cfg.resume else None
-    start = restore(cfg, learner, acc, guard.last_good) if guard.last_good is not None else 0
-    run.begin(resumed_at=start)
-    if acc.is_main_process:
-        save_config(cfg, run.out / "ppo_config.json")
+    run, guard, start = open_run(cfg, learner, acc, "ppo")
     trainable_n, total_n = count_parameters(learner.policy)
     bar = progress_bar("ppo", enabled=acc.is_main_process and cfg.progress)
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rankloop.config import ConfigError
+from rankloop.config import ConfigError, save_config
 from rankloop.io import read_prompts, write_json
 from rankloop.models import adamw, apply_lora, freeze_bottom, load_causal_lm, load_tokenizer, prefer_cpu_attention
 from rankloop.records import Prompt
@@ -125,6 +125,20 @@ def build_learner(cfg: RLConfig, acc, reward_fn: RewardFn | None, prompts: list 
     model, optimizer = acc.prepare(policy, optimizer)
     return Learner(tokenizer, texts, metas, ids, stop_ids, model, acc.unwrap_model(model), reference, optimizer,
                    trainable, kl_ctl, reward_fn)
+
+
+def open_run(cfg: RLConfig, learner: Learner, acc, name: str) -> tuple[RunDir, FiniteGuard, int]:
+    """The run directory, the non-finite guard and the first iteration: the newest checkpoint's
+    when resuming (restored into ``learner``), else 0 (an earlier run's checkpoints and metrics
+    go). The config is saved as ``<name>_config.json``."""
+    run = RunDir(cfg.output, acc, prefix="iter", complete="state.json", keep=cfg.keep_checkpoints)
+    guard = FiniteGuard("iteration")
+    guard.last_good = run.latest() if cfg.resume else None
+    start = restore(cfg, learner, acc, guard.last_good) if guard.last_good is not None else 0
+    run.begin(resumed_at=start)
+    if acc.is_main_process:
+        save_config(cfg, run.out / f"{name}_config.json")
+    return run, guard, start
 
 
 def build_reference(cfg: RLConfig, lm, tokenizer, device) -> Reference:
