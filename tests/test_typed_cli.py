@@ -25,7 +25,8 @@ from rankloop.loop import LoopConfig
 from rankloop.quickstart import QuickstartConfig
 from rankloop.reward.eval_config import EvalConfig
 from rankloop.reward.config import RewardTrainConfig
-from rankloop.rl.config import PPOConfig
+from rankloop.dpo.config import DPOConfig
+from rankloop.rl.config import GRPOConfig, PPOConfig, RLOOConfig
 from rankloop.sample import SampleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,9 @@ COMMANDS = {
     "train-rm": (RewardTrainConfig, C.RM_GROUPS),
     "eval-rm": (EvalConfig, C.EVAL_GROUPS),
     "ppo": (PPOConfig, C.PPO_GROUPS),
+    "rloo": (RLOOConfig, C.groups_of(RLOOConfig)),
+    "grpo": (GRPOConfig, C.groups_of(GRPOConfig)),
+    "train-dpo": (DPOConfig, C.DPO_GROUPS),
     "quickstart": (QuickstartConfig, C.QUICKSTART_GROUPS),
     "loop": (LoopConfig, C.LOOP_GROUPS),
 }

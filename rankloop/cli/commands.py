@@ -26,7 +26,7 @@ from rankloop.loop import LoopConfig
 from rankloop.quickstart import QuickstartConfig
 from rankloop.reward.eval_config import EvalConfig
 from rankloop.reward.config import RewardTrainConfig
-from rankloop.rl.config import PPOConfig
+from rankloop.rl.config import GRPOConfig, PPOConfig, RLOOConfig
 from rankloop.sample import SampleConfig
 
 err = Console(stderr=True)
@@ -240,7 +240,7 @@ def train_dpo(cfg: DPOConfig) -> None:
 # ---------------------------------------------------------------- ppo
 
 PPO_GROUPS = {  # the sections of PPOConfig
-    "Inputs and outputs": ("policy", "reference", "reward", "prompts", "output"),
+    "Inputs and outputs": ("policy", "reference", "reward", "reward_weights", "prompts", "output"),
     "Run length and data": ("iterations", "batch_size", "seed"),
     "Sampling (rollout)": ("max_new_tokens", "temperature", "stop_token_ids", "max_prompt_tokens",
                            "truncate_prompts", "generation_batch_size", "forward_batch_size", "old_logprobs", "pack"),
@@ -254,19 +254,59 @@ PPO_GROUPS = {  # the sections of PPOConfig
 }
 
 
-def ppo(cfg: PPOConfig) -> None:
-    """Fine-tune a policy with PPO under a per-token KL penalty against the frozen original."""
-    from rankloop.rl.ppo import NonFiniteError, run_ppo
+def _run_rl(run, cfg) -> None:
+    """An RL learner's run: a non-finite value exits 3, a bad reward or prompt 2."""
     from rankloop.rl.rewards import RewardError
+    from rankloop.runtime import NonFiniteError
     from rankloop.sampling import PromptTooLongError
 
     try:
-        out = run_ppo(cfg)
+        out = run(cfg)
     except NonFiniteError as e:
         fail(str(e), code=3)
     except (RewardError, PromptTooLongError) as e:
         fail(str(e))
     err.print(f"policy written to {out}", highlight=False)
+
+
+def ppo(cfg: PPOConfig) -> None:
+    """Fine-tune a policy with PPO under a per-token KL penalty against the frozen original."""
+    from rankloop.rl.ppo import run_ppo
+
+    _run_rl(run_ppo, cfg)
+
+
+GROUP_GROUPS = {  # the sections of RLOOConfig and GRPOConfig
+    "Inputs and outputs": ("policy", "reference", "reward", "reward_weights", "prompts", "output"),
+    "Run length and data": ("iterations", "batch_size", "samples_per_prompt", "seed"),
+    "Sampling (rollout)": PPO_GROUPS["Sampling (rollout)"],
+    "Reward": PPO_GROUPS["Reward"],
+    "KL": ("kl_coef", "kl_estimator"),
+    "Update": ("advantage", "std_eps", "loss_aggregation", "epochs", "minibatch_size", "grad_accum_steps",
+               "learning_rate", "weight_decay", "adam_eps", "max_grad_norm", "clip_range"),
+    "Model": ("dtype", "freeze_layers", "lora", "lora_r", "lora_alpha"),
+    "Checkpoints and logging": PPO_GROUPS["Checkpoints and logging"],
+}
+GROUP_ALIASES = {"samples_per_prompt": ("-k",), "learning_rate": ("--lr",), "reward_weights": ("--reward-weight",)}
+
+
+def groups_of(cls) -> dict:
+    """``GROUP_GROUPS`` with only the fields ``cls`` has (RLOO has no ``advantage``)."""
+    return {title: tuple(n for n in names if n in cls.model_fields) for title, names in GROUP_GROUPS.items()}
+
+
+def rloo(cfg: RLOOConfig) -> None:
+    """Critic-free RL (Ahmadian et al. 2024): K samples per prompt, each one's baseline the others' mean reward."""
+    from rankloop.rl.rloo import run_rloo
+
+    _run_rl(run_rloo, cfg)
+
+
+def grpo(cfg: GRPOConfig) -> None:
+    """Critic-free RL (Shao et al. 2024): group-normalised advantages over K samples per prompt, the KL in the loss."""
+    from rankloop.rl.grpo import run_grpo
+
+    _run_rl(run_grpo, cfg)
 
 
 # ---------------------------------------------------------------- quickstart, loop
@@ -346,6 +386,8 @@ def register(app: typer.Typer) -> None:
     config_command(app, "eval-rm", EvalConfig, groups=EVAL_GROUPS)(eval_rm)
     config_command(app, "train-dpo", DPOConfig, groups=DPO_GROUPS)(train_dpo)
     config_command(app, "ppo", PPOConfig, groups=PPO_GROUPS, aliases={"learning_rate": ("--lr",)})(ppo)
+    config_command(app, "rloo", RLOOConfig, groups=groups_of(RLOOConfig), aliases=GROUP_ALIASES)(rloo)
+    config_command(app, "grpo", GRPOConfig, groups=groups_of(GRPOConfig), aliases=GROUP_ALIASES)(grpo)
     config_command(app, "quickstart", QuickstartConfig, groups=QUICKSTART_GROUPS, aliases={"output": ("-o",)})(
         quickstart)
     config_command(app, "loop", LoopConfig, groups=LOOP_GROUPS, prepare=resolve_loop_paths,

@@ -40,7 +40,7 @@ from rankloop.io import DataError
 C = TypeVar("C", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
-Kind = Literal["bool", "value", "list", "dict", "model"]
+Kind = Literal["bool", "value", "list", "one_or_list", "dict", "model"]
 OTHER = "Other settings"
 _NONE = {"none", "null"}
 _TEXT = (str, Path)
@@ -66,6 +66,9 @@ def _shape(annotation: Any) -> tuple[Kind, Any, bool]:
         args = typing.get_args(annotation)
         rest = [a for a in args if a is not type(None)]
         optional = len(rest) < len(args)
+        lists = [a for a in rest if typing.get_origin(a) is list]
+        if len(rest) == 2 and len(lists) == 1 and typing.get_args(lists[0]) == tuple(a for a in rest if a not in lists):
+            return "one_or_list", typing.get_args(lists[0])[0], optional  # ``T | list[T]``: one value, or several
         annotation = rest[0] if len(rest) == 1 else Any
     origin = typing.get_origin(annotation)
     if annotation is bool:
@@ -127,11 +130,12 @@ class Flag:
             return raw
         if self.kind == "value":
             return _parse_scalar(raw, self.inner, self.optional)
-        if self.kind == "list":
+        if self.kind in ("list", "one_or_list"):
             items = [s.strip() for r in raw for s in str(r).split(",") if s.strip()]
             if self.optional and len(items) == 1 and items[0].lower() in _NONE:
                 return None
-            return [_parse_scalar(s, self.inner, False) for s in items]
+            values = [_parse_scalar(s, self.inner, False) for s in items]
+            return values[0] if self.kind == "one_or_list" and len(values) == 1 else values
         out = {}  # dict: KEY=VALUE, each VALUE read as YAML (numbers, booleans, null)
         for item in raw:
             key, eq, text = str(item).partition("=")
@@ -142,11 +146,11 @@ class Flag:
 
     def _help(self) -> str:
         text = (self.field.description or "").strip()
-        if self.kind == "list":
+        if self.kind in ("list", "one_or_list"):
             text += " Comma-separated or repeated."
         elif self.kind == "dict":
             text += " KEY=VALUE, repeated; merged into the file's mapping."
-        if self.optional and self.kind in ("value", "list") and self.inner not in _TEXT \
+        if self.optional and self.kind in ("value", "list", "one_or_list") and self.inner not in _TEXT \
                 and self.field.default is not None:
             text += " Accepts 'none'."
         if self.required:
@@ -176,7 +180,7 @@ class Flag:
             first, *more = self.names
             info = typer.Option(default, f"{first}/--no-{first[2:]}", *more, envvar=extra.get("envvar"), **common)
             return inspect.Parameter(self.param, _KW, annotation=Optional[bool], default=info)
-        many = self.kind in ("list", "dict")
+        many = self.kind in ("list", "one_or_list", "dict")
         metavar = "KEY=VALUE" if self.kind == "dict" else _metavar(self.inner)
         info = typer.Option(default, *self.names, parser=_identity, metavar=metavar, envvar=extra.get("envvar"),
                             **common)

@@ -1,7 +1,9 @@
-"""``PPOConfig``: every setting of ``rankloop ppo`` (and of the loop's PPO stage), documented.
+"""Typed configs of the RL learners: every setting of ``rankloop ppo``, ``rankloop rloo`` and
+``rankloop grpo`` (and of the loop's RL stage), documented.
 
-Kept apart from the training loop (``rankloop.rl.ppo``) so the CLI can build its flags from it
-without importing torch."""
+``RLConfig`` holds what every learner shares — inputs, sampling, the reward, the optimiser, the
+model, checkpoints — and each learner's config adds its own knobs. Kept apart from the training
+loops (``rankloop.rl.ppo`` etc.) so the CLI can build its flags from them without importing torch."""
 
 from __future__ import annotations
 
@@ -12,17 +14,20 @@ from pydantic import Field, model_validator
 from rankloop.config import Config
 
 
-class PPOConfig(Config):
-    """Every knob of ``rankloop ppo``. Loss functions take plain numbers from here, never the config."""
+class RLConfig(Config):
+    """What every RL learner shares. Loss functions take plain numbers from here, never the config."""
 
     # --- inputs and outputs
     policy: str = Field(description="Initial policy: a Hugging Face model id or a local path.")
     reference: str | None = Field(None, description="The frozen reference π_ref of the KL penalty (same tokenizer "
                                   "as the policy). Default: the initial policy. In later rounds of the loop this "
                                   "is the original model, so the KL stays anchored to it (InstructGPT's π^SFT).")
-    reward: str | None = Field(None, description="A rankloop reward-model directory, or 'module:function' / "
-                               "'file.py:function' scoring (prompts, responses) -> list[float]. "
-                               "Not needed when run_ppo is given a reward function.")
+    reward: str | list[str] | None = Field(None, description="A rankloop reward-model directory, or 'module:function' / "
+                                           "'file.py:function' scoring (prompts, responses[, meta]) -> list[float]; "
+                                           "or a list of them, summed with reward_weights and each logged on its own. "
+                                           "Not needed when the learner is given a reward function.")
+    reward_weights: list[float] | None = Field(None, description="One weight per reward in the list (default: "
+                                               "all 1).")
     prompts: str | None = Field(None, description="Prompts JSONL (rankloop's prompt format).")
     output: str = Field(description="Output directory: final policy, value head, metrics, checkpoints.")
 
@@ -58,6 +63,43 @@ class PPOConfig(Config):
     reward_normalise: bool = Field(True, description="Apply the reward model's saved normalisation.")
     reward_clip: float | None = Field(None, gt=0, description="Clip scores to [-reward_clip, reward_clip].")
 
+    # --- optimiser
+    minibatch_size: int = Field(16, ge=1, description="Rows per optimiser step (over all processes).")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per minibatch (same result, less memory).")
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping by global norm (None = off).")
+    clip_range: float = Field(0.2, gt=0, description="ε of the clipped surrogate.")
+
+    # --- model
+    dtype: str = Field("float32", description="Weights dtype: float32, bfloat16 or float16.")
+    freeze_layers: int = Field(0, description="Freeze the embeddings and the first N transformer blocks "
+                               "(negative: all but the last |N|).")
+    lora: bool = Field(False, description="Train LoRA adapters; the reference is the adapter-free model.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+
+    # --- checkpoints and logging
+    save_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    resume: bool = Field(False, description="Continue from the newest checkpoint in output/checkpoints.")
+    tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    @model_validator(mode="after")
+    def _check_rewards(self) -> "RLConfig":
+        n = len(self.reward) if isinstance(self.reward, list) else 1
+        if isinstance(self.reward, list) and not self.reward:
+            raise ValueError("reward: the list of rewards is empty")
+        if self.reward_weights is not None and len(self.reward_weights) != n:
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} weights for {n} reward(s)")
+        return self
+
+
+class PPOConfig(RLConfig):
+    """Every knob of ``rankloop ppo``."""
+
     # --- KL penalty
     kl_coef: float = Field(0.05, ge=0, description="β: initial (adaptive) or constant (fixed) KL coefficient.")
     kl_control: Literal["fixed", "adaptive"] = Field("fixed", description="'adaptive' = Ziegler et al. 2019's "
@@ -70,13 +112,6 @@ class PPOConfig(Config):
 
     # --- PPO
     ppo_epochs: int = Field(4, ge=1, description="Passes over the batch per iteration.")
-    minibatch_size: int = Field(16, ge=1, description="Rows per optimiser step (over all processes).")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per minibatch (same result, less memory).")
-    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping by global norm (None = off).")
-    clip_range: float = Field(0.2, gt=0, description="ε of the clipped surrogate.")
     clip_range_value: float | None = Field(0.2, gt=0, description="Value clipping around V_old (None = off).")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
     ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
@@ -85,24 +120,9 @@ class PPOConfig(Config):
     whiten_advantages: bool = Field(True, description="Whiten advantages over the batch.")
     target_approx_kl: float | None = Field(None, gt=0, description="Stop this iteration's PPO epochs once a "
                                            "minibatch's approx_kl exceeds this.")
-
-    # --- model
-    dtype: str = Field("float32", description="Weights dtype: float32, bfloat16 or float16.")
-    freeze_layers: int = Field(0, description="Freeze the embeddings and the first N transformer blocks "
-                               "(negative: all but the last |N|).")
-    lora: bool = Field(False, description="Train LoRA adapters; the reference is the adapter-free model.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     critic: Literal["shared", "separate"] = Field("shared", description="'shared': value head on the policy's "
                                                   "backbone; 'separate': on its own copy of the backbone.")
     value_head_std: float = Field(0.0, ge=0, description="Init std of the value head (0 = zeros).")
-
-    # --- checkpoints and logging
-    save_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the end).")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    resume: bool = Field(False, description="Continue from the newest checkpoint in output/checkpoints.")
-    tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
-    progress: bool = Field(True, description="Show a progress bar.")
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":
@@ -120,3 +140,65 @@ class PPOConfig(Config):
             raise ValueError(f"kl_estimator={self.kl_estimator!r} as the reward penalty biases the policy gradient "
                              "away from the KL's; use 'k1' (k3 is what ppo/kl_ref reports anyway)")
         return self
+
+
+class GroupConfig(RLConfig):
+    """What the critic-free learners (RLOO, GRPO) share: K samples per prompt, the group as the
+    baseline, no value model."""
+
+    batch_size: int = Field(16, ge=1, description="Prompts per iteration, over all processes; each gets "
+                            "samples_per_prompt responses, so an iteration has batch_size × K rows.")
+    samples_per_prompt: int = Field(4, description="K: responses sampled per prompt (≥ 2: each response's baseline "
+                                    "is made of the other responses to the same prompt).")
+    epochs: int = Field(1, ge=1, description="μ: passes over the iteration's rows; with more than one, the update "
+                        "uses the clipped ratio π_θ/π_θold (GRPO's μ, PPO's epochs).")
+    minibatch_size: int = Field(16, ge=1, description="Responses (rows) per optimiser step, over all processes.")
+    loss_aggregation: Literal["token", "sequence", "constant"] = Field(
+        "token", description="How token losses become the minibatch's loss: 'token' = Σ over all tokens / their "
+        "count (DAPO; every token weighs the same), 'sequence' = mean over responses of each response's token "
+        "mean (the original GRPO; a long response's tokens weigh less), 'constant' = Σ / (rows × max_new_tokens) "
+        "(Dr. GRPO; no length bias).")
+
+    @model_validator(mode="after")
+    def _check_group(self) -> "GroupConfig":
+        if self.samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt (K) is {self.samples_per_prompt}; a group method needs K ≥ 2 "
+                             "(the baseline of a response is made of the other responses to its prompt)")
+        rows = self.batch_size * self.samples_per_prompt
+        if rows % self.minibatch_size:
+            raise ValueError(f"batch_size × samples_per_prompt ({rows} rows) must be a multiple of minibatch_size "
+                             f"({self.minibatch_size})")
+        if self.minibatch_size % self.grad_accum_steps:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) must be a multiple of grad_accum_steps "
+                             f"({self.grad_accum_steps})")
+        return self
+
+
+class RLOOConfig(GroupConfig):
+    """Every knob of ``rankloop rloo`` (Ahmadian et al. 2024): the KL in the reward, as PPO has it,
+    and each response's baseline the mean reward of the other K − 1."""
+
+    kl_coef: float = Field(0.05, ge=0, description="β of the sequence-level KL penalty in the reward: "
+                           "R = r − β Σ_t KL_t.")
+    kl_estimator: Literal["k1"] = Field("k1", description="Per-token KL estimator of the penalty in the reward: "
+                                        "k1 only, as for PPO (as a reward, k2 and k3 bias the policy gradient away "
+                                        "from the KL's); rloo/kl_ref is always reported with k3, ≥ 0.")
+
+
+class GRPOConfig(GroupConfig):
+    """Every knob of ``rankloop grpo`` (Shao et al. 2024): group-normalised advantages and the KL
+    in the loss."""
+
+    kl_coef: float = Field(0.04, ge=0, description="β of the KL term in the loss (DeepSeekMath's 0.04; 0 = no KL "
+                           "term, the KL to the reference is still reported).")
+    kl_estimator: Literal["k3", "k2"] = Field("k3", description="The KL term of the loss, which decides its "
+                                              "gradient: 'k3' (GRPO's) follows ∇KL(π_ref‖π), 'k2' = ½(log π/π_ref)² "
+                                              "follows ∇KL(π‖π_ref), the KL the RLHF objective penalises.")
+    advantage: Literal["group", "group_mean", "batch"] = Field(
+        "group", description="'group' = (r − mean_group) / (std_group + ε) (GRPO); 'group_mean' = r − mean_group "
+        "(Dr. GRPO: no std division, which up-weights near-unanimous groups); 'batch' = (r − mean) / std over the "
+        "whole batch (REINFORCE++).")
+    loss_aggregation: Literal["token", "sequence", "constant"] = Field(
+        "sequence", description="See GroupConfig: 'sequence' is the original GRPO, 'token' DAPO's, 'constant' "
+        "Dr. GRPO's.")
+    std_eps: float = Field(1e-4, gt=0, description="ε added to the group's std (TRL's 1e-4).")

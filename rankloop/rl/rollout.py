@@ -60,23 +60,27 @@ def lm_response_logits(lm: nn.Module, input_ids: torch.Tensor, attention_mask: t
 
 class PolicyWithValue(nn.Module):
     def __init__(self, lm: nn.Module, critic: nn.Module | None = None, value_head_std: float = 0.0,
-                 pack: bool = True):
+                 pack: bool = True, value_head: bool = True):
         super().__init__()
         self.lm = lm
         self.pack = pack  # teacher-forced passes on packed rows (see response_hidden)
         self.critic = critic  # a separate backbone for V, or None to share the policy's
-        self.value_head = nn.Linear(hidden_size(lm), 1)
-        nn.init.normal_(self.value_head.weight, std=value_head_std) if value_head_std > 0 else nn.init.zeros_(
-            self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        # The critic-free learners (RLOO, GRPO) have no value head: their values are None.
+        self.value_head = nn.Linear(hidden_size(lm), 1) if value_head else None
+        if value_head:
+            nn.init.normal_(self.value_head.weight, std=value_head_std) if value_head_std > 0 else nn.init.zeros_(
+                self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R)."""
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R) (None without a value head)."""
         h = response_hidden(backbone_of(self.lm), input_ids, attention_mask, prompt_len, self.pack)  # (B, R, H)
         logits = _base(self.lm).get_output_embeddings()(h)
         if temperature != 1.0:
             logits = logits / temperature
+        if self.value_head is None:
+            return logits, None
         if self.critic is not None:
             h = response_hidden(self.critic, input_ids, attention_mask, prompt_len, self.pack)
         values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
@@ -85,13 +89,17 @@ class PolicyWithValue(nn.Module):
     def values_from_hidden(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            prompt_len: int) -> torch.Tensor:
         """V(s_t) (B, R) from the policy's last hidden states (B, R, H), e.g. the sampler's; a separate
-        critic runs its own forward pass over input_ids instead."""
+        critic runs its own forward pass over input_ids instead. None without a value head."""
+        if self.value_head is None:
+            return None
         if self.critic is not None:
             hidden = response_hidden(self.critic, input_ids, attention_mask, prompt_len, self.pack)
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def value_state_dict(self) -> dict[str, torch.Tensor]:
         """The value head (and separate critic) weights, saved beside the policy."""
+        if self.value_head is None:
+            return {}
         sd = {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
         if self.critic is not None:
             sd.update({f"critic.{k}": v for k, v in self.critic.state_dict().items()})
@@ -194,6 +202,8 @@ def forward_in_chunks(policy: PolicyWithValue, reference: Reference, input_ids, 
             out["old_logp"].append(sampled.logprobs[s:s + chunk])
             out["entropy"].append(sampled.entropy[s:s + chunk])
             values = policy.values_from_hidden(sampled.hidden[s:s + chunk], ids, am, prompt_len)
+        if values is None:  # no value head (RLOO, GRPO): the Rollout's values are zeros
+            values = torch.zeros(resp.shape, device=resp.device)
         out["values"].append(values.float())
         ref_logits = reference.logits(ids, am, prompt_len, temperature)
         out["ref_logp"].append(logprobs_from_logits(ref_logits, resp))
