@@ -210,7 +210,7 @@ def main() -> None:
     except ImportError:
         sys.exit("TRL is needed for this benchmark only: pip install trl")
     from rankloop.io import write_json, write_rankings
-    from rankloop.reward.synthetic import synthetic_rankings
+    from rankloop.testing import synthetic_rankings
 
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)

@@ -134,7 +134,8 @@ def child_trl(algo: str, model: str, k: int, iterations: int, work: Path) -> dic
 
 
 def build_gpt2_20m(path: Path) -> Path:
-    from rankloop.models import build_tiny, count_parameters
+    from rankloop.models import count_parameters
+    from rankloop.testing import build_tiny
 
     if not (path / "model.safetensors").exists():
         build_tiny(path, "gpt2", "causal", hidden=512, layers=6, heads=8, max_positions=256)

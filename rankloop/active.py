@@ -39,9 +39,11 @@ def _features(scorer, prompts: list, responses: list[str], batch_size: int = 64)
     """Last-token hidden states of the reward model's backbone, and its scores: (N, H), (N,)."""
     import torch
 
-    from rankloop.reward.model import _unwrap, encode_texts, last_token_index, pad_batch, render
+    from rankloop.models import unwrap_model
+    from rankloop.ops import last_token_index
+    from rankloop.reward.model import encode_texts, pad_batch, render
 
-    m = _unwrap(scorer.model)
+    m = unwrap_model(scorer.model)
     backbone = getattr(m, m.base_model_prefix)
     seqs = encode_texts(scorer.tokenizer, [render(scorer.tokenizer, p, r) for p, r in zip(prompts, responses)],
                         scorer.max_length)

@@ -629,7 +629,7 @@ def sequence_logp(model, batch, temperature: float = 1.0, chunk: int = 64):
     """Σ_t log π(y_t | x, y_<t) over each sampled response: (N,)."""
     import torch
 
-    from rankloop.rl.loss import logprobs_from_logits
+    from rankloop.ops import logprobs_from_logits
     from rankloop.rl.rollout import lm_response_logits
 
     out = []

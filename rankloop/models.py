@@ -76,6 +76,39 @@ def head_size(config) -> int | None:
     return hidden // heads if hidden and heads else None
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model under peft / DDP / ``torch.compile`` wrappers (LoRA adapters stay
+    active: they live in its layers)."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def backbone_of(lm: nn.Module) -> nn.Module:
+    """The transformer without its head (``model.model`` for Llama, ``model.transformer`` for GPT-2)."""
+    base = unwrap_model(lm)
+    return getattr(base, base.base_model_prefix)
+
+
+def is_causal_scorer(model: nn.Module) -> bool:
+    """A causal LM with a scalar ``score`` head (``*ForSequenceClassification`` of GPT-2, Llama, …),
+    which reads its score at the last real token; encoders (BERT) read their [CLS] state instead."""
+    m = unwrap_model(model)
+    return isinstance(getattr(m, "score", None), nn.Module) and hasattr(m, m.base_model_prefix)
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the model's hidden states (``hidden_size``, GPT-2's ``n_embd``)."""
+    cfg = unwrap_model(model).config
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+
 def model_max_positions(model_or_config) -> int:
     """The longest input the backbone's position embeddings allow (512 when the config says nothing)."""
     cfg = model_or_config.config if hasattr(model_or_config, "config") else model_or_config
@@ -242,18 +275,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512, save_dir: str | Pat
     return tok
 
 
-_TINY_TEXT = (
-    "the cat sat on the mat. a dog ran in the park and was happy. she likes warm bread and tea. "
-    "good morning! this is great, thank you so much. i hate rain, it is awful and sad. "
-    "once upon a time there was a little bird who sang every day. 0123456789 ,.;:!?'\"()-\n"
-)
-
-
-def tiny_tokenizer(vocab_size: int = 320):
-    """A small real BPE tokenizer for tests (trained in well under a second)."""
-    return train_tokenizer([_TINY_TEXT] * 4, vocab_size=vocab_size)
-
-
 Arch = Literal["gpt2", "llama", "qwen2", "bert"]
 
 
@@ -277,23 +298,3 @@ def tiny_config(arch: Arch = "gpt2", vocab_size: int = 320, hidden: int = 32, la
                           max_position_embeddings=max_positions, hidden_dropout_prob=0.0,
                           attention_probs_dropout_prob=0.0, pad_token_id=pad_token_id)
     raise ValueError(f"unknown tiny architecture {arch!r}")
-
-
-def build_tiny(save_dir: str | Path, arch: Arch = "gpt2", kind: Literal["causal", "reward"] = "causal",
-               seed: int = 0, **config_kwargs) -> Path:
-    """Build a randomly initialised tiny model and its tokenizer, saved so ``from_pretrained`` loads it."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    tok = tiny_tokenizer()
-    cfg = tiny_config(arch, vocab_size=len(tok), pad_token_id=tok.pad_token_id, **config_kwargs)
-    torch.manual_seed(seed)
-    if kind == "reward" or arch == "bert":
-        cfg.num_labels = 1
-        model = AutoModelForSequenceClassification.from_config(cfg)
-    else:
-        model = AutoModelForCausalLM.from_config(cfg)
-    save_dir = Path(save_dir)
-    model.save_pretrained(save_dir)
-    tok.save_pretrained(save_dir)
-    return save_dir
-

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import torch
 
+from rankloop.models import backbone_of, unwrap_model
+from rankloop.ops import entropy_from_logits, logprobs_from_logits
 from rankloop.records import Candidate, Prompt, RenderedPrompt, render_prompt
 
 
@@ -162,22 +164,11 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return logits
 
 
-def unwrap_peft(model):
-    """The transformers model under a peft wrapper (adapters stay active: they live in its layers)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def backbone_of(lm):
-    """The transformer without its LM head (``model.model`` for Llama, ``model.transformer`` for GPT-2)."""
-    base = unwrap_peft(lm)
-    return getattr(base, base.base_model_prefix)
-
-
 def cache_argument(module) -> str:
     """The name under which ``module.forward`` takes the KV cache: ``cache`` in current transformers
     (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` in the
     releases before the rename and in models that have not been renamed."""
-    params = inspect.signature(unwrap_peft(module).forward).parameters
+    params = inspect.signature(unwrap_model(module).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -196,7 +187,7 @@ class _Stepper:
         self.hidden: torch.Tensor | None = None  # (n, H) after a step with keep_hidden
         if keep_hidden:
             self.backbone = backbone_of(model)
-            self.head = unwrap_peft(model).get_output_embeddings()
+            self.head = unwrap_model(model).get_output_embeddings()
         self.cache_arg = cache_argument(self.backbone if keep_hidden else model)
 
     def __call__(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
@@ -215,8 +206,6 @@ def _generate_chunk(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tok
                     policy_stats: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Decode one chunk. Returns (response_ids (n, R), finished (n,), stats); stats holds
     ``logprobs``/``entropy`` (n, R) and ``hidden`` (n, R, H) when ``policy_stats``."""
-    from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
-
     device = ids.device
     n = ids.size(0)
     step_fn = _Stepper(model, keep_hidden=policy_stats)

@@ -29,13 +29,13 @@ def hh_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     """A tiny randomly initialised GPT-2 causal LM with a real BPE tokenizer, saved to disk."""
-    from rankloop.models import build_tiny
+    from rankloop.testing import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2", "causal")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
-    from rankloop.models import build_tiny
+    from rankloop.testing import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama", "causal")

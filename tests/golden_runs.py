@@ -60,8 +60,8 @@ def run_reward(work: Path) -> dict:
     """train-rm on a tiny GPT-2 and synthetic K = 4 rankings with ties: grad accumulation, eval,
     a checkpoint, the cosine schedule and the fitted normalisation."""
     from rankloop.io import write_rankings
-    from rankloop.models import build_tiny
-    from rankloop.reward.synthetic import synthetic_rankings
+    from rankloop.testing import build_tiny
+    from rankloop.testing import synthetic_rankings
     from rankloop.reward.train import RewardTrainConfig, train_reward_model
 
     model = build_tiny(work / "tiny-gpt2-rm", "gpt2", "reward")
@@ -85,7 +85,7 @@ def run_reward(work: Path) -> dict:
 def run_ppo_golden(work: Path) -> dict:
     """ppo on a tiny GPT-2 with a function reward: the default path (shared critic, packed, sampler
     log-probs, fixed KL) and LoRA + adaptive KL + separate settings."""
-    from rankloop.models import build_tiny
+    from rankloop.testing import build_tiny
     from rankloop.rl.ppo import PPOConfig, run_ppo
 
     policy = build_tiny(work / "tiny-gpt2", "gpt2", "causal")

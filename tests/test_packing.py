@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rankloop.models import tiny_tokenizer
+from rankloop.testing import tiny_tokenizer
 from rankloop.packing import pack_padded, packed_hidden, supports_packing
 from rankloop.sampling import positions
 

@@ -130,8 +130,8 @@ def test_top_level_help_is_one_line_per_command_and_imports_no_torch():
     heavy = [ln for ln in proc.stderr.splitlines() if re.search(r"\|\s+(torch|transformers|fastapi)(\.|\s*$)", ln)]
     assert not heavy, heavy[:5]
     rows = [ln for ln in proc.stdout.splitlines() if re.match(r"│ [a-z][a-z-]* {2,}\S", ln)]
-    assert [ln.split()[1] for ln in rows] == ["sample", "serve", "export", "train-rm", "eval-rm", "ppo",
-                                              "quickstart", "loop", "labeling"]
+    assert [ln.split()[1] for ln in rows] == ["sample", "serve", "export", "train-rm", "eval-rm", "train-dpo", "ppo",
+                                              "rloo", "grpo", "quickstart", "loop", "labeling"]
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "rankloop.cli", "ppo", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and not re.search(r"\|\s+torch(\.|\s*$)", proc.stderr, re.M)
@@ -262,7 +262,7 @@ def test_loop_flags_merge_into_the_yaml_and_paths_resolve_beside_it(tmp_path):
                                  "ppo": {"iterations": 20, "batch_size": 8}}))
     kw = dict(groups=C.LOOP_GROUPS, prepare=C.resolve_loop_paths,
               aliases={"output": ("-o",), "labeling.mode": ("--labelers",)})
-    code, cfg = run_toy(["--config", f, "--labelers", "human", "--ppo", "iterations=3", "-o", "elsewhere",
+    code, cfg = run_toy(["--config", f, "--labelers", "human", "--ppo-iterations", "3", "-o", "elsewhere",
                          "--rounds", "2"], cls=LoopConfig, **kw)
     assert code == 0, cfg
     assert cfg["labeling"]["mode"] == "human" and cfg["labeling"]["labelers"] == 3
@@ -272,9 +272,9 @@ def test_loop_flags_merge_into_the_yaml_and_paths_resolve_beside_it(tmp_path):
     # a path given as a flag is the user's, relative to where they are
     code, cfg = run_toy(["--config", f, "--prompts", "prompts.jsonl"], cls=LoopConfig, **kw)
     assert code == 0 and cfg["prompts"] == "prompts.jsonl"
-    # the loop's own checks still apply to flags
-    code, out = run_toy(["--config", f, "--ppo", "policy=x"], cls=LoopConfig, **kw)
-    assert code == 2 and "the loop sets ['policy'] itself" in out
+    # the stage settings are typed: a bad value given as a flag is the same clear error as in the file
+    code, out = run_toy(["--config", f, "--ppo-iterations", "0"], cls=LoopConfig, **kw)
+    assert code == 2 and "iterations" in out
 
 
 # ---------------------------------------------------------------- the spellings the docs use
@@ -282,7 +282,8 @@ def test_loop_flags_merge_into_the_yaml_and_paths_resolve_beside_it(tmp_path):
 
 def doc_command_lines() -> list[tuple[str, list[str], str]]:
     """(command path, flags, where) of every `rankloop CMD …` in the README, docs, examples, Makefile."""
-    names = set(typer.main.get_command(app).commands)
+    root = typer.main.get_command(app)
+    names = set(root.commands)
     out = []
     for path in [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*")]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -290,7 +291,9 @@ def doc_command_lines() -> list[tuple[str, list[str], str]]:
                 if m.group(1) not in names:
                     continue
                 cmd, rest = [m.group(1)], m.group(2).split()
-                if cmd[0] == "labeling" and rest:
+                c = root.commands[cmd[0]]
+                while rest and rest[0] in getattr(c, "commands", {}):  # a group's sub-command (labeling tokens create)
+                    c = c.commands[rest[0]]
                     cmd.append(rest.pop(0))
                 flags = [t.strip("[]").split("=")[0] for t in rest if re.match(r"\[?-", t)]
                 out.append((" ".join(cmd), [f for f in flags if f not in ("…",)], f"{path.name}:{n}"))

@@ -43,8 +43,8 @@ from rankloop.config import ConfigError, save_config
 from rankloop.dpo.config import DPOConfig
 from rankloop.dpo.loss import best_worst_means, implicit_rewards, preference_loss, sequence_logps, token_logps
 from rankloop.io import DataError
-from rankloop.models import (apply_lora, count_parameters, flush_denormals, freeze_bottom, load_causal_lm,
-                             load_tokenizer, prefer_cpu_attention)
+from rankloop.models import (apply_lora, backbone_of, count_parameters, flush_denormals, freeze_bottom,
+                             load_causal_lm, load_tokenizer, prefer_cpu_attention, unwrap_model)
 from rankloop.packing import packed_hidden, supports_packing
 from rankloop.records import RankedExample, render_prompt
 from rankloop.reward.eval import EncodedRanking, ranking_metrics
@@ -52,7 +52,6 @@ from rankloop.reward.loss import pair_metrics
 from rankloop.reward.train import (TRAINER_STATE, EpochCache, RankingBatch, RewardData, build_training, collate,
                                    load_data, plan_steps, save_checkpoint, save_final, split_batch)
 from rankloop.runtime import FiniteGuard, RunDir, make_accelerator, progress_bar, tracking, trackers
-from rankloop.sampling import backbone_of, unwrap_peft
 
 __all__ = ["DPOConfig", "train_dpo"]
 
@@ -160,7 +159,7 @@ class ResponseLogps(nn.Module):
             hidden = backbone(input_ids=r.input_ids.to(device), attention_mask=r.attention_mask.to(device),
                               use_cache=False).last_hidden_state  # (N, T, H)
             h = hidden[batch.read_row.to(device), batch.read_col.to(device)]  # (M, H)
-        logits = unwrap_peft(self.lm).get_output_embeddings()(h)  # (M, V)
+        logits = unwrap_model(self.lm).get_output_embeddings()(h)  # (M, V)
         return sequence_logps(token_logps(logits, batch.targets.to(device)), batch.owner.to(device), batch.n)
 
 
@@ -171,7 +170,7 @@ def as_ranking_matrix(flat: torch.Tensor, b: RankingBatch) -> torch.Tensor:
 
 def pack_settings(cfg: DPOConfig, lm: nn.Module) -> dict | None:
     """``pack_rankings`` keyword arguments, or None to pad (the attention takes no 4D mask)."""
-    base = unwrap_peft(lm)
+    base = unwrap_model(lm)
     if cfg.pack and supports_packing(base):
         return {"causal": True, "share_prefix": cfg.share_prefix,
                 "hidden_size": int(getattr(base.config, "hidden_size", None) or base.config.n_embd)}

@@ -120,9 +120,6 @@ def plackett_luce_loss(scores: torch.Tensor, ranks: torch.Tensor, mask: torch.Te
     return nll.sum(dim=1) / term.sum(dim=1).clamp(min=1).to(scores.dtype)
 
 
-LOSSES = {"bt": bradley_terry_loss, "pl": plackett_luce_loss}
-
-
 def ranking_loss(kind: str, scores, ranks, mask, margin=None, text_class=None) -> torch.Tensor:
     """Per-ranking loss ``(B,)`` of ``kind`` ``"bt"`` (all-pairs Bradley–Terry) or ``"pl"`` (Plackett–Luce)."""
     if kind == "bt":

@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
+from rankloop.models import is_causal_scorer, unwrap_model
+from rankloop.ops import last_token_index
 from rankloop.records import Prompt, PromptContent, RenderedPrompt, prompt_content, render_prompt
+from rankloop.reward.packing import packed_scores
 
 if TYPE_CHECKING:
     from rankloop.packing import PackedBatch
@@ -42,37 +45,13 @@ NORMALISATION_FILE = "reward_normalisation.json"
 # ---------------------------------------------------------------- scores
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under peft / DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def is_causal_scorer(model: nn.Module) -> bool:
-    m = _unwrap(model)
-    return isinstance(getattr(m, "score", None), nn.Module) and hasattr(m, m.base_model_prefix)
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` index of the last real token of each row (works for left and right padding)."""
-    t = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (t * attention_mask.to(t.dtype)).argmax(dim=1)
-
-
 def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar reward ``(N,)`` of each sequence from a sequence-classification model (num_labels=1).
 
     input_ids, attention_mask: (N, T). Causal models: the head applied to the hidden state of the
     last real token. Encoders: the model's own pooled logit.
     """
-    m = _unwrap(model)
+    m = unwrap_model(model)
     if is_causal_scorer(m):
         backbone = getattr(m, m.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N, T, H)
@@ -98,8 +77,6 @@ class ScoreModule(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 packed: "PackedBatch | None" = None) -> torch.Tensor:
         if packed is not None:
-            from rankloop.reward.packing import packed_scores
-
             return packed_scores(self.model, packed)
         return sequence_scores(self.model, input_ids, attention_mask)
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from rankloop.models import is_causal_scorer, unwrap_model
 from rankloop.packing import PackedBatch, common_prefix_length, pack_groups, packed_hidden, supports_packing  # noqa: F401
 
 # Encoders packed: BERT's head reads [CLS] through its pooler, and its position ids start at 0 in every
@@ -31,9 +32,8 @@ _ENCODER_TYPES = {"bert"}
 
 def can_pack(model: nn.Module) -> bool:
     """The attention takes a 4D mask and, for encoders, we know how to apply the head to [CLS] states."""
-    from rankloop.reward.model import _unwrap, is_causal_scorer
 
-    m = _unwrap(model)
+    m = unwrap_model(model)
     return supports_packing(m) and (is_causal_scorer(m) or m.config.model_type in _ENCODER_TYPES)
 
 
@@ -49,9 +49,8 @@ def packed_scores(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     """``(N,)`` scores of the packed candidates: 1. the final hidden states at the read positions
     (causal: one forward of the rows; BERT: ``_bert_read_states``); 2. the model's own head on them
     (causal: ``score``; BERT: pooler → dropout → classifier)."""
-    from rankloop.reward.model import _unwrap, is_causal_scorer
 
-    m = _unwrap(model)
+    m = unwrap_model(model)
     backbone = getattr(m, m.base_model_prefix)
     if is_causal_scorer(m):
         return m.score(packed_hidden(backbone, batch, use_cache=False)).squeeze(-1).float()

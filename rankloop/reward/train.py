@@ -34,13 +34,13 @@ from transformers import AutoConfig, get_scheduler
 
 from rankloop.config import ConfigError, save_config
 from rankloop.io import DataError, ReadStats, read_preferences, write_json
-from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, load_sequence_scorer, load_tokenizer,
-                             model_max_positions)
+from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, is_causal_scorer, load_sequence_scorer,
+                             load_tokenizer, model_max_positions)
 from rankloop.packing import PackedBatch, worth_packing
 from rankloop.reward.config import RewardTrainConfig
 from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metrics, score_encoded
 from rankloop.reward.loss import pair_metrics, ranking_loss
-from rankloop.reward.model import Normalisation, ScoreModule, is_causal_scorer, pad_batch
+from rankloop.reward.model import Normalisation, ScoreModule, pad_batch
 from rankloop.reward.packing import can_pack, pack_rankings
 from rankloop.runtime import (FiniteGuard, RunDir, make_accelerator, progress_bar, rng_state, set_rng_state,
                               tracking, trackers, write_dir_atomically)

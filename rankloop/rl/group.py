@@ -30,7 +30,7 @@ from rankloop.models import count_parameters, flush_denormals
 from rankloop.rl.config import GroupConfig
 from rankloop.rl.group_loss import aggregation_weights, group_policy_loss, group_view
 from rankloop.rl.kl import kl_k1, kl_k3
-from rankloop.rl.loss import logprobs_from_logits, masked_mean
+from rankloop.ops import logprobs_from_logits, masked_mean
 from rankloop.rl.rewards import RewardFn
 from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, gather_rows, kl_controller,

@@ -22,78 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from rankloop.ops import last_token_index, masked_mean, masked_var
 from rankloop.rl.kl import KLEstimator, kl_estimate
 
 
-# ---------------------------------------------------------------- masked statistics
-
-
-def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum()
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Σ x·mask / n, with n = Σ mask unless given (0-d tensor)."""
-    n = mask.sum() if num_tokens is None else num_tokens
-    return (x * mask).sum() / n
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked entries (Bessel-corrected by default)."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        if n < 2:
-            raise ValueError("masked_var needs at least 2 unmasked entries for the unbiased variance")
-        var = var * n / (n - 1)
-    return var
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over the masked entries; masked-out entries become 0.
-
-    ``shift_mean = False`` only rescales (used for rewards, whose mean carries signal).
-    A single masked entry (batch size 1, a 1-token response) has no spread: its biased variance 0
-    gives x − mean = 0 (shifted) or x itself (unshifted) instead of the unbiased variance's error.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=bool(mask.sum() > 1))
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-# ---------------------------------------------------------------- log-probs and entropy
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token]: (B, T, V), (B, T) → (B, T).
-
-    ``logits[:, t]`` must be the logits that *predicted* ``tokens[:, t]`` (i.e. already shifted).
-    Computed as logit − logsumexp so the (B, T, V) log-softmax is never materialised.
-    """
-    logits = logits.float()
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H(softmax(logits)) per position: (B, T, V) → (B, T). H = logsumexp(z) − Σ p z."""
-    logits = logits.float()
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
-
-
 # ---------------------------------------------------------------- rewards and advantages
-
-
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) → (B,) index of the last 1 in each row (0 for an all-zero row)."""
-    T = mask.size(1)
-    idx = torch.arange(T, device=mask.device).expand_as(mask)
-    return torch.where(mask.bool(), idx, torch.zeros_like(idx)).max(dim=1).values
 
 
 def kl_penalised_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,

@@ -34,8 +34,8 @@ from typing import NamedTuple
 from rankloop.models import count_parameters, flush_denormals
 from rankloop.rl.config import PPOConfig
 from rankloop.rl.kl import kl_k1, kl_k3
-from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_penalised_rewards,
-                              logprobs_from_logits, masked_mean, masked_whiten, policy_loss, value_loss)
+from rankloop.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
+from rankloop.rl.loss import explained_variance, gae, kl_penalised_rewards, policy_loss, value_loss
 from rankloop.rl.rewards import RewardFn
 from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, kl_controller, minibatches,

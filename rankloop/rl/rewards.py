@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import math
 import random
 import re
 from decimal import Decimal, InvalidOperation
@@ -127,11 +126,6 @@ def vader_positive(prompts: list[str], responses: list[str]) -> list[float]:
 def length(prompts: list[str], responses: list[str]) -> list[float]:
     """Number of words / 10: a toy, easy-to-exploit reward for smoke tests."""
     return [len(r.split()) / 10.0 for r in responses]
-
-
-def nan_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """Always NaN: exercises the non-finite guard."""
-    return [math.nan for _ in responses]
 
 
 # ---------------------------------------------------------------- several rewards, verifiable rewards

@@ -20,13 +20,9 @@ import torch
 from torch import nn
 
 from rankloop.packing import pack_padded, packed_hidden, supports_packing, worth_packing
-from rankloop.rl.loss import entropy_from_logits, logprobs_from_logits
-from rankloop.sampling import backbone_of, positions, unwrap_peft as _base
-
-
-def hidden_size(lm: nn.Module) -> int:
-    cfg = _base(lm).config
-    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+from rankloop.ops import entropy_from_logits, logprobs_from_logits
+from rankloop.models import backbone_of, hidden_size, unwrap_model
+from rankloop.sampling import positions
 
 
 def response_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -54,7 +50,7 @@ def lm_response_logits(lm: nn.Module, input_ids: torch.Tensor, attention_mask: t
                        temperature: float = 1.0, pack: bool = True) -> torch.Tensor:
     """(B, P + R) → (B, R, V) logits / temperature at the response positions."""
     h = response_hidden(backbone_of(lm), input_ids, attention_mask, prompt_len, pack)
-    logits = _base(lm).get_output_embeddings()(h)
+    logits = unwrap_model(lm).get_output_embeddings()(h)
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -76,7 +72,7 @@ class PolicyWithValue(nn.Module):
                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R) (None without a value head)."""
         h = response_hidden(backbone_of(self.lm), input_ids, attention_mask, prompt_len, self.pack)  # (B, R, H)
-        logits = _base(self.lm).get_output_embeddings()(h)
+        logits = unwrap_model(self.lm).get_output_embeddings()(h)
         if temperature != 1.0:
             logits = logits / temperature
         if self.value_head is None:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from rankloop.io import write_rankings
-from rankloop.reward.synthetic import synthetic_rankings
+from rankloop.testing import synthetic_rankings
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,10 @@ from rankloop.dpo.config import DPOConfig
 from rankloop.dpo.train import (REFERENCE_CACHE, ResponseLogps, as_ranking_matrix, dpo_collate, encode_rankings,
                                 micro_step, train_dpo)
 from rankloop.io import DataError, read_preferences, write_rankings
-from rankloop.models import build_tiny, load_causal_lm, load_tokenizer
+from rankloop.models import load_causal_lm, load_tokenizer
+from rankloop.testing import build_tiny
 from rankloop.records import CandidateText, RankedExample, Ranking
-from rankloop.reward.synthetic import synthetic_rankings
+from rankloop.testing import synthetic_rankings
 from rankloop.reward.train import split_batch
 from reward.conftest import ROOT, max_diff, moved, run_cli, weights
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rankloop.io import write_rankings
-from rankloop.models import build_tiny
-from rankloop.reward.synthetic import synthetic_rankings
+from rankloop.testing import build_tiny
+from rankloop.testing import synthetic_rankings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -76,7 +76,7 @@ def test_identical_texts_in_different_groups_are_no_pair():
 
 
 def test_encode_examples_marks_identical_texts():
-    from rankloop.models import tiny_tokenizer
+    from rankloop.testing import tiny_tokenizer
     from rankloop.records import CandidateText, RankedExample, Ranking
     from rankloop.reward.eval import encode_examples
 

@@ -4,7 +4,7 @@ leaves that checkpoint intact (the shared runtime's guard, as in PPO)."""
 import pytest
 import torch
 
-from rankloop.models import build_tiny
+from rankloop.testing import build_tiny
 from rankloop.reward.train import RewardTrainConfig, train_reward_model
 from rankloop.runtime import NonFiniteError
 

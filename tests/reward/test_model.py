@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from rankloop.models import build_tiny, load_sequence_scorer, load_tokenizer
-from rankloop.reward.model import (Normalisation, RewardScorer, encode_texts, last_token_index, pad_batch,
-                                   sequence_scores)
+from rankloop.models import load_sequence_scorer, load_tokenizer
+from rankloop.testing import build_tiny
+from rankloop.ops import last_token_index
+from rankloop.reward.model import Normalisation, RewardScorer, encode_texts, pad_batch, sequence_scores
 
 TEXTS = ["the cat sat on the mat.", "good", "once upon a time there was a little bird who sang every day."]
 
@@ -134,7 +135,8 @@ def test_packed_scores_and_grads_equal_padded(tmp_path_factory, arch, lora):
     """Packed candidates (causal: each ranking's common prefix once) give the scores and gradients of
     forwarding every whole padded sequence (ranking groups of different sizes and prefix lengths)."""
     from rankloop.models import apply_lora
-    from rankloop.reward.model import ScoreModule, is_causal_scorer
+    from rankloop.models import is_causal_scorer
+    from rankloop.reward.model import ScoreModule
     from rankloop.reward.packing import can_pack, pack_rankings
 
     scorer_dir = build_tiny(tmp_path_factory.mktemp(f"packed-{arch}"), arch, "reward", seed=1)

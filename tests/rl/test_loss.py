@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rankloop.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1, kl_k2, kl_k3
-from rankloop.rl.loss import (entropy_from_logits, explained_variance, gae, kl_penalised_rewards, last_token_index,
-                              logprobs_from_logits, masked_mean, masked_var, masked_whiten, policy_loss, value_loss)
+from rankloop.ops import (entropy_from_logits, last_token_index, logprobs_from_logits, masked_mean, masked_var,
+                          masked_whiten)
+from rankloop.rl.loss import explained_variance, gae, kl_penalised_rewards, policy_loss, value_loss
 
 
 def test_logprobs_match_log_softmax():

@@ -79,9 +79,10 @@ def test_first_rollout_kl_exactly_zero_with_forward_logprobs(tiny_gpt2, prompts_
 def test_packed_teacher_forced_pass_equals_padded(tmp_path_factory, arch):
     """The update's forward on packed rows (left padding and post-stop padding left out) gives the
     padded forward's log-probs, values and gradients at every real response position."""
-    from rankloop.models import build_tiny, load_causal_lm, load_tokenizer
+    from rankloop.models import load_causal_lm, load_tokenizer
+    from rankloop.testing import build_tiny
     from rankloop.packing import pack_padded, worth_packing
-    from rankloop.rl.loss import logprobs_from_logits
+    from rankloop.ops import logprobs_from_logits
     from rankloop.rl.rollout import PolicyWithValue
     from rankloop.sampling import generate
 
@@ -219,7 +220,7 @@ def test_over_long_prompt_fails_before_training(tiny_gpt2, prompts_file, tmp_pat
 
 
 def test_reward_model_directory(tiny_gpt2, prompts_file, tmp_path):
-    from rankloop.models import build_tiny
+    from rankloop.testing import build_tiny
 
     rm = build_tiny(tmp_path / "rm", "gpt2", "reward", seed=1)
     out = run_ppo(small_cfg(tiny_gpt2, tmp_path / "rmrun", prompts_file, reward=str(rm), iterations=1))
@@ -276,7 +277,7 @@ def test_non_finite_policy_stops_in_the_rollout_with_the_step(tiny_gpt2, prompts
 
 
 def test_cli_nan_exit_code_and_message(tiny_gpt2, prompts_file, tmp_path):
-    r = _cli(["ppo", "--policy", str(tiny_gpt2), "--reward", "rankloop.rl.rewards:nan_reward", "--prompts",
+    r = _cli(["ppo", "--policy", str(tiny_gpt2), "--reward", "rankloop.testing:nan_reward", "--prompts",
               str(prompts_file), "--output", str(tmp_path / "o"), "--iterations", "1", "--batch-size", "8",
               "--minibatch-size", "4", "--max-new-tokens", "4", "--no-progress"])
     assert r.returncode == 3
@@ -317,7 +318,8 @@ def test_reference_other_than_the_policy_anchors_the_kl(tiny_gpt2, prompts_file,
 def test_tiny_heads_get_eager_attention_on_cpu(tmp_path):
     """Head size ≤ 8 on CPU: eager attention (faster than torch's CPU SDPA there); larger heads and
     GPUs keep SDPA. The PPO run on such a model trains and its first KL is still ~0."""
-    from rankloop.models import build_tiny, load_causal_lm, prefer_cpu_attention
+    from rankloop.models import load_causal_lm, prefer_cpu_attention
+    from rankloop.testing import build_tiny
 
     small = build_tiny(tmp_path / "h8", "llama", hidden=32, heads=4)  # head size 8
     wide = build_tiny(tmp_path / "h16", "llama", hidden=32, heads=2)  # head size 16
