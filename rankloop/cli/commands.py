@@ -331,7 +331,6 @@ def quickstart(cfg: QuickstartConfig) -> None:
 LOOP_GROUPS = {  # the nested sampling: and labeling: get a panel each
     "Inputs and outputs": ("output", "policy", "prompts", "eval_prompts", "reward_model"),
     "Rounds and selection": ("rounds", "k", "prompts_per_round", "pool_per_round", "selection", "seed"),
-    "Stage settings": ("reward", "ppo"),
     "Evaluation": ("eval_samples", "gold", "rm_eval_data"),
     "Run": ("threads", "progress"),
 }

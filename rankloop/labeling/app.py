@@ -49,7 +49,10 @@ def error_reply(request: Request, status: int, detail: str, headers: dict | None
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
     # FastAPI's default reply lists every error with its input: a 10 MB field would come back whole.
-    errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+    # The limits in ``ctx`` (e.g. max_length) stay: the ranking page words its message from them.
+    errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg"),
+               "ctx": {k: v for k, v in (e.get("ctx") or {}).items() if isinstance(v, (int, float, bool))}}
+              for e in exc.errors()]
     if not request.url.path.startswith("/api/"):
         shown = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in errors[:MAX_ERRORS])
         return error_reply(request, 422, f"the request was not understood ({shown})")
