@@ -24,7 +24,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar, get_args
 
 from pydantic import ValidationError
 
@@ -32,7 +32,10 @@ from rankloop.records import Candidate, Comparison, Prompt, RankedExample
 
 T = TypeVar("T")
 
-FORMATS = ("rankings", "trl", "hh")
+# The preference formats every reader of rankings takes (train-rm, eval-rm, train-dpo): a new one is
+# a parser in PARSERS, a rule in ``detect_format`` and its name here.
+PreferenceFormat = Literal["auto", "rankings", "trl", "hh"]
+FORMATS = get_args(PreferenceFormat)[1:]
 
 
 class DataError(ValueError):

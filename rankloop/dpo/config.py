@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rankloop.config import Config
+from rankloop.io import PreferenceFormat
 
 
 class DPOConfig(Config):
@@ -23,7 +24,7 @@ class DPOConfig(Config):
                                   "under LoRA the starting model is the policy with its adapter off, no second copy).")
     eval_data: str | None = Field(None, description="Held-out preferences: implicit-reward accuracy and margin, "
                                   "chosen log-probs, KL to the reference on their prompts.")
-    format: Literal["auto", "rankings", "trl", "hh"] = Field("auto", description="Input format; auto detects it from the first row.")
+    format: PreferenceFormat = Field("auto", description="Input format; auto detects it from the first row.")
     loss: Literal["dpo", "pl", "ipo"] = Field("dpo", description="dpo: pairwise DPO over all C(K,2) pairs; "
                                               "pl: Plackett–Luce listwise DPO (DPO App. A.3); ipo: IPO (Azar et al. 2023).")
     beta: float = Field(0.1, gt=0, description="β: the strength of the implicit KL to the reference (IPO's τ).")

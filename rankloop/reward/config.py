@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from rankloop.config import Config
+from rankloop.io import PreferenceFormat
 
 
 class RewardTrainConfig(Config):
@@ -19,7 +20,7 @@ class RewardTrainConfig(Config):
     model: str = Field(description="Backbone: a Hugging Face id or local path (causal LM, encoder or a reward model).")
     output: str = Field(description="Output directory: the final model, metrics.jsonl, checkpoints/.")
     eval_data: str | None = Field(None, description="Held-out preferences evaluated every eval_every steps and at the end.")
-    format: Literal["auto", "rankings", "trl", "hh"] = Field("auto", description="Input format; auto detects it from the first row.")
+    format: PreferenceFormat = Field("auto", description="Input format; auto detects it from the first row.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training rankings (fractions allowed).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(8, gt=0, description="Rankings (prompts) per micro-batch per process.")

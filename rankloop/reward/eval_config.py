@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from rankloop.config import Config
+from rankloop.io import PreferenceFormat
 
 
 class EvalConfig(Config):
@@ -18,7 +19,7 @@ class EvalConfig(Config):
     model: str = Field(description="Reward model directory (from train-rm) or Hugging Face id.")
     data: str = Field(description="Held-out preferences: rankings.jsonl, TRL pairs or HH-RLHF (.jsonl/.jsonl.gz).")
     output: str | None = Field(None, description="Also write the metrics as JSON here.")
-    format: Literal["auto", "rankings", "trl", "hh"] = Field("auto", description="Input format; auto detects it "
+    format: PreferenceFormat = Field("auto", description="Input format; auto detects it "
                                                               "from the first row.")
     batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
     max_length: int | None = Field(None, gt=1, description="Tokens per candidate (default: the training value).")
