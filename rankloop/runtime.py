@@ -210,6 +210,29 @@ class RunDir:
         return final
 
 
+# ---------------------------------------------------------------- one optimiser step over micro-batches
+
+
+def optimizer_step(acc, model, micro_batches: list[Callable[[], Any]], sums, optimizer, scheduler, params: list,
+                   max_grad_norm: float | None, guard: "FiniteGuard", step: int):
+    """One optimiser step of a supervised learner (train-rm, train-dpo): each micro-batch's forward
+    and backward (``micro_batches[m]()`` returns its (S,) sums, whose first entry is its loss sum),
+    DDP's gradient sync only on the last; a non-finite loss stops the run before the update; then
+    clipping, the update and the schedule. ``sums`` accumulates the micro-batches' sums in place.
+    Returns the gradient norm before clipping (None without clipping)."""
+    for m, run_micro in enumerate(micro_batches):
+        last = m == len(micro_batches) - 1
+        with acc.no_sync(model) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
+            micro = run_micro()
+        guard.check(micro[0], "loss", step + 1, "forward")
+        sums += micro
+    grad_norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm is not None else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 # ---------------------------------------------------------------- progress and the non-finite guard
 
 

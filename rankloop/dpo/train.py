@@ -27,6 +27,7 @@ reference's, and ``eval/kl_ref``, KL(π_θ ‖ π_ref) on responses sampled from
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import random
@@ -51,7 +52,7 @@ from rankloop.reward.eval import EncodedRanking, ranking_metrics
 from rankloop.reward.loss import pair_metrics
 from rankloop.reward.train import (TRAINER_STATE, EpochCache, RankingBatch, RewardData, build_training, collate,
                                    load_data, plan_steps, save_checkpoint, save_final, split_batch)
-from rankloop.runtime import FiniteGuard, RunDir, make_accelerator, progress_bar, tracking, trackers
+from rankloop.runtime import FiniteGuard, RunDir, make_accelerator, optimizer_step, progress_bar, tracking, trackers
 
 __all__ = ["DPOConfig", "train_dpo"]
 
@@ -484,19 +485,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
             batch = batches.of(step)
             parts = split_batch(batch, acc.num_processes * cfg.grad_accum)
             # 4b. Each ranking's tree forward, the DPO loss from its K log-probs, backward.
-            for m in range(cfg.grad_accum):
-                idx = parts[m * acc.num_processes + acc.process_index]
-                last = m == cfg.grad_accum - 1
-                with acc.no_sync(policy) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
-                    micro = micro_step(policy, acc, data, ref_logps, idx, len(batch), cfg, pack)
-                guard.check(micro[0], "loss", step + 1, "forward")
-                sums += micro
             # 4c. Update.
-            if cfg.max_grad_norm is not None:
-                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            mine = [parts[m * acc.num_processes + acc.process_index] for m in range(cfg.grad_accum)]
+            grad_norm = optimizer_step(
+                acc, policy, [functools.partial(micro_step, policy, acc, data, ref_logps, idx, len(batch), cfg, pack)
+                              for idx in mine],
+                sums, optimizer, scheduler, params, cfg.max_grad_norm, guard, step)
             done = step + 1
             # 4d. Log, evaluate, checkpoint.
             if done % cfg.log_every == 0 or done == plan.total_steps:

@@ -19,8 +19,8 @@ with ``from_pretrained`` (LoRA weights merged) and holds ``trainer_state.pt`` fo
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import math
 import os
 import random
@@ -42,8 +42,8 @@ from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metric
 from rankloop.reward.loss import pair_metrics, ranking_loss
 from rankloop.reward.model import Normalisation, ScoreModule, pad_batch
 from rankloop.reward.packing import can_pack, pack_rankings
-from rankloop.runtime import (FiniteGuard, RunDir, make_accelerator, progress_bar, rng_state, set_rng_state,
-                              tracking, trackers, write_dir_atomically)
+from rankloop.runtime import (FiniteGuard, RunDir, make_accelerator, optimizer_step, progress_bar, rng_state,
+                              set_rng_state, tracking, trackers, write_dir_atomically)
 
 __all__ = ["RewardTrainConfig", "train_reward_model"]
 
@@ -266,21 +266,12 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             # 4a. This step's global batch: a function of (seed, epoch, step) only.
             batch = batches.of(step)
             parts = split_batch(batch, acc.num_processes * cfg.grad_accum)
-            # 4b. Forward each candidate once, all pair losses from the K scores, backward.
-            for m in range(cfg.grad_accum):
-                idx = parts[m * acc.num_processes + acc.process_index]
-                last = m == cfg.grad_accum - 1
-                with acc.no_sync(scorer) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
-                    micro = micro_step(scorer, acc, data.train, idx, len(batch), cfg.loss,
-                                       data.tokenizer.pad_token_id, cfg.use_margin, pack)
-                guard.check(micro[0], "loss", step + 1, "forward")
-                sums += micro
-            # 4c. Update.
-            if cfg.max_grad_norm is not None:
-                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            # 4b. Forward each candidate once, all pair losses from the K scores, backward; 4c. update.
+            mine = [parts[m * acc.num_processes + acc.process_index] for m in range(cfg.grad_accum)]
+            grad_norm = optimizer_step(
+                acc, scorer, [functools.partial(micro_step, scorer, acc, data.train, idx, len(batch), cfg.loss,
+                                                data.tokenizer.pad_token_id, cfg.use_margin, pack) for idx in mine],
+                sums, optimizer, scheduler, params, cfg.max_grad_norm, guard, step)
             done = step + 1
             # 4d. Log, evaluate, checkpoint.
             if done % cfg.log_every == 0 or done == plan.total_steps:
