@@ -22,6 +22,7 @@ app = typer.Typer(
 STAGES = (
     "rankloop.rl.cli_sample",     # sample
     "rankloop.labeling.cli",      # serve, export
+    "rankloop.sft.cli",           # train-sft
     "rankloop.reward.cli",        # train-rm, eval-rm
     "rankloop.rl.cli",            # ppo
     "rankloop.loop_cli",          # loop, quickstart
