@@ -238,3 +238,20 @@ def test_rejected_demonstrations_are_not_trained_on(tmp_path, tiny_gpt2):
 
     data = load_data(SFTConfig(data=str(p), model=str(tiny_gpt2), output=str(tmp_path / "o")), Console(quiet=True))
     assert len(data.train) == 3 and data.rejected == 1
+
+
+def test_demonstration_record_rules():
+    with pytest.raises(ValueError, match="exactly one of 'response'"):
+        Demonstration(prompt_id="p", prompt="hi")
+    with pytest.raises(ValueError, match="exactly one of 'response'"):
+        Demonstration(prompt_id="p", prompt="hi", response="x", messages=CONV)
+    with pytest.raises(ValueError, match="needs the 'prompt'"):
+        Demonstration(prompt_id="p", response="x")
+    with pytest.raises(ValueError, match="leave 'prompt' out"):
+        Demonstration(prompt_id="p", prompt="hi", messages=CONV)
+    with pytest.raises(ValueError, match=r"messages\[2\]: an assistant turn must follow a user turn"):
+        Demonstration(prompt_id="p", messages=[CONV[1], CONV[2], CONV[2]])
+    plain = Demonstration(prompt_id="p", prompt="hi", response=" there")
+    assert plain.conversation is None
+    chat = Demonstration(prompt_id="p", prompt=CONV[:2], response="sat.")
+    assert chat.conversation == [*CONV[:2], {"role": "assistant", "content": "sat."}]
