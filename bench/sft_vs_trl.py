@@ -9,7 +9,8 @@ Same on every side:
     loss on the completion tokens only, normalised per token over the optimizer step;
   - AdamW, linear schedule, no warm-up, clip 1.0, fp32, the same learning rate and epochs;
   - tokens per step: rankloop and TRL-default take B demonstrations per step; TRL-packed takes
-    round(B · mean length / max_length) packed rows of max_length, the same tokens per step.
+    R = ⌊B · mean length / 512⌋ packed rows of B · mean length / R tokens (≥ 512, so no
+    demonstration is cut): the same tokens, and so the same number of steps, per epoch.
 
 TRL is run at its defaults except where they would change the arithmetic (``bf16=False``: fp32 on
 both sides) or the work (``gradient_checkpointing=False``: rankloop recomputes nothing, and
@@ -183,15 +184,16 @@ def worker_trl(a, packed: bool) -> dict:
     tok = load_tokenizer(a.backbone)
     model = load_causal_lm(a.backbone, tokenizer=tok)
     rows = json.loads((Path(a.work) / "train_ids.json").read_text())  # rankloop's encoding, token for token
-    batch = a.batch
-    if packed:  # the same tokens per step: B demonstrations' worth of max_length rows
-        mean = statistics.mean(len(r["input_ids"]) for r in rows)
-        batch = max(1, round(a.batch * mean / MAX_LENGTH))
+    batch, pack_length = a.batch, MAX_LENGTH
+    if packed:  # the same tokens per step: B demonstrations' worth of packed rows, each at least max_length long
+        per_step = a.batch * statistics.mean(len(r["input_ids"]) for r in rows)
+        batch = max(1, int(per_step // MAX_LENGTH))
+        pack_length = max(MAX_LENGTH, round(per_step / batch))
     with tempfile.TemporaryDirectory() as d:
         args = TRLConfig(
             output_dir=d, per_device_train_batch_size=batch, num_train_epochs=a.epochs, learning_rate=a.lr,
             lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False,
-            gradient_checkpointing=False, max_length=MAX_LENGTH, packing=packed, completion_only_loss=True,
+            gradient_checkpointing=False, max_length=pack_length, packing=packed, completion_only_loss=True,
             use_cpu=True, report_to="none", save_strategy="no", logging_steps=10_000, seed=0,
             dataloader_num_workers=0,
         )
@@ -200,7 +202,8 @@ def worker_trl(a, packed: bool) -> dict:
         trainer.train()
         seconds = time.perf_counter() - t0
         loss = held_out_loss(trainer.model.eval(), tok, Path(a.work))
-    return {"seconds": seconds, "loss": loss, "steps": trainer.state.global_step, "rows_per_step": batch}
+    return {"seconds": seconds, "loss": loss, "steps": trainer.state.global_step, "rows_per_step": batch,
+            "row_length": pack_length}
 
 
 def worker_main(a) -> None:
@@ -284,7 +287,8 @@ def main() -> None:
         "quick": quick, "repeats": repeats, "epochs": args.epochs, "batch_demonstrations": args.batch, "lr": args.lr,
         "max_length": MAX_LENGTH, "train_demonstrations": n_train, "held_out_demonstrations": n_eval,
         "trl_version": trl.__version__, "trl_settings": "defaults, but bf16=False, gradient_checkpointing=False, "
-        "completion_only_loss=True; packed: packing=True (bfd), rows per step = round(B * mean length / max_length)",
+        "completion_only_loss=True; packed: packing=True (bfd), R = floor(B * mean length / 512) rows per step of "
+        "B * mean length / R tokens each (>= 512, so no demonstration is cut)",
         "cpu_threads": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
         "fp32_matmul_peak_gflops": round(peak / 1e9, 1)}}
     t_start = time.perf_counter()

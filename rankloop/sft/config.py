@@ -47,7 +47,8 @@ class SFTConfig(Config):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     pack: bool = Field(True, description="Forward the demonstrations without padding: laid end to end in rows, "
                        "attention kept within each by a block-diagonal mask — the same loss, fewer tokens.")
-    group_by_length: bool = Field(True, description="Group demonstrations of similar length into a batch to cut padding.")
+    group_by_length: bool = Field(False, description="Group demonstrations of similar length into a batch (cuts "
+                                  "padding with pack off; with pack on, mixed lengths are what fill the rows).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype (float32 on CPU).")
     seed: int = Field(0, description="Seed for the data order (and dropout, where the model has it).")
     skip_invalid: bool = Field(False, description="Skip (and count) malformed rows instead of stopping at the first.")
