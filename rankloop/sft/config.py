@@ -11,8 +11,6 @@ from pydantic import Field
 
 from rankloop.config import Config
 
-SFT_FORMATS = ("auto", "demonstrations", "text", "prompt_completion", "messages")
-
 
 class SFTConfig(Config):
     """``rankloop train-sft``: every field can come from ``--config FILE.yaml`` or a CLI flag."""

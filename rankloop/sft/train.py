@@ -202,30 +202,18 @@ def train_sft(cfg: SFTConfig) -> Path:
     with tracking(acc), bar:
         task = bar.add_task("train", total=plan.total_steps, completed=start, info="")
         for step in range(start, plan.total_steps):
-            # 4a. This step's global batch (a function of seed, epoch and step) and its trained tokens.
+            # 4a. This step's global batch: a function of (seed, epoch, step) only.
             batch = epochs.of(step)
-            parts = split_batch(batch, acc.num_processes * cfg.grad_accum)
-            n_targets = sum(data.train[i].n_targets for i in batch)
             # 4b. Forward, masked next-token loss, backward — micro-batch by micro-batch.
-            for m in range(cfg.grad_accum):
-                idx = parts[m * acc.num_processes + acc.process_index]
-                last = m == cfg.grad_accum - 1
-                with acc.no_sync(net) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
-                    micro = micro_step(net, acc, data.train, idx, n_targets, data.tokenizer.pad_token_id, pack, dtype)
-                guard.check(micro[0], "loss", step + 1, "forward")
-                sums += micro
+            sums += accumulate_gradients(net, acc, data, batch, cfg.grad_accum, pack, dtype, guard, step + 1)
             # 4c. Update.
-            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm is not None else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = update(acc, params, optimizer, scheduler, cfg.max_grad_norm)
             done = step + 1
             # 4d. Log, evaluate, checkpoint.
             if done % cfg.log_every == 0 or done == plan.total_steps:
                 s = StepSums(*acc.reduce(sums.clone(), reduction="sum").tolist())
                 tokens_total += s.tokens
-                row = step_metrics(s, done, plan, scheduler.get_last_lr()[0], grad_norm,
-                                   time.perf_counter() - t_log)
+                row = step_metrics(s, done, plan, scheduler.get_last_lr()[0], grad_norm, time.perf_counter() - t_log)
                 acc.log(row, step=done)
                 bar.update(task, info=f"loss {row['loss']:.4f}")
                 sums.zero_()
@@ -411,7 +399,33 @@ def pack_width(cfg: SFTConfig, model, console: Console | None) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------- 4. one micro-batch, metrics, evaluation, checkpoints
+# ---------------------------------------------------------------- 4. the step, metrics, evaluation, checkpoints
+
+
+def accumulate_gradients(net, acc, data: SFTData, batch: list[int], grad_accum: int, pack: int | None, dtype,
+                         guard: FiniteGuard, at: int) -> torch.Tensor:
+    """This process's micro-batches of the global ``batch``, forward and backward, gradients summed
+    (synchronised across processes on the last only). Returns their (3,) ``StepSums``."""
+    parts = split_batch(batch, acc.num_processes * grad_accum)
+    n_targets = sum(data.train[i].n_targets for i in batch)  # the normaliser: the whole step's trained tokens
+    sums = torch.zeros(3, device=acc.device)
+    for m in range(grad_accum):
+        idx = parts[m * acc.num_processes + acc.process_index]
+        last = m == grad_accum - 1
+        with acc.no_sync(net) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
+            micro = micro_step(net, acc, data.train, idx, n_targets, data.tokenizer.pad_token_id, pack, dtype)
+        guard.check(micro[0], "loss", at, "forward")
+        sums += micro
+    return sums
+
+
+def update(acc, params: list, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
+    """Clip, step the optimizer and the schedule, zero the gradients; the gradient norm before clipping."""
+    grad_norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm is not None else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return None if grad_norm is None else float(grad_norm)
 
 
 def micro_step(net, acc, encoded: list[EncodedDemo], idx: list[int], n_global: int, pad_id: int, pack: int | None,
