@@ -345,3 +345,86 @@ def render_prompt(prompt: PromptContent) -> str:
     if prompt[-1]["role"] != "assistant":
         text += "\n\nAssistant:"
     return text
+
+
+ROLES = ("system", "user", "assistant")
+REVIEW = ("pending", "accepted", "rejected")
+
+
+def check_conversation(messages: list[Message], what: str = "messages") -> list[Message]:
+    """A conversation a demonstration can answer or hold: known roles only, and every assistant
+    turn (and the end of a prompt) answering the user's turn before it."""
+    _check_messages(messages)
+    for i, m in enumerate(messages):
+        if m["role"] not in ROLES:
+            raise ValueError(f"{what}[{i}]: unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        if m["role"] == "assistant" and (i == 0 or messages[i - 1]["role"] != "user"):
+            raise ValueError(f"{what}[{i}]: an assistant turn must follow a user turn")
+    return messages
+
+
+class Demonstration(_Record):
+    """What a labeler wrote for a prompt: SFT's input (InstructGPT §3.5, "demonstrations of the
+    desired behavior").
+
+    Either ``response`` — the text answering ``prompt`` (plain text, or a conversation whose last
+    turn is the user's) — or ``messages``: a whole conversation whose assistant turns are the
+    demonstration (``prompt`` then stays empty). ``edited_from`` names the model draft (a
+    candidate id) the labeler started from; ``None`` means written from scratch. ``review`` is the
+    reviewer's verdict; a trainer never trains on a rejected one. ``source`` (``file:line``) is set by
+    readers for error messages and not written out.
+    """
+
+    prompt_id: str
+    prompt: PromptContent | None = None
+    response: str | None = None
+    messages: list[Message] | None = None
+    labeler: str | None = None
+    edited_from: str | None = None
+    review: str = "pending"
+    created_at: datetime | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "Demonstration":
+        if self.review not in REVIEW:
+            raise ValueError(f"review must be one of {', '.join(REVIEW)}, got {self.review!r}")
+        if (self.response is None) == (self.messages is None):
+            raise ValueError("a demonstration needs exactly one of 'response' (with 'prompt') or 'messages'")
+        if self.response is not None:
+            if self.prompt is None:
+                raise ValueError("a 'response' needs the 'prompt' it answers")
+            if not self.response.strip():
+                raise ValueError("the response is empty" if not self.response else "the response is only whitespace")
+            if isinstance(self.prompt, list):
+                check_conversation(self.prompt, "prompt")
+                if self.prompt[-1]["role"] != "user":
+                    raise ValueError(f"the prompt's last turn is the {self.prompt[-1]['role']}'s, not the user's: "
+                                     "a response answers the user")
+            elif not self.prompt.strip():
+                raise ValueError("the prompt is empty")
+        else:
+            if self.prompt is not None:
+                raise ValueError("'messages' holds the whole conversation: leave 'prompt' out")
+            check_conversation(self.messages)
+            if self.messages[-1]["role"] != "assistant":
+                raise ValueError(f"the conversation ends with the {self.messages[-1]['role']}'s turn: "
+                                 "its last turn must be the assistant's (the demonstration)")
+            for i, m in enumerate(self.messages):
+                if m["role"] == "assistant" and not m["content"].strip():
+                    raise ValueError(f"messages[{i}]: the assistant turn is empty")
+        return self
+
+    @property
+    def conversation(self) -> list[Message] | None:
+        """The whole exchange as messages (None for a plain-text prompt and response)."""
+        if self.messages is not None:
+            return self.messages
+        if isinstance(self.prompt, list):
+            return [*self.prompt, {"role": "assistant", "content": self.response}]
+        return None
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSONL row of ``demonstrations.jsonl`` (the inverse of parsing)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"source"})

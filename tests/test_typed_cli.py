@@ -27,6 +27,7 @@ from rankloop.reward.eval_config import EvalConfig
 from rankloop.reward.config import RewardTrainConfig
 from rankloop.dpo.config import DPOConfig
 from rankloop.rl.config import GRPOConfig, PPOConfig, RLOOConfig
+from rankloop.sft.config import SFTConfig
 from rankloop.sample import SampleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ COMMANDS = {
     "rloo": (RLOOConfig, C.groups_of(RLOOConfig)),
     "grpo": (GRPOConfig, C.groups_of(GRPOConfig)),
     "train-dpo": (DPOConfig, C.DPO_GROUPS),
+    "train-sft": (SFTConfig, C.SFT_GROUPS),
     "quickstart": (QuickstartConfig, C.QUICKSTART_GROUPS),
     "loop": (LoopConfig, C.LOOP_GROUPS),
 }
@@ -130,7 +132,7 @@ def test_top_level_help_is_one_line_per_command_and_imports_no_torch():
     heavy = [ln for ln in proc.stderr.splitlines() if re.search(r"\|\s+(torch|transformers|fastapi)(\.|\s*$)", ln)]
     assert not heavy, heavy[:5]
     rows = [ln for ln in proc.stdout.splitlines() if re.match(r"│ [a-z][a-z-]* {2,}\S", ln)]
-    assert [ln.split()[1] for ln in rows] == ["sample", "serve", "export", "train-rm", "eval-rm", "train-dpo", "ppo",
+    assert [ln.split()[1] for ln in rows] == ["sample", "serve", "export", "train-rm", "eval-rm", "train-sft", "train-dpo", "ppo",
                                               "rloo", "grpo", "quickstart", "loop", "labeling"]
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "rankloop.cli", "ppo", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

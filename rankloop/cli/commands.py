@@ -28,6 +28,7 @@ from rankloop.reward.eval_config import EvalConfig
 from rankloop.reward.config import RewardTrainConfig
 from rankloop.rl.config import GRPOConfig, PPOConfig, RLOOConfig
 from rankloop.sample import SampleConfig
+from rankloop.sft.config import SFTConfig
 
 err = Console(stderr=True)
 
@@ -210,6 +211,31 @@ def eval_rm(cfg: EvalConfig) -> None:
     typer.echo(json.dumps(m, indent=2))
 
 
+# ---------------------------------------------------------------- sft
+
+SFT_GROUPS = {
+    "Inputs and outputs": ("data", "model", "output", "eval_data", "format", "chat_template", "skip_invalid"),
+    "Run length and batches": ("epochs", "max_steps", "batch_size", "grad_accum", "group_by_length", "seed"),
+    "Optimiser": ("lr", "weight_decay", "scheduler", "warmup_steps", "max_grad_norm"),
+    "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "pack", "dtype"),
+    "Evaluation": ("eval_every", "eval_batch_size"),
+    "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
+}
+
+
+def train_sft(cfg: SFTConfig) -> None:
+    """Supervised fine-tuning on demonstrations: the loss on the response tokens only (assistant turns of conversations)."""
+    from rankloop.runtime import NonFiniteError
+    from rankloop.sft.train import train_sft as run
+
+    try:
+        run(cfg)
+    except DataError as e:
+        raise _skip_hint(e, cfg.skip_invalid) from None
+    except NonFiniteError as e:
+        fail(str(e), code=3)
+
+
 # ---------------------------------------------------------------- dpo
 
 DPO_GROUPS = {
@@ -383,6 +409,7 @@ def register(app: typer.Typer) -> None:
     register_labeling(app)
     config_command(app, "train-rm", RewardTrainConfig, groups=RM_GROUPS)(train_rm)
     config_command(app, "eval-rm", EvalConfig, groups=EVAL_GROUPS)(eval_rm)
+    config_command(app, "train-sft", SFTConfig, groups=SFT_GROUPS)(train_sft)
     config_command(app, "train-dpo", DPOConfig, groups=DPO_GROUPS)(train_dpo)
     config_command(app, "ppo", PPOConfig, groups=PPO_GROUPS, aliases={"learning_rate": ("--lr",)})(ppo)
     config_command(app, "rloo", RLOOConfig, groups=groups_of(RLOOConfig), aliases=GROUP_ALIASES)(rloo)

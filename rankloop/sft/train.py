@@ -1,0 +1,530 @@
+"""Supervised fine-tuning on demonstrations (InstructGPT's step 1).
+
+The loss is the masked next-token loss of ``rankloop.sft.loss``: response tokens only, the prompt
+masked; for conversations the assistant turns only. The trained model is a plain ``from_pretrained``
+directory, the ``--policy`` of ``rankloop ppo`` and — left as PPO's default reference — the anchor
+of its KL penalty (π^SFT).
+
+Batching. ``batch_size`` demonstrations per micro-batch per process; an optimizer step takes
+``batch_size × grad_accum × num_processes`` demonstrations (a "global batch"), whose order is a pure
+function of ``(seed, epoch)``. Every micro-batch's loss is ``Σ token nll · num_processes / N``, N
+the trained tokens of the whole global batch, so gradient accumulation and data parallelism give
+the update of one big batch, and ``--resume`` needs only the step number to find its place.
+
+Packing. A micro-batch's demonstrations are laid end to end in rows with a block-diagonal causal
+mask (``rankloop.packing``) when that removes ≥ 10 % of the padded positions: each token sees what
+it sees in its own padded row, so the loss and gradients are those of the padded batch. The output
+layer runs only at the positions that predict a trained token.
+
+Checkpoints (``output/checkpoints/step-NNNNNNNN``) are written to a temporary directory and renamed
+into place, so a run killed at any moment leaves its last complete checkpoint intact; each loads
+with ``from_pretrained`` (LoRA merged) and holds ``trainer_state.pt`` for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from rich.console import Console
+from torch import nn
+from transformers import AutoConfig, get_scheduler
+
+from rankloop.config import ConfigError, save_config
+from rankloop.io import DataError, ReadStats, write_json
+from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer,
+                             model_max_positions)
+from rankloop.packing import pack_segments, supports_packing, worth_packing
+from rankloop.records import Demonstration
+from rankloop.runtime import (FiniteGuard, RunDir, make_accelerator, progress_bar, rng_state, set_rng_state,
+                              tracking, trackers, write_dir_atomically)
+from rankloop.models import backbone_of, unwrap_model
+from rankloop.sft.config import SFTConfig
+from rankloop.sft.data import (EncodedDemo, NoChatTemplateError, encode_rows, epoch_batches, needs_template,
+                               read_demonstrations, resolve_chat_template, row_summary, split_batch)
+from rankloop.sft.loss import perplexity, sft_loss, target_positions
+
+__all__ = ["SFTConfig", "train_sft"]
+
+TRAINER_STATE = "trainer_state.pt"
+RESUME_SAFE = {"resume", "progress", "tensorboard", "save_every", "keep_checkpoints", "eval_every",
+               "eval_batch_size", "log_every"}
+
+
+# ---------------------------------------------------------------- typed records of the loop
+
+
+class SFTData(NamedTuple):
+    """The tokenised demonstrations."""
+
+    tokenizer: object
+    train: list[EncodedDemo]
+    eval_set: list[EncodedDemo] | None
+    max_length: int  # tokens per demonstration: the config's, capped by the model's positions
+    skipped: int  # malformed training rows skipped (``skip_invalid``)
+    rejected: int  # demonstrations a reviewer rejected: never trained on
+
+
+class StepPlan(NamedTuple):
+    """How the data is cut into optimiser steps: a pure function of (seed, epoch, step)."""
+
+    global_batch: int  # demonstrations per optimiser step: batch_size × grad_accum × processes
+    steps_per_epoch: int
+    total_steps: int
+    lengths: list[int]  # tokens of each training demonstration
+
+
+class TokenBatch(NamedTuple):
+    """A micro-batch as the model reads it, and the N positions whose logits the loss reads.
+
+    Padded: ``input_ids`` (B, T) right-padded, ``attention_mask`` (B, T). Packed: ``input_ids`` (R, L),
+    ``attention_mask`` the (R, 1, L, L) block-diagonal causal bias. Either way ``position_ids``
+    restart at 0 for each demonstration, and (``read_row``, ``read_col``) (N,) predict ``targets`` (N,)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    read_row: torch.Tensor
+    read_col: torch.Tensor
+    targets: torch.Tensor
+    packed: bool
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(*(t.to(device) for t in self[:6]), self.packed)
+
+
+class StepSums(NamedTuple):
+    """Sums over logged micro-batches (and processes): ``micro_step`` returns them as a (3,) tensor
+    in this order, so one all-reduce carries them."""
+
+    nll: float  # Σ token nll of the trained tokens
+    targets: float  # trained tokens
+    tokens: float  # every token forwarded (prompt and response, no padding)
+
+
+def collate(encoded: list[EncodedDemo], idx: list[int], pad_id: int, pack: int | None,
+            dtype: torch.dtype = torch.float32) -> TokenBatch:
+    """The demonstrations ``idx`` as one ``TokenBatch``; with ``pack`` (the model's hidden size) laid
+    end to end in rows when that saves at least 10 % of the padded positions."""
+    rows = [encoded[i] for i in idx]
+    lengths = [len(r.ids) for r in rows]
+    padded_positions = len(rows) * max(lengths)
+    if pack is not None and worth_packing(sum(lengths), padded_positions):
+        segments = [(r.ids, list(range(len(r.ids))), [0] * len(r.ids)) for r in rows]
+        batch, start = pack_segments(segments, pad_id, causal=True, hidden_size=pack)
+        if worth_packing(batch.input_ids.numel(), padded_positions):
+            trained = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
+            for r, (row, col) in zip(rows, start):
+                trained[row, col:col + len(r.ids)] = torch.tensor(r.trained)
+            # A segment's first token is never a target: its predecessor in the row is another segment.
+            for row, col in start:
+                trained[row, col] = False
+            read_row, read_col = trained.nonzero(as_tuple=True)
+            return TokenBatch(batch.input_ids, batch.attention_bias(dtype), batch.position_ids, read_row,
+                              read_col - 1, batch.input_ids[read_row, read_col], packed=True)
+    ids = torch.full((len(rows), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    trained = torch.zeros(ids.shape, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids[b, :len(r.ids)] = torch.tensor(r.ids)
+        mask[b, :len(r.ids)] = 1
+        trained[b, :len(r.ids)] = torch.tensor(r.trained)
+    read_row, read_col = target_positions(trained)
+    position_ids = torch.arange(ids.shape[1]).expand_as(ids)
+    return TokenBatch(ids, mask, position_ids, read_row, read_col, ids[read_row, read_col + 1], packed=False)
+
+
+class NextTokenLogits(nn.Module):
+    """The causal LM's logits at the read positions only, (N, V): the backbone over the whole batch,
+    the output layer only where a trained token is predicted. One module, so DDP wraps it whole."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, position_ids, read_row, read_col) -> torch.Tensor:
+        hidden = backbone_of(self.lm)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                      use_cache=False).last_hidden_state  # (B, T, H)
+        return unwrap_model(self.lm).get_output_embeddings()(hidden[read_row, read_col])  # (N, V)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    """Fine-tune, checkpoint and save; returns the output directory (``from_pretrained`` loads it)."""
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
+    main = acc.is_main_process
+    console = Console(stderr=True, quiet=not main)
+    run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
+    guard = FiniteGuard("step")
+
+    # 1. Set-up: where to start ---------------------------------------------------------------
+    resume_from = check_start(cfg, run, console)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # 2. Data: read, validate, render and tokenise each demonstration once; cut it into steps ----
+    data = load_data(cfg, console)
+    plan = plan_steps(cfg, data, acc.num_processes)
+
+    # 3. Model, optimizer, schedule; --resume restores all three and the RNG -------------------
+    model, optimizer, scheduler, start = build_training(cfg, data, plan, resume_from, console)
+    net, optimizer = acc.prepare(NextTokenLogits(model), optimizer)
+    pack = pack_width(cfg, model, console if main else None)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    guard.last_good = resume_from
+    run.begin(resumed_at=start)
+    if main:
+        save_config(cfg, run.out / "train_config.json")
+    trainable, total = count_parameters(model)
+    console.print(
+        f"train-sft: {len(data.train)} demonstrations ({sum(e.n_targets for e in data.train):,} trained tokens), "
+        f"{plan.total_steps} steps of {plan.global_batch} demonstrations on {acc.num_processes} process(es); "
+        f"{trainable:,} of {total:,} parameters trainable")
+
+    # 4. Train: one optimizer step per global batch ---------------------------------------------
+    params = [p for p in model.parameters() if p.requires_grad]
+    net.train()
+    sums = torch.zeros(3, device=acc.device)  # StepSums since the last log
+    tokens_total = 0.0
+    epochs = EpochCache(cfg, plan, acc.num_processes)
+    t_log = t_train = time.perf_counter()
+    bar = progress_bar("train-sft", enabled=main and cfg.progress, console=console)
+    with tracking(acc), bar:
+        task = bar.add_task("train", total=plan.total_steps, completed=start, info="")
+        for step in range(start, plan.total_steps):
+            # 4a. This step's global batch: a function of (seed, epoch, step) only.
+            batch = epochs.of(step)
+            # 4b. Forward, masked next-token loss, backward — micro-batch by micro-batch.
+            sums += accumulate_gradients(net, acc, data, batch, cfg.grad_accum, pack, dtype, guard, step + 1)
+            # 4c. Update.
+            grad_norm = update(acc, params, optimizer, scheduler, cfg.max_grad_norm)
+            done = step + 1
+            # 4d. Log, evaluate, checkpoint.
+            if done % cfg.log_every == 0 or done == plan.total_steps:
+                s = StepSums(*acc.reduce(sums.clone(), reduction="sum").tolist())
+                tokens_total += s.tokens
+                row = step_metrics(s, done, plan, scheduler.get_last_lr()[0], grad_norm, time.perf_counter() - t_log)
+                acc.log(row, step=done)
+                bar.update(task, info=f"loss {row['loss']:.4f}")
+                sums.zero_()
+                t_log = time.perf_counter()
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps:
+                evaluate(acc, net, data, cfg, done, pack, dtype)
+            if cfg.save_every and done % cfg.save_every == 0 and done != plan.total_steps:
+                guard.last_good = save_checkpoint(run, model, optimizer, scheduler, data.tokenizer, cfg, done, guard)
+            bar.update(task, completed=done)
+        train_seconds = time.perf_counter() - t_train
+
+        # 5. Evaluate and save ----------------------------------------------------------------------
+        final_eval = evaluate(acc, net, data, cfg, plan.total_steps, pack, dtype)
+    if main:
+        summary = {"steps": plan.total_steps, "demonstrations": len(data.train), "skipped": data.skipped,
+                   "rejected": data.rejected, "trained_tokens_per_epoch": sum(e.n_targets for e in data.train),
+                   "tokens_per_epoch": sum(len(e.ids) for e in data.train), "tokens_forwarded": tokens_total,
+                   "trainable_parameters": trainable, "parameters": total, "resumed_at": start,
+                   "train_loop_seconds": round(train_seconds, 3)}
+        if final_eval is not None:
+            summary["eval"] = final_eval
+            console.print(f"eval loss {final_eval['loss']:.4f}, perplexity {final_eval['perplexity']:.3f} "
+                          f"on {len(data.eval_set)} demonstrations")
+        save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary})
+        console.print(f"saved the fine-tuned model to {run.out}")
+    acc.wait_for_everyone()
+    return run.out
+
+
+# ---------------------------------------------------------------- 1.–3. set-up
+
+
+def check_start(cfg: SFTConfig, run: RunDir, console: Console) -> Path | None:
+    """The checkpoint to resume from (None: from the beginning)."""
+    latest = run.latest()
+    if not cfg.resume and latest is not None:
+        raise ConfigError(f"{run.checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, "
+                          "or choose another --output")
+    if cfg.resume and latest is None:
+        console.print(f"[yellow]--resume: no complete checkpoint in {run.checkpoints}; starting from the beginning[/]")
+        return None
+    if cfg.resume:
+        saved = json.loads((latest / "train_config.json").read_text(encoding="utf-8"))
+        now = cfg.model_dump()
+        diff = sorted(k for k in now if k not in RESUME_SAFE and saved.get(k) != now[k])
+        if diff:
+            raise ConfigError(f"--resume with a config that differs from the checkpoint's in {diff}; "
+                              f"use the original settings (see {latest / 'train_config.json'})")
+    return latest if cfg.resume else None
+
+
+def load_sft_tokenizer(cfg: SFTConfig, conversations: bool):
+    """The model's tokenizer (padding with EOS where it has no pad token: padding is masked anyway),
+    with ``cfg.chat_template`` installed; a clear error where conversations meet no template."""
+    tok = load_tokenizer(cfg.model, padding_side="right")
+    if cfg.chat_template is not None:
+        try:
+            tok.chat_template = resolve_chat_template(cfg.chat_template)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if conversations and not getattr(tok, "chat_template", None):
+        raise ConfigError(
+            f"the tokenizer of {cfg.model} has no chat template, and {cfg.data} holds conversations (messages): "
+            "pass --chat-template hh (rankloop's '\\n\\nHuman: … \\n\\nAssistant: …' rendering), a Jinja file or a "
+            "template; it is saved with the fine-tuned model's tokenizer, so sampling and PPO render prompts alike")
+    if tok.eos_token_id is None:
+        raise ConfigError(f"the tokenizer of {cfg.model} has no EOS token, so a demonstration cannot end with one "
+                          "and the model would never learn to stop; give the tokenizer an eos_token")
+    return tok
+
+
+def load_data(cfg: SFTConfig, console: Console) -> SFTData:
+    stats = ReadStats()
+    rows = read_demonstrations(cfg.data, fmt=cfg.format, skip_invalid=cfg.skip_invalid, stats=stats)
+    eval_rows = None
+    if cfg.eval_data:
+        eval_rows = read_demonstrations(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=ReadStats())
+    tok = load_sft_tokenizer(cfg, needs_template(rows + (eval_rows or [])))
+    rejected = sum(isinstance(r, Demonstration) and r.review == "rejected" for r in rows)
+    rows = [r for r in rows if not (isinstance(r, Demonstration) and r.review == "rejected")]
+    context = model_max_positions(AutoConfig.from_pretrained(cfg.model))
+    max_length = min(cfg.max_length, context)
+    train = _encode(rows, tok, max_length, cfg.data, cfg.skip_invalid, stats, context)
+    if stats.skipped:
+        console.print(f"skipped {stats.skipped} of {stats.rows} rows of {cfg.data} (--skip-invalid); "
+                      f"first: {stats.reasons[0]}")
+    if rejected:
+        console.print(f"{rejected} demonstrations a reviewer rejected are not trained on")
+    if not train:
+        raise DataError(cfg.data, None, "no valid demonstrations to train on")
+    console.print(f"train-sft: read {row_summary(rows)} from {cfg.data}")
+    eval_set = None
+    if eval_rows is not None:
+        eval_rows = [r for r in eval_rows if not (isinstance(r, Demonstration) and r.review == "rejected")]
+        eval_set = _encode(eval_rows, tok, max_length, cfg.eval_data, cfg.skip_invalid, ReadStats(), context)
+    return SFTData(tok, train, eval_set, max_length, stats.skipped, rejected)
+
+
+def _encode(rows, tok, max_length, path, skip_invalid, stats, context) -> list[EncodedDemo]:
+    try:
+        return encode_rows(rows, tok, max_length, path, skip_invalid, stats, context)
+    except NoChatTemplateError:  # (load_sft_tokenizer checks first; kept for callers of encode_rows)
+        raise ConfigError(f"{path} holds conversations and the tokenizer has no chat template: "
+                          "pass --chat-template") from None
+
+
+def plan_steps(cfg: SFTConfig, data: SFTData, world: int) -> StepPlan:
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    lengths = [len(e.ids) for e in data.train]
+    steps_per_epoch = len(epoch_batches(lengths, 0, cfg.seed, global_batch, cfg.group_by_length,
+                                        world * cfg.grad_accum))
+    if steps_per_epoch == 0:
+        raise DataError(cfg.data, None, f"{len(data.train)} demonstrations are too few for {world} process(es) × "
+                        f"{cfg.grad_accum} micro-batches")
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return StepPlan(global_batch, steps_per_epoch, total_steps, lengths)
+
+
+class EpochCache:
+    """The global batches of the current epoch, computed once per epoch."""
+
+    def __init__(self, cfg: SFTConfig, plan: StepPlan, world: int):
+        self.cfg, self.plan, self.min_size = cfg, plan, world * cfg.grad_accum
+        self.epoch, self.batches = -1, []
+
+    def of(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.plan.steps_per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.batches = epoch_batches(self.plan.lengths, epoch, self.cfg.seed, self.plan.global_batch,
+                                         self.cfg.group_by_length, self.min_size)
+        return self.batches[pos]
+
+
+def build_model(cfg: SFTConfig, tokenizer, weights_from: str | None = None):
+    """The causal LM, frozen / LoRA-wrapped as configured.
+
+    Unlike PPO, SFT keeps SDPA for tiny heads on CPU (no ``prefer_cpu_attention``): over
+    demonstrations of up to 512 tokens, eager attention's (rows, heads, L, L) matrices made a
+    stories260K epoch ~14x slower (23.7 s against 1.7 s, packed) and its peak RSS 952 MiB against
+    519 MiB (measured on a loaded machine: the ratio, not the seconds)."""
+    model = load_causal_lm(weights_from or cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    if cfg.freeze_layers:
+        freeze_bottom(model, cfg.freeze_layers)
+    if cfg.lora:
+        targets = None  # peft's "all-linear"
+        if cfg.freeze_layers:  # no adapters on frozen blocks: they must stay exactly as loaded
+            targets = [n for n, mod in model.named_modules()
+                       if isinstance(mod, nn.Linear) and mod.weight.requires_grad and mod is not model.get_output_embeddings()]
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, task="causal",
+                           target_modules=targets)
+    return model
+
+
+def build_training(cfg: SFTConfig, data: SFTData, plan: StepPlan, resume_from: Path | None, console: Console):
+    """The model, AdamW and the schedule — restored from ``resume_from`` with the RNG — and the first step."""
+    state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=False) if resume_from else None
+    # Full fine-tuning resumes from the checkpoint's own weights; LoRA from the base + adapter state.
+    model = build_model(cfg, data.tokenizer,
+                        weights_from=str(resume_from) if state is not None and not cfg.lora else None)
+    if state is not None and cfg.lora:
+        model.load_state_dict(state["trainable"], strict=False)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=plan.total_steps)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        console.print(f"resumed from {resume_from} at step {start}")
+    return model, optimizer, scheduler, start
+
+
+def pack_width(cfg: SFTConfig, model, console: Console | None) -> int | None:
+    """The hidden size ``collate`` packs for, or None to pad (this model's attention takes no 4D mask)."""
+    base = unwrap_model(model)
+    if cfg.pack and supports_packing(base):
+        return int(getattr(base.config, "hidden_size", None) or getattr(base.config, "n_embd"))
+    if cfg.pack and console is not None:
+        console.print("[yellow]pack: this model's attention takes no block-diagonal mask; padding instead[/]")
+    return None
+
+
+# ---------------------------------------------------------------- 4. the step, metrics, evaluation, checkpoints
+
+
+def accumulate_gradients(net, acc, data: SFTData, batch: list[int], grad_accum: int, pack: int | None, dtype,
+                         guard: FiniteGuard, at: int) -> torch.Tensor:
+    """This process's micro-batches of the global ``batch``, forward and backward, gradients summed
+    (synchronised across processes on the last only). Returns their (3,) ``StepSums``."""
+    parts = split_batch(batch, acc.num_processes * grad_accum)
+    n_targets = sum(data.train[i].n_targets for i in batch)  # the normaliser: the whole step's trained tokens
+    sums = torch.zeros(3, device=acc.device)
+    for m in range(grad_accum):
+        idx = parts[m * acc.num_processes + acc.process_index]
+        last = m == grad_accum - 1
+        with acc.no_sync(net) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
+            micro = micro_step(net, acc, data.train, idx, n_targets, data.tokenizer.pad_token_id, pack, dtype)
+        guard.check(micro[0], "loss", at, "forward")
+        sums += micro
+    return sums
+
+
+def update(acc, params: list, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
+    """Clip, step the optimizer and the schedule, zero the gradients; the gradient norm before clipping."""
+    grad_norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm is not None else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return None if grad_norm is None else float(grad_norm)
+
+
+def micro_step(net, acc, encoded: list[EncodedDemo], idx: list[int], n_global: int, pad_id: int, pack: int | None,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Forward the demonstrations ``idx``, take the masked next-token loss and backward
+    ``Σ nll · num_processes / n_global`` — this micro-batch's share of the mean over the optimizer
+    step's ``n_global`` trained tokens (DDP then averages over processes). Returns the (3,)
+    ``StepSums`` of the micro-batch."""
+    b = collate(encoded, idx, pad_id, pack, dtype).to(acc.device)
+    logits = net(b.input_ids, b.attention_mask, b.position_ids, b.read_row, b.read_col)  # (N, V)
+    loss, nll_sum = sft_loss(logits, b.targets, n_global / acc.num_processes)
+    acc.backward(loss)
+    tokens = float(sum(len(encoded[i].ids) for i in idx))
+    return torch.stack([nll_sum, torch.tensor(float(b.targets.numel()), device=acc.device),
+                        torch.tensor(tokens, device=acc.device)])
+
+
+def step_metrics(s: StepSums, done: int, plan: StepPlan, lr: float, grad_norm, seconds: float) -> dict:
+    """One training row of ``metrics.jsonl`` (means over the steps since the last row)."""
+    loss = s.nll / max(s.targets, 1)
+    row = {"step": done, "epoch": round(done / plan.steps_per_epoch, 4), "loss": loss,
+           "sft/perplexity": perplexity(loss), "sft/trained_tokens": int(s.targets), "sft/tokens": int(s.tokens),
+           "sft/tokens_per_s": s.tokens / max(seconds, 1e-9), "lr": lr}
+    if grad_norm is not None:
+        row["grad_norm"] = float(grad_norm)
+    return row
+
+
+@torch.no_grad()
+def eval_loss(net, encoded: list[EncodedDemo], pad_id: int, batch_size: int, pack: int | None, dtype,
+              device) -> dict:
+    """Mean next-token loss per trained token over ``encoded`` and its perplexity."""
+    was_training = net.training
+    net.eval()
+    nll = n = 0.0
+    for s in range(0, len(encoded), batch_size):
+        b = collate(encoded, list(range(s, min(s + batch_size, len(encoded)))), pad_id, pack, dtype).to(device)
+        _, total = sft_loss(net(b.input_ids, b.attention_mask, b.position_ids, b.read_row, b.read_col), b.targets)
+        nll += float(total)
+        n += b.targets.numel()
+    net.train(was_training)
+    loss = nll / max(n, 1)
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": int(n)}
+
+
+def evaluate(acc, net, data: SFTData, cfg: SFTConfig, step: int, pack: int | None, dtype) -> dict | None:
+    """Loss and perplexity on the held-out set (main process), logged as ``eval/*`` rows."""
+    if data.eval_set is None:
+        return None
+    m = None
+    if acc.is_main_process:
+        m = eval_loss(acc.unwrap_model(net), data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, pack,
+                      dtype, acc.device)
+        acc.log({"step": step, "eval/loss": m["loss"], "eval/perplexity": m["perplexity"]}, step=step)
+    acc.wait_for_everyone()
+    return m
+
+
+def exportable(model):
+    """The plain transformers model to save: LoRA merged into a copy, so training can go on."""
+    if hasattr(model, "merge_and_unload"):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object]) -> None:
+    """A ``from_pretrained`` directory (LoRA merged into a copy) plus ``extra`` files: ``*.pt``
+    through ``torch.save``, configs as JSON."""
+    exportable(model).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, obj in extra.items():
+        if name.endswith(".pt"):
+            torch.save(obj, tmp / name)
+        elif hasattr(obj, "model_dump_json"):
+            save_config(obj, tmp / name)
+        else:
+            write_json(tmp / name, obj)
+
+
+def save_checkpoint(run: RunDir, model, optimizer, scheduler, tok, cfg: SFTConfig, step: int,
+                    guard: FiniteGuard) -> Path:
+    """A loadable model directory (LoRA merged) plus ``trainer_state.pt`` for ``--resume``; refused
+    (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""
+    for name, p in model.named_parameters():
+        guard.check(p, f"weights ({name})", step, "checkpoint")
+    opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # under accelerate: the wrapped one
+    trainer_state = {
+        "step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad} if cfg.lora else None,
+    }
+    return run.save(step, lambda tmp: write_model_dir(tmp, model, tok, {"train_config.json": cfg,
+                                                                       TRAINER_STATE: trainer_state}))
+
+
+def save_final(model, tok, out: Path, extra: dict) -> Path:
+    """The final model files into ``out`` itself (beside metrics.jsonl and checkpoints/), each file
+    replaced atomically: the model is written whole to a temporary sibling directory first."""
+    tmp = write_dir_atomically(out / ".final", lambda d: write_model_dir(d, model, tok, extra))
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    return out
