@@ -48,7 +48,7 @@ def active_vs_random(args, run: Path, work: Path) -> dict:
     """Equal label budgets; RM accuracy on held-out gold rankings per selection method."""
     from rankloop.active import select_prompts
     from rankloop.corpus import make_prompts
-    from rankloop.io import read_candidates, read_prompts, write_jsonl
+    from rankloop.io import read_candidates, write_jsonl
     from rankloop.loop import LabelingSettings, LoopConfig, SamplingSettings, step_label, step_reward
     from rankloop.sampling import sample_candidates
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from accelerate.tracking import GeneralTracker
+
+from rankloop.io import DataError
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -215,7 +218,7 @@ class RunDir:
 
 def optimizer_step(acc, model, micro_batches: list[Callable[[], Any]], sums, optimizer, scheduler, params: list,
                    max_grad_norm: float | None, guard: "FiniteGuard", step: int):
-    """One optimiser step of a supervised learner (train-rm, train-dpo): each micro-batch's forward
+    """One optimiser step of a supervised learner (train-rm, train-sft, train-dpo): each micro-batch's forward
     and backward (``micro_batches[m]()`` returns its (S,) sums, whose first entry is its loss sum),
     DDP's gradient sync only on the last; a non-finite loss stops the run before the update; then
     clipping, the update and the schedule. ``sums`` accumulates the micro-batches' sums in place.
@@ -267,3 +270,157 @@ class FiniteGuard:
 
         if not torch.isfinite(tensor).all():
             raise self.error(what, at, step)
+
+
+# ---------------------------------------------------------------- supervised trainers (train-rm, train-sft, train-dpo)
+# The data order as a pure function of (seed, epoch, step), the model / optimiser / schedule with
+# their resume, and checkpoints that are loadable model directories.
+
+TRAINER_STATE = "trainer_state.pt"  # in a checkpoint directory: what --resume restores
+
+
+def epoch_batches(lengths: list[int], epoch: int, seed: int, global_batch: int, group_by_length: bool,
+                  min_size: int = 1) -> list[list[int]]:
+    """The global batches (lists of ranking indices) of one epoch: a pure function of its arguments.
+
+    With ``group_by_length`` the shuffled order is cut into windows of 50 batches, each sorted
+    (stably) by length bucket of 32 tokens, so a batch pads to similar lengths while rankings of
+    similar length still meet different neighbours every epoch; the batch order is then shuffled
+    again. A last
+    batch smaller than ``min_size`` (one ranking per process and micro-batch) is dropped.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        window = global_batch * 50
+        order = [i for w in range(0, len(order), window)
+                 for i in sorted(order[w : w + window], key=lambda i: lengths[i] // 32)]
+    batches = [order[s : s + global_batch] for s in range(0, len(order), global_batch)]
+    if batches and len(batches[-1]) < min_size:
+        batches.pop()
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def split_batch(batch: list[int], parts: int) -> list[list[int]]:
+    """Cut a global batch into ``parts`` near-equal consecutive chunks (part i = micro m·W + rank)."""
+    n = len(batch)
+    return [batch[i * n // parts : (i + 1) * n // parts] for i in range(parts)]
+
+
+class StepPlan(NamedTuple):
+    """How the data is cut into optimiser steps: a pure function of (seed, epoch, step)."""
+
+    global_batch: int  # rankings per optimiser step: batch_size × grad_accum × processes
+    steps_per_epoch: int
+    total_steps: int
+    lengths: list[int]  # longest candidate of each training ranking (tokens)
+
+
+def plan_steps(cfg, lengths: list[int], world: int, what: str) -> StepPlan:
+    """Optimiser steps of ``batch_size × grad_accum × world`` examples (``what``: "rankings",
+    "demonstrations") over ``epochs`` or ``max_steps``; too few examples for one step is a ``DataError``."""
+    accum = cfg.grad_accum
+    global_batch = cfg.batch_size * accum * world
+    steps_per_epoch = len(epoch_batches(lengths, 0, cfg.seed, global_batch, cfg.group_by_length, world * accum))
+    if steps_per_epoch == 0:
+        raise DataError(cfg.data, None,
+                        f"{len(lengths)} {what} are too few for {world} process(es) × {accum} micro-batches")
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return StepPlan(global_batch, steps_per_epoch, total_steps, lengths)
+
+
+class EpochCache:
+    """The global batches of the current epoch, computed once per epoch."""
+
+    def __init__(self, cfg, plan: StepPlan, world: int):
+        self.cfg, self.plan, self.min_size = cfg, plan, world * cfg.grad_accum
+        self.epoch, self.batches = -1, []
+
+    def of(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.plan.steps_per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.batches = epoch_batches(self.plan.lengths, epoch, self.cfg.seed, self.plan.global_batch,
+                                         self.cfg.group_by_length, self.min_size)
+        return self.batches[pos]
+
+
+def build_training(cfg, tokenizer, plan: StepPlan, resume_from: Path | None, console, build):
+    """The model (``build(cfg, tokenizer, weights_from)``), AdamW and the schedule — restored from
+    ``resume_from`` with the RNG — and the first step."""
+    import torch
+    from transformers import get_scheduler
+
+    from rankloop.models import adamw
+
+    state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=False) if resume_from else None
+    # Full fine-tuning resumes from the checkpoint's own weights; LoRA from the base + adapter state.
+    model = build(cfg, tokenizer, weights_from=str(resume_from) if state is not None and not cfg.lora else None)
+    if state is not None and cfg.lora:
+        model.load_state_dict(state["trainable"], strict=False)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=plan.total_steps)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        console.print(f"resumed from {resume_from} at step {start}")
+    return model, optimizer, scheduler, start
+
+
+def exportable(model):
+    """The plain transformers model to save: LoRA merged into a copy, so training can go on."""
+    import copy
+
+    if hasattr(model, "merge_and_unload"):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object]) -> None:
+    """A ``from_pretrained`` directory (LoRA merged into a copy) plus ``extra`` files: ``*.pt``
+    through ``torch.save``, configs as JSON."""
+    import torch
+
+    from rankloop.config import save_config
+    from rankloop.io import write_json
+
+    exportable(model).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, obj in extra.items():
+        if name.endswith(".pt"):
+            torch.save(obj, tmp / name)
+        elif hasattr(obj, "model_dump_json"):
+            save_config(obj, tmp / name)
+        else:
+            write_json(tmp / name, obj)
+
+
+def save_checkpoint(run: RunDir, model, optimizer, scheduler, tok, cfg, step: int, guard: FiniteGuard) -> Path:
+    """A loadable model directory (LoRA merged) plus ``trainer_state.pt`` for ``--resume``; refused
+    (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""
+    for name, p in model.named_parameters():
+        guard.check(p, f"weights ({name})", step, "checkpoint")
+    opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # under accelerate: the wrapped one
+    trainer_state = {
+        "step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad} if cfg.lora else None,
+    }
+    return run.save(step, lambda tmp: write_model_dir(tmp, model, tok, {"train_config.json": cfg,
+                                                                       TRAINER_STATE: trainer_state}))
+
+
+def save_final(model, tok, out: Path, extra: dict) -> Path:
+    """The final model files into ``out`` itself (beside metrics.jsonl and checkpoints/), each file
+    replaced atomically: the model is written whole to a temporary sibling directory first."""
+    tmp = write_dir_atomically(out / ".final", lambda d: write_model_dir(d, model, tok, extra))
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    return out

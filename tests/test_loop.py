@@ -159,7 +159,7 @@ def _free_port() -> int:
 def test_human_mode_waits_for_people(tmp_path, base_model):
     """--labelers human: the app runs over real HTTP with the project loaded; a person (here a
     script with the labeler's account) ranks every item and the loop goes on by itself."""
-    from rankloop.labeling.client import LabelingClient, LabelingError
+    from rankloop.labeling.client import LabelingClient
     from rankloop.loop import LoopConfig, run_loop
 
     port = _free_port()

@@ -178,17 +178,23 @@ def _skip_hint(e: DataError, skip_invalid: bool) -> DataError:
     return DataError(e.path, e.line, f"{e.message} (pass --skip-invalid to skip and count bad rows)")
 
 
-def train_rm(cfg: RewardTrainConfig) -> None:
-    """Train a reward model on K-way rankings (or pairs): one forward per candidate, all pairs from its K scores."""
-    from rankloop.reward.train import train_reward_model
+def _run_trainer(run, cfg) -> None:
+    """A supervised trainer's run: a malformed row says how to skip it; a non-finite value exits 3."""
     from rankloop.runtime import NonFiniteError
 
     try:
-        train_reward_model(cfg)
+        run(cfg)
     except DataError as e:
         raise _skip_hint(e, cfg.skip_invalid) from None
     except NonFiniteError as e:
         fail(str(e), code=3)
+
+
+def train_rm(cfg: RewardTrainConfig) -> None:
+    """Train a reward model on K-way rankings (or pairs): one forward per candidate, all pairs from its K scores."""
+    from rankloop.reward.train import train_reward_model
+
+    _run_trainer(train_reward_model, cfg)
 
 
 EVAL_GROUPS = {
@@ -225,15 +231,9 @@ SFT_GROUPS = {
 
 def train_sft(cfg: SFTConfig) -> None:
     """Supervised fine-tuning on demonstrations: the loss on the response tokens only (assistant turns of conversations)."""
-    from rankloop.runtime import NonFiniteError
     from rankloop.sft.train import train_sft as run
 
-    try:
-        run(cfg)
-    except DataError as e:
-        raise _skip_hint(e, cfg.skip_invalid) from None
-    except NonFiniteError as e:
-        fail(str(e), code=3)
+    _run_trainer(run, cfg)
 
 
 # ---------------------------------------------------------------- dpo
@@ -253,14 +253,8 @@ DPO_GROUPS = {
 def train_dpo(cfg: DPOConfig) -> None:
     """DPO on K-way rankings (or pairs), no reward model: all C(K,2) pairs or the Plackett–Luce list from one tree forward per ranking."""
     from rankloop.dpo.train import train_dpo as run
-    from rankloop.runtime import NonFiniteError
 
-    try:
-        run(cfg)
-    except DataError as e:
-        raise _skip_hint(e, cfg.skip_invalid) from None
-    except NonFiniteError as e:
-        fail(str(e), code=3)
+    _run_trainer(run, cfg)
 
 
 # ---------------------------------------------------------------- ppo

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -50,9 +49,10 @@ from rankloop.packing import packed_hidden, supports_packing
 from rankloop.records import RankedExample, render_prompt
 from rankloop.reward.eval import EncodedRanking, ranking_metrics
 from rankloop.reward.loss import pair_metrics
-from rankloop.reward.train import (TRAINER_STATE, EpochCache, RankingBatch, RewardData, build_training, collate,
-                                   load_data, plan_steps, save_checkpoint, save_final, split_batch)
-from rankloop.runtime import FiniteGuard, RunDir, make_accelerator, optimizer_step, progress_bar, tracking, trackers
+from rankloop.reward.train import RankingBatch, RewardData, collate, load_data
+from rankloop.runtime import (TRAINER_STATE, EpochCache, FiniteGuard, RunDir, build_training, make_accelerator,
+                              optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final, split_batch,
+                              tracking, trackers)
 
 __all__ = ["DPOConfig", "train_dpo"]
 
@@ -446,10 +446,10 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     # 2. Data: read (every train-rm format), leave out all-tied rankings, tokenise, cut into steps
     data = load_data(cfg, console, encode=encode_rankings)
-    plan = plan_steps(cfg, data, acc.num_processes)
+    plan = plan_steps(cfg, [e.max_len for e in data.train], acc.num_processes, "rankings")
 
     # 3. Policy, AdamW, schedule (restored on --resume); the reference and its cached log-probs -
-    model, optimizer, scheduler, start = build_training(cfg, data, plan, resume_from, console, build=build_policy)
+    model, optimizer, scheduler, start = build_training(cfg, data.tokenizer, plan, resume_from, console, build_policy)
     model.to(acc.device)
     pack = pack_settings(cfg, model)
     ref = load_reference(cfg, model, data.tokenizer)
@@ -511,7 +511,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
             if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps:
                 evaluate(acc, policy, ref, ref_logps, data, cfg, pack, done)
             if cfg.save_every and done % cfg.save_every == 0 and done != plan.total_steps:
-                guard.last_good = save_checkpoint(run, model, optimizer, scheduler, data.tokenizer, cfg, done)
+                guard.last_good = save_checkpoint(run, model, optimizer, scheduler, data.tokenizer, cfg, done, guard)
             bar.update(task, completed=done)
         train_seconds = time.perf_counter() - t_train
 

@@ -5,7 +5,6 @@ Kept apart from ``eval.py``, which imports torch, so the CLI builds its flags wi
 
 from __future__ import annotations
 
-from typing import Literal
 
 from pydantic import Field
 

@@ -19,10 +19,7 @@ with ``from_pretrained`` (LoRA weights merged) and holds ``trainer_state.pt`` fo
 
 from __future__ import annotations
 
-import copy
 import functools
-import math
-import os
 import random
 import time
 from pathlib import Path
@@ -30,11 +27,11 @@ from typing import NamedTuple
 
 import torch
 from rich.console import Console
-from transformers import AutoConfig, get_scheduler
+from transformers import AutoConfig
 
 from rankloop.config import ConfigError, save_config
-from rankloop.io import DataError, ReadStats, read_preferences, write_json
-from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, is_causal_scorer, load_sequence_scorer,
+from rankloop.io import DataError, ReadStats, read_preferences
+from rankloop.models import (apply_lora, count_parameters, freeze_bottom, is_causal_scorer, load_sequence_scorer,
                              load_tokenizer, model_max_positions)
 from rankloop.packing import PackedBatch, worth_packing
 from rankloop.reward.config import RewardTrainConfig
@@ -42,47 +39,13 @@ from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metric
 from rankloop.reward.loss import pair_metrics, ranking_loss
 from rankloop.reward.model import Normalisation, ScoreModule, pad_batch
 from rankloop.reward.packing import can_pack, pack_rankings
-from rankloop.runtime import (FiniteGuard, RunDir, make_accelerator, optimizer_step, progress_bar, rng_state,
-                              set_rng_state, tracking, trackers, write_dir_atomically)
+from rankloop.runtime import (TRAINER_STATE, EpochCache, FiniteGuard, RunDir, build_training, make_accelerator,
+                              optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final, split_batch,
+                              tracking, trackers)
 
 __all__ = ["RewardTrainConfig", "train_reward_model"]
 
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.pt"
-
-
 # ---------------------------------------------------------------- data order
-
-
-def epoch_batches(lengths: list[int], epoch: int, seed: int, global_batch: int, group_by_length: bool,
-                  min_size: int = 1) -> list[list[int]]:
-    """The global batches (lists of ranking indices) of one epoch: a pure function of its arguments.
-
-    With ``group_by_length`` the shuffled order is cut into windows of 50 batches, each sorted
-    (stably) by length bucket of 32 tokens, so a batch pads to similar lengths while rankings of
-    similar length still meet different neighbours every epoch; the batch order is then shuffled
-    again. A last
-    batch smaller than ``min_size`` (one ranking per process and micro-batch) is dropped.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group_by_length:
-        window = global_batch * 50
-        order = [i for w in range(0, len(order), window)
-                 for i in sorted(order[w : w + window], key=lambda i: lengths[i] // 32)]
-    batches = [order[s : s + global_batch] for s in range(0, len(order), global_batch)]
-    if batches and len(batches[-1]) < min_size:
-        batches.pop()
-    if group_by_length:
-        rng.shuffle(batches)
-    return batches
-
-
-def split_batch(batch: list[int], parts: int) -> list[list[int]]:
-    """Cut a global batch into ``parts`` near-equal consecutive chunks (part i = micro m·W + rank)."""
-    n = len(batch)
-    return [batch[i * n // parts : (i + 1) * n // parts] for i in range(parts)]
 
 
 class RankingBatch(NamedTuple):
@@ -155,37 +118,6 @@ def build_model(cfg: RewardTrainConfig, tokenizer, weights_from: str | None = No
     return model
 
 
-def exportable(model):
-    """The plain transformers model to save: LoRA merged into a copy, so training can go on."""
-    if hasattr(model, "merge_and_unload"):
-        return copy.deepcopy(model).merge_and_unload()
-    return model
-
-
-def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object]) -> None:
-    """A ``from_pretrained`` directory (LoRA merged into a copy) plus ``extra`` files: ``*.pt``
-    through ``torch.save``, configs as JSON."""
-    exportable(model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    for name, obj in extra.items():
-        if name.endswith(".pt"):
-            torch.save(obj, tmp / name)
-        elif hasattr(obj, "model_dump_json"):
-            save_config(obj, tmp / name)
-        else:
-            write_json(tmp / name, obj)
-
-
-def save_final(model, tok, out: Path, extra: dict) -> Path:
-    """The final model files into ``out`` itself (beside metrics.jsonl and checkpoints/), each file
-    replaced atomically: the model is written whole to a temporary sibling directory first."""
-    tmp = write_dir_atomically(out / ".final", lambda d: write_model_dir(d, model, tok, extra))
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    return out
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -198,15 +130,6 @@ class RewardData(NamedTuple):
     max_length: int  # tokens per candidate: the config's, capped by the model's positions
     skipped: int  # malformed training rows skipped (``skip_invalid``)
     tied_only: int = 0  # training rankings left out: one tie group, so no pair and no loss
-
-
-class StepPlan(NamedTuple):
-    """How the data is cut into optimiser steps: a pure function of (seed, epoch, step)."""
-
-    global_batch: int  # rankings per optimiser step: batch_size × grad_accum × processes
-    steps_per_epoch: int
-    total_steps: int
-    lengths: list[int]  # longest candidate of each training ranking (tokens)
 
 
 class RankingSums(NamedTuple):
@@ -236,10 +159,10 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
 
     # 2. Data: read, validate, tokenise each candidate once; cut it into steps ------------------
     data = load_data(cfg, console)
-    plan = plan_steps(cfg, data, acc.num_processes)
+    plan = plan_steps(cfg, [e.max_len for e in data.train], acc.num_processes, "rankings")
 
     # 3. Model, optimizer, schedule; --resume restores all three and the RNG -------------------
-    model, optimizer, scheduler, start = build_training(cfg, data, plan, resume_from, console)
+    model, optimizer, scheduler, start = build_training(cfg, data.tokenizer, plan, resume_from, console, build_model)
     scorer, optimizer = acc.prepare(ScoreModule(model), optimizer)
     pack = pack_settings(cfg, model, console if main else None)
     guard.last_good = resume_from
@@ -291,7 +214,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps:
                 evaluate(acc, model, data, cfg, done)
             if cfg.save_every and done % cfg.save_every == 0 and done != plan.total_steps:
-                guard.last_good = save_checkpoint(run, model, optimizer, scheduler, data.tokenizer, cfg, done)
+                guard.last_good = save_checkpoint(run, model, optimizer, scheduler, data.tokenizer, cfg, done, guard)
             bar.update(task, completed=done)
         train_seconds = time.perf_counter() - t_train
 
@@ -361,57 +284,6 @@ def load_data(cfg: RewardTrainConfig, console: Console, encode=encode_examples) 
     return RewardData(tok, train, eval_set, max_length, stats.skipped, tied_only)
 
 
-def plan_steps(cfg: RewardTrainConfig, data: RewardData, world: int) -> StepPlan:
-    accum = cfg.grad_accum
-    global_batch = cfg.batch_size * accum * world
-    lengths = [e.max_len for e in data.train]
-    steps_per_epoch = len(epoch_batches(lengths, 0, cfg.seed, global_batch, cfg.group_by_length, world * accum))
-    if steps_per_epoch == 0:
-        raise DataError(cfg.data, None,
-                        f"{len(data.train)} rankings are too few for {world} process(es) × {accum} micro-batches")
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    return StepPlan(global_batch, steps_per_epoch, total_steps, lengths)
-
-
-class EpochCache:
-    """The global batches of the current epoch, computed once per epoch."""
-
-    def __init__(self, cfg: RewardTrainConfig, plan: StepPlan, world: int):
-        self.cfg, self.plan, self.min_size = cfg, plan, world * cfg.grad_accum
-        self.epoch, self.batches = -1, []
-
-    def of(self, step: int) -> list[int]:
-        epoch, pos = divmod(step, self.plan.steps_per_epoch)
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.batches = epoch_batches(self.plan.lengths, epoch, self.cfg.seed, self.plan.global_batch,
-                                         self.cfg.group_by_length, self.min_size)
-        return self.batches[pos]
-
-
-def build_training(cfg: RewardTrainConfig, data: RewardData, plan: StepPlan, resume_from: Path | None,
-                   console: Console, build=None):
-    """The model (``build(cfg, tokenizer, weights_from)``, default ``build_model``), AdamW and the
-    schedule — restored from ``resume_from`` with the RNG — and the first step."""
-    build = build or build_model
-    state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=False) if resume_from else None
-    # Full fine-tuning resumes from the checkpoint's own weights; LoRA from the base + adapter state.
-    model = build(cfg, data.tokenizer, weights_from=str(resume_from) if state is not None and not cfg.lora else None)
-    if state is not None and cfg.lora:
-        model.load_state_dict(state["trainable"], strict=False)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=plan.total_steps)
-    start = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-        console.print(f"resumed from {resume_from} at step {start}")
-    return model, optimizer, scheduler, start
-
-
 def pack_settings(cfg: RewardTrainConfig, model, console: Console | None) -> dict | None:
     """``pack_rankings`` keyword arguments, or None to pad (this backbone cannot take packed rows)."""
     if cfg.pack and can_pack(model):
@@ -461,17 +333,6 @@ def evaluate(acc, model, data: RewardData, cfg: RewardTrainConfig, step: int) ->
                  "eval/margin": m["mean_margin"]}, step=step)
     acc.wait_for_everyone()
     return m
-
-
-def save_checkpoint(run: RunDir, model, optimizer, scheduler, tok, cfg: RewardTrainConfig, step: int) -> Path:
-    """A loadable model directory (LoRA merged) plus ``trainer_state.pt`` for ``--resume``."""
-    opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # under accelerate: the wrapped one
-    trainer_state = {
-        "step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad} if cfg.lora else None,
-    }
-    return run.save(step, lambda tmp: write_model_dir(tmp, model, tok, {"train_config.json": cfg,
-                                                                       TRAINER_STATE: trainer_state}))
 
 
 def fit_normalisation(cfg: RewardTrainConfig, model, data: RewardData, device) -> Normalisation | None:

@@ -24,7 +24,6 @@ policy will later be sampled into and stopped by.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -270,38 +269,6 @@ def _line_of(row: SFTRow) -> int | None:
 
 
 # ---------------------------------------------------------------- data order
-
-
-def epoch_batches(lengths: list[int], epoch: int, seed: int, global_batch: int, group_by_length: bool,
-                  min_size: int = 1) -> list[list[int]]:
-    """The global batches (lists of demonstration indices) of one epoch: a pure function of its
-    arguments, so ``--resume`` needs only the step number to find its place.
-
-    With ``group_by_length`` the shuffled order is cut into windows of 50 batches, each sorted
-    (stably) by length bucket of 32 tokens, so a batch holds similar lengths (less padding, rows
-    that pack tightly) while neighbours still change every epoch; the batch order is then shuffled
-    again. A last batch smaller than ``min_size`` (one demonstration per process and micro-batch)
-    is dropped.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group_by_length:
-        window = global_batch * 50
-        order = [i for w in range(0, len(order), window)
-                 for i in sorted(order[w: w + window], key=lambda i: lengths[i] // 32)]
-    batches = [order[s: s + global_batch] for s in range(0, len(order), global_batch)]
-    if batches and len(batches[-1]) < min_size:
-        batches.pop()
-    if group_by_length:
-        rng.shuffle(batches)
-    return batches
-
-
-def split_batch(batch: list[int], parts: int) -> list[list[int]]:
-    """Cut a global batch into ``parts`` near-equal consecutive chunks (part m·W + rank)."""
-    n = len(batch)
-    return [batch[i * n // parts: (i + 1) * n // parts] for i in range(parts)]
 
 
 def row_summary(rows: list[Any]) -> str:

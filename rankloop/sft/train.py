@@ -23,11 +23,8 @@ with ``from_pretrained`` (LoRA merged) and holds ``trainer_state.pt`` for ``--re
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import functools
 import json
-import math
-import os
 import random
 import time
 from pathlib import Path
@@ -36,25 +33,24 @@ from typing import NamedTuple
 import torch
 from rich.console import Console
 from torch import nn
-from transformers import AutoConfig, get_scheduler
+from transformers import AutoConfig
 
 from rankloop.config import ConfigError, save_config
-from rankloop.io import DataError, ReadStats, write_json
-from rankloop.models import (adamw, apply_lora, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer,
-                             model_max_positions)
+from rankloop.io import DataError, ReadStats
+from rankloop.models import (apply_lora, backbone_of, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer,
+                             model_max_positions, unwrap_model)
 from rankloop.packing import pack_segments, supports_packing, worth_packing
 from rankloop.records import Demonstration
-from rankloop.runtime import (FiniteGuard, RunDir, make_accelerator, progress_bar, rng_state, set_rng_state,
-                              tracking, trackers, write_dir_atomically)
-from rankloop.models import backbone_of, unwrap_model
+from rankloop.runtime import (TRAINER_STATE, EpochCache, FiniteGuard, RunDir, StepPlan, build_training,
+                              make_accelerator, optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final,
+                              split_batch, tracking, trackers)
 from rankloop.sft.config import SFTConfig
-from rankloop.sft.data import (EncodedDemo, NoChatTemplateError, encode_rows, epoch_batches, needs_template,
-                               read_demonstrations, resolve_chat_template, row_summary, split_batch)
+from rankloop.sft.data import (EncodedDemo, NoChatTemplateError, encode_rows, needs_template, read_demonstrations,
+                               resolve_chat_template, row_summary)
 from rankloop.sft.loss import perplexity, sft_loss, target_positions
 
 __all__ = ["SFTConfig", "train_sft"]
 
-TRAINER_STATE = "trainer_state.pt"
 RESUME_SAFE = {"resume", "progress", "tensorboard", "save_every", "keep_checkpoints", "eval_every",
                "eval_batch_size", "log_every"}
 
@@ -71,15 +67,6 @@ class SFTData(NamedTuple):
     max_length: int  # tokens per demonstration: the config's, capped by the model's positions
     skipped: int  # malformed training rows skipped (``skip_invalid``)
     rejected: int  # demonstrations a reviewer rejected: never trained on
-
-
-class StepPlan(NamedTuple):
-    """How the data is cut into optimiser steps: a pure function of (seed, epoch, step)."""
-
-    global_batch: int  # demonstrations per optimiser step: batch_size × grad_accum × processes
-    steps_per_epoch: int
-    total_steps: int
-    lengths: list[int]  # tokens of each training demonstration
 
 
 class TokenBatch(NamedTuple):
@@ -174,10 +161,10 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     # 2. Data: read, validate, render and tokenise each demonstration once; cut it into steps ----
     data = load_data(cfg, console)
-    plan = plan_steps(cfg, data, acc.num_processes)
+    plan = plan_steps(cfg, [len(e.ids) for e in data.train], acc.num_processes, "demonstrations")
 
     # 3. Model, optimizer, schedule; --resume restores all three and the RNG -------------------
-    model, optimizer, scheduler, start = build_training(cfg, data, plan, resume_from, console)
+    model, optimizer, scheduler, start = build_training(cfg, data.tokenizer, plan, resume_from, console, build_model)
     net, optimizer = acc.prepare(NextTokenLogits(model), optimizer)
     pack = pack_width(cfg, model, console if main else None)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
@@ -204,10 +191,15 @@ def train_sft(cfg: SFTConfig) -> Path:
         for step in range(start, plan.total_steps):
             # 4a. This step's global batch: a function of (seed, epoch, step) only.
             batch = epochs.of(step)
-            # 4b. Forward, masked next-token loss, backward — micro-batch by micro-batch.
-            sums += accumulate_gradients(net, acc, data, batch, cfg.grad_accum, pack, dtype, guard, step + 1)
-            # 4c. Update.
-            grad_norm = update(acc, params, optimizer, scheduler, cfg.max_grad_norm)
+            # 4b. Forward, masked next-token loss, backward — micro-batch by micro-batch; 4c. update.
+            #     The loss is normalised by the whole step's trained tokens.
+            parts = split_batch(batch, acc.num_processes * cfg.grad_accum)
+            n_targets = sum(data.train[i].n_targets for i in batch)
+            mine = [parts[m * acc.num_processes + acc.process_index] for m in range(cfg.grad_accum)]
+            grad_norm = optimizer_step(
+                acc, net, [functools.partial(micro_step, net, acc, data.train, idx, n_targets,
+                                             data.tokenizer.pad_token_id, pack, dtype) for idx in mine],
+                sums, optimizer, scheduler, params, cfg.max_grad_norm, guard, step)
             done = step + 1
             # 4d. Log, evaluate, checkpoint.
             if done % cfg.log_every == 0 or done == plan.total_steps:
@@ -320,34 +312,6 @@ def _encode(rows, tok, max_length, path, skip_invalid, stats, context) -> list[E
                           "pass --chat-template") from None
 
 
-def plan_steps(cfg: SFTConfig, data: SFTData, world: int) -> StepPlan:
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    lengths = [len(e.ids) for e in data.train]
-    steps_per_epoch = len(epoch_batches(lengths, 0, cfg.seed, global_batch, cfg.group_by_length,
-                                        world * cfg.grad_accum))
-    if steps_per_epoch == 0:
-        raise DataError(cfg.data, None, f"{len(data.train)} demonstrations are too few for {world} process(es) × "
-                        f"{cfg.grad_accum} micro-batches")
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    return StepPlan(global_batch, steps_per_epoch, total_steps, lengths)
-
-
-class EpochCache:
-    """The global batches of the current epoch, computed once per epoch."""
-
-    def __init__(self, cfg: SFTConfig, plan: StepPlan, world: int):
-        self.cfg, self.plan, self.min_size = cfg, plan, world * cfg.grad_accum
-        self.epoch, self.batches = -1, []
-
-    def of(self, step: int) -> list[int]:
-        epoch, pos = divmod(step, self.plan.steps_per_epoch)
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.batches = epoch_batches(self.plan.lengths, epoch, self.cfg.seed, self.plan.global_batch,
-                                         self.cfg.group_by_length, self.min_size)
-        return self.batches[pos]
-
-
 def build_model(cfg: SFTConfig, tokenizer, weights_from: str | None = None):
     """The causal LM, frozen / LoRA-wrapped as configured.
 
@@ -368,27 +332,6 @@ def build_model(cfg: SFTConfig, tokenizer, weights_from: str | None = None):
     return model
 
 
-def build_training(cfg: SFTConfig, data: SFTData, plan: StepPlan, resume_from: Path | None, console: Console):
-    """The model, AdamW and the schedule — restored from ``resume_from`` with the RNG — and the first step."""
-    state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=False) if resume_from else None
-    # Full fine-tuning resumes from the checkpoint's own weights; LoRA from the base + adapter state.
-    model = build_model(cfg, data.tokenizer,
-                        weights_from=str(resume_from) if state is not None and not cfg.lora else None)
-    if state is not None and cfg.lora:
-        model.load_state_dict(state["trainable"], strict=False)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=plan.total_steps)
-    start = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-        console.print(f"resumed from {resume_from} at step {start}")
-    return model, optimizer, scheduler, start
-
-
 def pack_width(cfg: SFTConfig, model, console: Console | None) -> int | None:
     """The hidden size ``collate`` packs for, or None to pad (this model's attention takes no 4D mask)."""
     base = unwrap_model(model)
@@ -400,32 +343,6 @@ def pack_width(cfg: SFTConfig, model, console: Console | None) -> int | None:
 
 
 # ---------------------------------------------------------------- 4. the step, metrics, evaluation, checkpoints
-
-
-def accumulate_gradients(net, acc, data: SFTData, batch: list[int], grad_accum: int, pack: int | None, dtype,
-                         guard: FiniteGuard, at: int) -> torch.Tensor:
-    """This process's micro-batches of the global ``batch``, forward and backward, gradients summed
-    (synchronised across processes on the last only). Returns their (3,) ``StepSums``."""
-    parts = split_batch(batch, acc.num_processes * grad_accum)
-    n_targets = sum(data.train[i].n_targets for i in batch)  # the normaliser: the whole step's trained tokens
-    sums = torch.zeros(3, device=acc.device)
-    for m in range(grad_accum):
-        idx = parts[m * acc.num_processes + acc.process_index]
-        last = m == grad_accum - 1
-        with acc.no_sync(net) if (not last and acc.num_processes > 1) else contextlib.nullcontext():
-            micro = micro_step(net, acc, data.train, idx, n_targets, data.tokenizer.pad_token_id, pack, dtype)
-        guard.check(micro[0], "loss", at, "forward")
-        sums += micro
-    return sums
-
-
-def update(acc, params: list, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
-    """Clip, step the optimizer and the schedule, zero the gradients; the gradient norm before clipping."""
-    grad_norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm is not None else None
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return None if grad_norm is None else float(grad_norm)
 
 
 def micro_step(net, acc, encoded: list[EncodedDemo], idx: list[int], n_global: int, pad_id: int, pack: int | None,
@@ -484,47 +401,3 @@ def evaluate(acc, net, data: SFTData, cfg: SFTConfig, step: int, pack: int | Non
     return m
 
 
-def exportable(model):
-    """The plain transformers model to save: LoRA merged into a copy, so training can go on."""
-    if hasattr(model, "merge_and_unload"):
-        return copy.deepcopy(model).merge_and_unload()
-    return model
-
-
-def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object]) -> None:
-    """A ``from_pretrained`` directory (LoRA merged into a copy) plus ``extra`` files: ``*.pt``
-    through ``torch.save``, configs as JSON."""
-    exportable(model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    for name, obj in extra.items():
-        if name.endswith(".pt"):
-            torch.save(obj, tmp / name)
-        elif hasattr(obj, "model_dump_json"):
-            save_config(obj, tmp / name)
-        else:
-            write_json(tmp / name, obj)
-
-
-def save_checkpoint(run: RunDir, model, optimizer, scheduler, tok, cfg: SFTConfig, step: int,
-                    guard: FiniteGuard) -> Path:
-    """A loadable model directory (LoRA merged) plus ``trainer_state.pt`` for ``--resume``; refused
-    (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""
-    for name, p in model.named_parameters():
-        guard.check(p, f"weights ({name})", step, "checkpoint")
-    opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # under accelerate: the wrapped one
-    trainer_state = {
-        "step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad} if cfg.lora else None,
-    }
-    return run.save(step, lambda tmp: write_model_dir(tmp, model, tok, {"train_config.json": cfg,
-                                                                       TRAINER_STATE: trainer_state}))
-
-
-def save_final(model, tok, out: Path, extra: dict) -> Path:
-    """The final model files into ``out`` itself (beside metrics.jsonl and checkpoints/), each file
-    replaced atomically: the model is written whole to a temporary sibling directory first."""
-    tmp = write_dir_atomically(out / ".final", lambda d: write_model_dir(d, model, tok, extra))
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    return out

@@ -23,7 +23,7 @@ from rankloop.models import load_causal_lm, load_tokenizer
 from rankloop.testing import build_tiny
 from rankloop.records import CandidateText, RankedExample, Ranking
 from rankloop.testing import synthetic_rankings
-from rankloop.reward.train import split_batch
+from rankloop.runtime import split_batch
 from reward.conftest import ROOT, max_diff, moved, run_cli, weights
 
 PACK = {"causal": True, "share_prefix": True, "hidden_size": 32}

@@ -3,7 +3,6 @@ RANKLOOP_TEST_POSTGRES_URL is set) on a real PostgreSQL, an app over it, and log
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest

@@ -17,8 +17,8 @@ from rankloop.models import load_sequence_scorer, load_tokenizer
 from rankloop.reward.eval import encode_examples
 from rankloop.reward.loss import bradley_terry_loss
 from rankloop.reward.model import ScoreModule, sequence_scores
-from rankloop.reward.train import (RewardTrainConfig, collate, epoch_batches, micro_step, split_batch,
-                                   train_reward_model)
+from rankloop.reward.train import RewardTrainConfig, collate, micro_step, train_reward_model
+from rankloop.runtime import epoch_batches, split_batch
 
 from .conftest import ROOT, max_diff, moved, run_cli, weights
 

@@ -2,7 +2,6 @@
 loss aggregation, 2-process DDP, resume after SIGKILL), the verifiable reward on a generated
 arithmetic task, and its bad input."""
 
-import json
 import math
 
 import pytest
