@@ -12,10 +12,10 @@ overrides, e.g. one ``labeling.mode`` inside the file's ``labeling:`` mapping) a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -26,6 +26,37 @@ class Config(BaseModel):
     """Base for every entry point's config: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TrainerConfig(Config):
+    """The settings train-rm, train-sft and train-dpo share, meaning the same in each: run length,
+    AdamW and its schedule, freezing and LoRA, the dtype, bad rows, checkpoints and logging
+    (``rankloop.runtime``'s supervised trainers' pieces read them)."""
+
+    # --- run length and optimiser
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    scheduler: Literal["constant", "linear", "cosine"] = Field("linear", description="Learning-rate schedule after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    max_grad_norm: float | None = Field(1.0, description="Clip the global gradient norm to this (None: no clipping).")
+
+    # --- model
+    freeze_layers: int = Field(0, description="Freeze the embeddings and the first N blocks (negative: all but the last |N|).")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype (float32 on CPU).")
+
+    # --- data, checkpoints and logging
+    skip_invalid: bool = Field(False, description="Skip (and count) malformed rows instead of stopping at the first.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: only the final model).")
+    keep_checkpoints: int = Field(2, gt=0, description="Complete checkpoints kept (oldest removed first).")
+    resume: bool = Field(False, description="Continue from the latest complete checkpoint in output/checkpoints.")
+    log_every: int = Field(10, gt=0, description="Write metrics every N optimizer steps.")
+    eval_every: int = Field(0, ge=0, description="Evaluate on eval_data every N steps (0: at the end only).")
+    tensorboard: bool = Field(True, description="Also log to TensorBoard (output/tensorboard) when it is installed.")
+    progress: bool = Field(True, description="Show a progress bar.")
 
 
 class ConfigError(ValueError):

@@ -198,7 +198,7 @@ class CandidateText(_Record):
     @classmethod
     def _non_empty(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError(f"candidate text is empty")
+            raise ValueError("candidate text is empty")
         return v
 
 

@@ -167,7 +167,7 @@ RM_GROUPS = {
     "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "disable_dropout",
               "pack", "share_prefix", "dtype"),
     "Evaluation": ("eval_every", "eval_batch_size"),
-    "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "progress"),
+    "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
 }
 
 
@@ -246,7 +246,7 @@ DPO_GROUPS = {
     "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "disable_dropout",
               "pack", "share_prefix", "dtype"),
     "Evaluation": ("eval_every", "eval_batch_size", "kl_prompts", "kl_max_new_tokens"),
-    "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "progress"),
+    "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
 }
 
 

@@ -10,11 +10,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rankloop.config import Config
+from rankloop.config import TrainerConfig
 from rankloop.io import PreferenceFormat
 
 
-class DPOConfig(Config):
+class DPOConfig(TrainerConfig):
     """``rankloop train-dpo``: every field can come from ``--config FILE.yaml`` or a CLI flag."""
 
     data: str = Field(description="Training preferences: rankings.jsonl, TRL pairs or HH-RLHF (.jsonl or .jsonl.gz).")
@@ -32,39 +32,21 @@ class DPOConfig(Config):
                                    "with this probability (loss dpo only).")
     use_margin: bool = Field(True, description="Subtract a row's 'margin' from its implicit-reward differences (loss dpo only).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training rankings (fractions allowed).")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(8, gt=0, description="Rankings (prompts) per micro-batch per process.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     lr: float = Field(1e-6, gt=0, description="Peak AdamW learning rate (1e-6: the DPO paper's and TRL's default).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    scheduler: Literal["constant", "linear", "cosine"] = Field("linear", description="Learning-rate schedule after warm-up.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    max_grad_norm: float | None = Field(1.0, description="Clip the global gradient norm to this (None: no clipping).")
     max_length: int = Field(512, gt=1, description="Tokens per candidate (prompt + response): the response keeps its "
                             "start, the prompt its end.")
-    freeze_layers: int = Field(0, description="Freeze the embeddings and the first N blocks (negative: all but the last |N|).")
     lora: bool = Field(False, description="Train LoRA adapters (peft) instead of the full policy; saved merged.")
-    lora_r: int = Field(8, gt=0, description="LoRA rank.")
-    lora_alpha: int = Field(16, gt=0, description="LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     disable_dropout: bool = Field(True, description="Set every dropout to 0, so policy and reference log-probs are "
                                   "deterministic (as TRL's DPOTrainer does).")
     pack: bool = Field(True, description="Forward the candidates without padding: a ranking's prompt once and its K "
                        "responses as branches of one packed tree — same log-probs, fewer tokens.")
     share_prefix: bool = Field(True, description="With pack: forward the tokens a ranking's K candidates share once.")
     group_by_length: bool = Field(True, description="Group rankings of similar length into a batch to cut padding.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype (float32 on CPU).")
     seed: int = Field(0, description="Seed for the data order and the KL samples.")
-    skip_invalid: bool = Field(False, description="Skip (and count) malformed rows instead of stopping at the first.")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: only the final model).")
-    keep_checkpoints: int = Field(2, gt=0, description="Complete checkpoints kept (oldest removed first).")
-    resume: bool = Field(False, description="Continue from the latest complete checkpoint in output/checkpoints.")
-    log_every: int = Field(10, gt=0, description="Write metrics every N optimizer steps.")
-    eval_every: int = Field(0, ge=0, description="Evaluate on eval_data every N steps (0: at the end only).")
     eval_batch_size: int = Field(16, gt=0, description="Rankings per forward pass for the reference log-probs and evaluation.")
     kl_prompts: int = Field(32, ge=0, description="Held-out prompts sampled (one response each) for the KL to the reference.")
     kl_max_new_tokens: int = Field(32, gt=0, description="Tokens sampled per held-out prompt for the KL.")
-    progress: bool = Field(True, description="Show a progress bar.")
 
     @model_validator(mode="after")
     def _loss_options(self) -> "DPOConfig":

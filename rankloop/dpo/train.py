@@ -433,7 +433,7 @@ def check_start(cfg: DPOConfig, run: RunDir, console: Console) -> Path | None:
 def train_dpo(cfg: DPOConfig) -> Path:
     """Train the policy on the rankings with DPO; returns the output directory (the final policy loads
     with ``from_pretrained``, LoRA merged)."""
-    acc = make_accelerator(trackers(cfg.output, "step"), cfg.output)
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
     main = acc.is_main_process
     console = Console(stderr=True, quiet=not main)
     run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)

@@ -146,7 +146,7 @@ class RankingSums(NamedTuple):
 def train_reward_model(cfg: RewardTrainConfig) -> Path:
     """Train, checkpoint, normalise and save; returns the output directory (loads with
     ``from_pretrained`` / ``RewardScorer.from_pretrained``)."""
-    acc = make_accelerator(trackers(cfg.output, "step"), cfg.output)
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
     main = acc.is_main_process
     console = Console(stderr=True, quiet=not main)
     run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
