@@ -279,6 +279,17 @@ class FiniteGuard:
 TRAINER_STATE = "trainer_state.pt"  # in a checkpoint directory: what --resume restores
 
 
+def open_supervised_run(cfg):
+    """A supervised trainer's accelerator (metrics by ``step``), stderr console (quiet but on the main
+    process), run directory of ``step-NNNNNNNN`` checkpoints and non-finite guard."""
+    from rich.console import Console
+
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
+    console = Console(stderr=True, quiet=not acc.is_main_process)
+    run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
+    return acc, console, run, FiniteGuard("step")
+
+
 def epoch_batches(lengths: list[int], epoch: int, seed: int, global_batch: int, group_by_length: bool,
                   min_size: int = 1) -> list[list[int]]:
     """The global batches (lists of ranking indices) of one epoch: a pure function of its arguments.

@@ -50,9 +50,8 @@ from rankloop.records import RankedExample, render_prompt
 from rankloop.reward.eval import EncodedRanking, ranking_metrics
 from rankloop.reward.loss import pair_metrics
 from rankloop.reward.train import RankingBatch, RewardData, collate, load_data
-from rankloop.runtime import (TRAINER_STATE, EpochCache, FiniteGuard, RunDir, build_training, make_accelerator,
-                              optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final, split_batch,
-                              tracking, trackers)
+from rankloop.runtime import (EpochCache, RunDir, build_training, open_supervised_run, optimizer_step, plan_steps,
+                              progress_bar, save_checkpoint, save_final, split_batch, tracking)
 
 __all__ = ["DPOConfig", "train_dpo"]
 
@@ -433,11 +432,8 @@ def check_start(cfg: DPOConfig, run: RunDir, console: Console) -> Path | None:
 def train_dpo(cfg: DPOConfig) -> Path:
     """Train the policy on the rankings with DPO; returns the output directory (the final policy loads
     with ``from_pretrained``, LoRA merged)."""
-    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
+    acc, console, run, guard = open_supervised_run(cfg)
     main = acc.is_main_process
-    console = Console(stderr=True, quiet=not main)
-    run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
-    guard = FiniteGuard("step")
 
     # 1. Set-up: where to start ---------------------------------------------------------------
     resume_from = check_start(cfg, run, console)

@@ -39,9 +39,8 @@ from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metric
 from rankloop.reward.loss import pair_metrics, ranking_loss
 from rankloop.reward.model import Normalisation, ScoreModule, pad_batch
 from rankloop.reward.packing import can_pack, pack_rankings
-from rankloop.runtime import (TRAINER_STATE, EpochCache, FiniteGuard, RunDir, build_training, make_accelerator,
-                              optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final, split_batch,
-                              tracking, trackers)
+from rankloop.runtime import (EpochCache, RunDir, build_training, open_supervised_run, optimizer_step, plan_steps,
+                              progress_bar, save_checkpoint, save_final, split_batch, tracking)
 
 __all__ = ["RewardTrainConfig", "train_reward_model"]
 
@@ -146,11 +145,8 @@ class RankingSums(NamedTuple):
 def train_reward_model(cfg: RewardTrainConfig) -> Path:
     """Train, checkpoint, normalise and save; returns the output directory (loads with
     ``from_pretrained`` / ``RewardScorer.from_pretrained``)."""
-    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
+    acc, console, run, guard = open_supervised_run(cfg)
     main = acc.is_main_process
-    console = Console(stderr=True, quiet=not main)
-    run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
-    guard = FiniteGuard("step")
 
     # 1. Set-up: where to start ---------------------------------------------------------------
     resume_from = check_start(cfg, run, console)

@@ -41,9 +41,8 @@ from rankloop.models import (apply_lora, backbone_of, count_parameters, freeze_b
                              model_max_positions, unwrap_model)
 from rankloop.packing import pack_segments, supports_packing, worth_packing
 from rankloop.records import Demonstration
-from rankloop.runtime import (TRAINER_STATE, EpochCache, FiniteGuard, RunDir, StepPlan, build_training,
-                              make_accelerator, optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final,
-                              split_batch, tracking, trackers)
+from rankloop.runtime import (EpochCache, RunDir, StepPlan, build_training, open_supervised_run, optimizer_step,
+                              plan_steps, progress_bar, save_checkpoint, save_final, split_batch, tracking)
 from rankloop.sft.config import SFTConfig
 from rankloop.sft.data import (EncodedDemo, NoChatTemplateError, encode_rows, needs_template, read_demonstrations,
                                resolve_chat_template, row_summary)
@@ -148,11 +147,8 @@ class NextTokenLogits(nn.Module):
 
 def train_sft(cfg: SFTConfig) -> Path:
     """Fine-tune, checkpoint and save; returns the output directory (``from_pretrained`` loads it)."""
-    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
+    acc, console, run, guard = open_supervised_run(cfg)
     main = acc.is_main_process
-    console = Console(stderr=True, quiet=not main)
-    run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
-    guard = FiniteGuard("step")
 
     # 1. Set-up: where to start ---------------------------------------------------------------
     resume_from = check_start(cfg, run, console)
