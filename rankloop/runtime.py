@@ -186,6 +186,21 @@ class RunDir:
         done = sorted(p for p in self.checkpoints.glob(f"{self.prefix}-*") if (p / self.complete).exists())
         return done[-1] if done else None
 
+    def resume_point(self, resume: bool, console) -> Path | None:
+        """The checkpoint a run starts from: the latest with ``resume`` (None, said on ``console``,
+        when there is none), else None — and a fresh run into a directory holding an earlier run's
+        checkpoints is refused rather than overwriting them."""
+        from rankloop.config import ConfigError
+
+        latest = self.latest()
+        if not resume and latest is not None:
+            raise ConfigError(f"{self.checkpoints} holds checkpoints of an earlier run: pass --resume to continue "
+                              "it, or choose another --output")
+        if resume and latest is None:
+            console.print(f"[yellow]--resume: no complete checkpoint in {self.checkpoints}; starting from the "
+                          "beginning[/]")
+        return latest if resume else None
+
     def begin(self, resumed_at: int) -> None:
         """Before the first step: a fresh run (``resumed_at == 0``) removes an earlier run's
         checkpoints and metrics; a resumed one drops the metrics rows logged past its checkpoint.

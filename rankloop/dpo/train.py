@@ -50,7 +50,7 @@ from rankloop.records import RankedExample, render_prompt
 from rankloop.reward.eval import EncodedRanking, ranking_metrics
 from rankloop.reward.loss import pair_metrics
 from rankloop.reward.train import RankingBatch, RewardData, collate, load_data
-from rankloop.runtime import (EpochCache, RunDir, build_training, open_supervised_run, optimizer_step, plan_steps,
+from rankloop.runtime import (EpochCache, build_training, open_supervised_run, optimizer_step, plan_steps,
                               progress_bar, save_checkpoint, save_final, split_batch, tracking)
 
 __all__ = ["DPOConfig", "train_dpo"]
@@ -418,17 +418,6 @@ def evaluate(acc, policy: ResponseLogps, ref: Reference | None, ref_logps: Refer
 # ---------------------------------------------------------------- the loop
 
 
-def check_start(cfg: DPOConfig, run: RunDir, console: Console) -> Path | None:
-    """The checkpoint to resume from (None: from the beginning)."""
-    latest = run.latest()
-    if not cfg.resume and latest is not None:
-        raise ConfigError(f"{run.checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, "
-                          "or choose another --output")
-    if cfg.resume and latest is None:
-        console.print(f"[yellow]--resume: no complete checkpoint in {run.checkpoints}; starting from the beginning[/]")
-    return latest if cfg.resume else None
-
-
 def train_dpo(cfg: DPOConfig) -> Path:
     """Train the policy on the rankings with DPO; returns the output directory (the final policy loads
     with ``from_pretrained``, LoRA merged)."""
@@ -436,7 +425,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     main = acc.is_main_process
 
     # 1. Set-up: where to start ---------------------------------------------------------------
-    resume_from = check_start(cfg, run, console)
+    resume_from = run.resume_point(cfg.resume, console)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 

@@ -241,17 +241,12 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
 def check_start(cfg: RewardTrainConfig, run: RunDir, console: Console) -> Path | None:
     """The checkpoint to resume from (None: from the beginning), after checking the settings that
     would otherwise fail only at the end."""
-    latest = run.latest()
-    if not cfg.resume and latest is not None:
-        raise ConfigError(f"{run.checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, "
-                          "or choose another --output")
+    resume_from = run.resume_point(cfg.resume, console)
     if cfg.normalise_on not in ("train", "eval", "none") and not Path(cfg.normalise_on).exists():
         raise ConfigError(f"normalise_on: {cfg.normalise_on} is neither train, eval, none nor an existing file")
     if cfg.normalise_on == "eval" and not cfg.eval_data:
         raise ConfigError("normalise_on: 'eval' needs eval_data")
-    if cfg.resume and latest is None:
-        console.print(f"[yellow]--resume: no complete checkpoint in {run.checkpoints}; starting from the beginning[/]")
-    return latest if cfg.resume else None
+    return resume_from
 
 
 def load_data(cfg: RewardTrainConfig, console: Console, encode=encode_examples) -> RewardData:

@@ -34,8 +34,8 @@ from rankloop.ops import logprobs_from_logits, masked_mean
 from rankloop.rl.rewards import RewardFn
 from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, gather_rows, kl_controller,
-                               minibatches, open_run, prompt_batch, sample_responses, save_checkpoint, save_final,
-                               score_responses)
+                               minibatches, open_run, optimizer_update, prompt_batch, sample_responses, save_checkpoint,
+                               save_final, score_responses)
 from rankloop.runtime import FiniteGuard, make_accelerator, progress_bar, tracking, trackers
 
 
@@ -168,14 +168,7 @@ def group_minibatch_step(learner: Learner, ro: Rollout, advantages, mb, cfg: Gro
             guard.check(out.loss, "loss", it + 1, where)
             acc.backward(out.loss)
         means += torch.stack([out.policy_loss, out.kl, out.clip_frac, out.approx_kl]).float() / world
-    grad_norm = 0.0
-    if cfg.max_grad_norm is not None:
-        grad_norm = float(acc.clip_grad_norm_(learner.trainable, cfg.max_grad_norm))
-    learner.optimizer.step()
-    learner.optimizer.zero_grad(set_to_none=True)
-    if world > 1:
-        means = acc.reduce(means, "sum")
-    return (*means.tolist(), grad_norm)
+    return optimizer_update(learner, acc, means, cfg.max_grad_norm)
 
 
 # ---------------------------------------------------------------- 7. metrics

@@ -39,7 +39,8 @@ from rankloop.rl.loss import explained_variance, gae, kl_penalised_rewards, poli
 from rankloop.rl.rewards import RewardFn
 from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, kl_controller, minibatches,
-                               open_run, prompt_batch, sample_responses, save_checkpoint, save_final, score_responses)
+                               open_run, optimizer_update, prompt_batch, sample_responses, save_checkpoint, save_final,
+                               score_responses)
 from rankloop.runtime import FiniteGuard, NonFiniteError, make_accelerator, progress_bar, tracking, trackers
 
 __all__ = ["PPOConfig", "NonFiniteError", "run_ppo"]
@@ -190,14 +191,7 @@ def minibatch_step(learner: Learner, ro: Rollout, advantages, returns, mb, cfg: 
             guard.check(loss, "loss", it + 1, where)
             acc.backward(loss)
         means += torch.stack([pg.detach(), vf.detach(), vclip, approx_kl, clip_frac]).float() / world
-    grad_norm = 0.0
-    if cfg.max_grad_norm is not None:
-        grad_norm = float(acc.clip_grad_norm_(learner.trainable, cfg.max_grad_norm))
-    learner.optimizer.step()
-    learner.optimizer.zero_grad(set_to_none=True)
-    if world > 1:
-        means = acc.reduce(means, "sum")
-    return (*means.tolist(), grad_norm)
+    return optimizer_update(learner, acc, means, cfg.max_grad_norm)
 
 
 # ---------------------------------------------------------------- 9. metrics, checkpoints, the final policy

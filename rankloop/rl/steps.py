@@ -292,6 +292,20 @@ def minibatches(seed: int, it: int, epoch: int, n_rows: int, minibatch_size: int
 # ---------------------------------------------------------------- checkpoints, the final policy
 
 
+def optimizer_update(learner: Learner, acc, means, max_grad_norm: float | None) -> tuple[float, ...]:
+    """After a minibatch's backward passes: clip, step, zero the gradients, and sum the minibatch's
+    per-process statistics ``means`` (S,) over processes. Returns them with the gradient norm
+    before clipping (0.0 without clipping) last."""
+    grad_norm = 0.0
+    if max_grad_norm is not None:
+        grad_norm = float(acc.clip_grad_norm_(learner.trainable, max_grad_norm))
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    if acc.num_processes > 1:
+        means = acc.reduce(means, "sum")
+    return (*means.tolist(), grad_norm)
+
+
 def save_checkpoint(run: RunDir, learner: Learner, cfg: RLConfig, iteration: int, guard: FiniteGuard) -> Path:
     """The trainable weights, optimiser, RNG and KL controller after ``iteration``, written atomically;
     refused (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""

@@ -236,21 +236,15 @@ def train_sft(cfg: SFTConfig) -> Path:
 
 def check_start(cfg: SFTConfig, run: RunDir, console: Console) -> Path | None:
     """The checkpoint to resume from (None: from the beginning)."""
-    latest = run.latest()
-    if not cfg.resume and latest is not None:
-        raise ConfigError(f"{run.checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, "
-                          "or choose another --output")
-    if cfg.resume and latest is None:
-        console.print(f"[yellow]--resume: no complete checkpoint in {run.checkpoints}; starting from the beginning[/]")
-        return None
-    if cfg.resume:
+    latest = run.resume_point(cfg.resume, console)
+    if latest is not None:  # the settings that decide the results must be the checkpoint's
         saved = json.loads((latest / "train_config.json").read_text(encoding="utf-8"))
         now = cfg.model_dump()
         diff = sorted(k for k in now if k not in RESUME_SAFE and saved.get(k) != now[k])
         if diff:
             raise ConfigError(f"--resume with a config that differs from the checkpoint's in {diff}; "
                               f"use the original settings (see {latest / 'train_config.json'})")
-    return latest if cfg.resume else None
+    return latest
 
 
 def load_sft_tokenizer(cfg: SFTConfig, conversations: bool):
