@@ -247,9 +247,10 @@ async def admin_import(project_id: PathId, user: AdminUser, request: Request, db
         crow = importer.parse_jsonl_bytes(await cands.read(), cands.filename)
         prow = (importer.parse_jsonl_bytes(await prompts.read(), prompts.filename)
                 if isinstance(prompts, UploadFile) and prompts.filename else None)
-        ps, cs, gold = importer.split_rows(crow, prow, cands.filename,
-                                           prompts.filename if prow is not None else "prompts")
-        out = importer.import_items(db, projects.get_project(db, project_id), ps, cs, gold)
+        project = projects.get_project(db, project_id)
+        ps, cs, gold = importer.split_rows(crow, prow, cands.filename, prompts.filename if prow is not None else "prompts",
+                                           drafts_optional=project.mode == "demonstration")
+        out = importer.import_items(db, project, ps, cs, gold)
     except DomainError as e:
         return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
     return project_page(request, user, db, project_id,
