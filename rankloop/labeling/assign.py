@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
-from rankloop.labeling.schemas import CandidateView, SubmitIn, SubmitOut, TaskOut
+from rankloop.labeling.schemas import CandidateView, SkipIn, SkipOut, SubmitIn, SubmitOut, TaskOut
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
 
@@ -83,21 +83,24 @@ SQL = {
     "reap_gold": "DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL",
     "claim": "SELECT s.id, s.item_id FROM slots s WHERE s.project_id = :pid AND s.status = 'open' "
              "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
+             "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id) "
              "ORDER BY s.id LIMIT 1{lock}",
     "take": "UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
             "WHERE id = :sid AND status = 'open'",
     "my_counts": "SELECT count(*), coalesce(sum(CASE WHEN is_gold THEN 1 ELSE 0 END), 0) FROM slots "
                  "WHERE labeler_id = :uid AND project_id = :pid",
     "gold_item": "SELECT i.id FROM items i WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
-                 "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) ORDER BY i.id LIMIT 1",
+                 "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) AND NOT EXISTS "
+                 "(SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = i.id) ORDER BY i.id LIMIT 1",
     "gold_slot": "INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
                  "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id",
-    "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key "
-            "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
+    "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key, "
+            "s.leased_at, s.slot_no FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
     "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
-                      "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, "
-                      ":rationale, :key, :is_gold, :now) RETURNING id",
+                      "idempotency_key, is_gold, created_at, served_at, active_seconds, supersedes_id) VALUES (:sid, :pid, "
+                      ":iid, :uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, :served, :active, :supersedes) "
+                      "RETURNING id",
     "done": "UPDATE slots SET status = 'done' WHERE id = :sid",
     "settings": "SELECT mode, instructions, lease_seconds, gold_rate FROM projects WHERE id = :pid",
     "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
@@ -105,6 +108,13 @@ SQL = {
     "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
             "FROM items i JOIN prompts p ON p.id = i.prompt_row_id WHERE i.id = :iid",
     "texts": "SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow",
+    # --- skips (issue 15 item 3): an overlap slot reopens for others; a gold slot (per labeler) goes
+    "skip_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
+                 "WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
+    "skip_gold": "DELETE FROM slots WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
+    "insert_skip": "INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, note, created_at) "
+                   "VALUES (:pid, :iid, :sid, :uid, :reason, :note, :now) RETURNING id",
+    "skipped": "SELECT id FROM skips WHERE slot_id = :sid AND labeler_id = :uid",
 }
 
 
@@ -312,7 +322,7 @@ class Queue:
                     if s is None or s[1] != uid:
                         raise NotFound(f"task {task_id} is not yours (unknown, or its lease expired and it "
                                                  "was given to someone else)")
-                    item_id, _, pid, is_gold, _, done_id, done_key = s
+                    item_id, _, pid, is_gold, _, done_id, done_key, leased_at, _ = s
                     if done_id is not None:  # already answered
                         if done_key == body.idempotency_key:
                             return SubmitOut(ranking_id=done_id, task_id=task_id, duplicate=True)
@@ -324,11 +334,41 @@ class Queue:
                     check_permutation(order, self.item(cur, item_id).ids)
                     rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
                                  all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
-                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc())).fetchone()[0]
+                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc()), served=leased_at,
+                                 active=body.active_seconds, supersedes=None).fetchone()[0]
                     self.q(cur, "done", sid=task_id)
                     return SubmitOut(ranking_id=rid, task_id=task_id, duplicate=False)
             except self.integrity_error:
                 conflict = True
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ skip (issue 15 item 3)
+    def skip(self, task_id: int, uid: int, body: SkipIn) -> SkipOut:
+        """Give a held task back: an overlap slot reopens for other labelers, a gold slot is dropped,
+        and the item is never offered to this labeler again (the claim skips items they skipped).
+        Skipping the same task again (a retry) is recognised and stored once."""
+        for attempt in range(RETRIES):
+            try:
+                with self.writing() as cur:
+                    s = self.q(cur, "slot", sid=task_id).fetchone()
+                    if s is None or s[1] != uid:
+                        prev = self.q(cur, "skipped", sid=task_id, uid=uid).fetchone()
+                        if prev is not None:
+                            return SkipOut(skip_id=prev[0], task_id=task_id, duplicate=True)
+                        raise NotFound(f"task {task_id} is not yours (unknown, or its lease expired and it "
+                                       "was given to someone else)")
+                    item_id, _, pid, is_gold, _, done_id, _, _, slot_no = s
+                    if done_id is not None:
+                        raise Conflict(f"task {task_id} was already submitted; it cannot be skipped")
+                    gone = self.q(cur, "skip_gold" if slot_no is None else "skip_open", sid=task_id, uid=uid).rowcount
+                    if gone != 1:  # reaped meanwhile (expired lease): it is no longer ours to give back
+                        raise NotFound(f"task {task_id} is no longer leased to you")
+                    sid = self.q(cur, "insert_skip", pid=pid, iid=item_id, sid=task_id, uid=uid, reason=body.reason,
+                                 note=body.note or None, now=self.ts(now_utc())).fetchone()[0]
+                    return SkipOut(skip_id=sid, task_id=task_id, duplicate=False)
+            except self.integrity_error:
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")

@@ -149,3 +149,9 @@ class LabelingClient:
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
                 "unsafe": unsafe, "rationale": rationale}
         return self._call("POST", f"/api/tasks/{task_id}/submit", json=body)
+
+    # ------------------------------------------------------------ a labeler's day (issue 15 item 3)
+    def skip(self, task_id: int, reason: str, note: str | None = None) -> dict:
+        """Give a held task back (``reason``: a short word, e.g. one of ``schemas.SKIP_REASONS``;
+        ``note``: free text). The slot goes back to the pool; this item is not offered to you again."""
+        return self._call("POST", f"/api/tasks/{task_id}/skip", json={"reason": reason, "note": note})

@@ -18,6 +18,7 @@ MAX_EXTERNAL_ID = 255  # prompt and candidate ids, policy names: String(255) col
 MAX_TEXT = 200_000  # characters of one prompt or candidate
 MAX_INSTRUCTIONS = 20_000
 MAX_RATIONALE = 10_000
+MAX_ACTIVE_SECONDS = 7 * 24 * 3600.0  # a client-reported time in view: a lease's maximum
 MAX_GROUPS = 64  # tie groups in a ranking (K is at most 16; room for mistakes to be named)
 MAX_PROMPTS = 100_000  # per import request
 MAX_CANDIDATES = 16 * MAX_PROMPTS
@@ -167,6 +168,8 @@ class SubmitIn(_Body):
     all_bad: bool = False
     unsafe: bool = False
     rationale: Optional[str] = Field(None, max_length=MAX_RATIONALE)
+    active_seconds: Optional[float] = Field(None, ge=0, le=MAX_ACTIVE_SECONDS,
+                                            description="the page's own count of seconds the task was in view (optional)")
 
 
 class SubmitOut(BaseModel):
@@ -181,6 +184,7 @@ class LabelerStats(BaseModel):
     leased: int
     gold_done: int
     gold_accuracy: Optional[float]
+    skipped: int = 0  # (issue 15 item 3)
 
 
 class ProgressOut(BaseModel):
@@ -191,8 +195,12 @@ class ProgressOut(BaseModel):
     slots_done: int
     slots_leased: int
     items_complete: int
-    rankings: int
+    rankings: int = Field(description="current rankings (a corrected one counts once)")
     labelers: list[LabelerStats]
+    # a labeler's day (issue 15 item 3)
+    skips: int = 0
+    skip_reasons: dict[str, int] = Field(default_factory=dict)
+    corrections: int = Field(0, description="rows that supersede an earlier ranking (edits)")
 
 
 class AgreementOut(BaseModel):
@@ -222,6 +230,38 @@ class RankingOut(BaseModel):
     rationale: Optional[str]
     created_at: datetime
     is_gold: bool
+
+
+# ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
+
+# What the ranking page offers as skip reasons; the API takes any short reason (scripts, other pages).
+SKIP_REASONS = {
+    "unclear": "The prompt or the responses are unclear",
+    "expertise": "Needs knowledge I do not have",
+    "offensive": "Content I do not want to judge",
+    "broken": "Broken task (missing or garbled text)",
+    "other": "Other",
+}
+MAX_SKIP_NOTE = 1_000
+
+
+class SkipIn(_Body):
+    reason: str = Field(min_length=1, max_length=64, description=f"why; the page offers {sorted(SKIP_REASONS)}")
+    note: Optional[str] = Field(None, max_length=MAX_SKIP_NOTE, description="free text (optional)")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        v = _printable(v.strip())
+        if not v:
+            raise ValueError("must not be blank")
+        return v
+
+
+class SkipOut(BaseModel):
+    skip_id: int
+    task_id: int
+    duplicate: bool = Field(description="true when this task was already skipped (nothing new written)")
 
 
 class Message(BaseModel):

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rankloop.labeling.assign import Queue
 from rankloop.labeling.deps import CurrentUser, PathId, QueryId
-from rankloop.labeling.schemas import SubmitIn, SubmitOut, TaskOut
+from rankloop.labeling.schemas import SkipIn, SkipOut, SubmitIn, SubmitOut, TaskOut
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -51,3 +51,9 @@ async def get_task(task_id: PathId, user: CurrentUser, queue: QueueDep) -> TaskO
              summary="Submit a ranking: a permutation of the shown candidate ids, best first, inner lists tied")
 async def submit(task_id: PathId, body: SubmitIn, user: CurrentUser, queue: QueueDep) -> SubmitOut:
     return await run(queue, queue.submit, task_id, user.user_id, body)
+
+
+@router.post("/{task_id}/skip", response_model=SkipOut,
+             summary="Give a held task back with a reason: the slot returns to the pool, never to you again for this item")
+async def skip(task_id: PathId, body: SkipIn, user: CurrentUser, queue: QueueDep) -> SkipOut:
+    return await run(queue, queue.skip, task_id, user.user_id, body)
