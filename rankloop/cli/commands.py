@@ -136,11 +136,13 @@ class ExportConfig(Config):
                                         "this much (pairwise).")
     min_gold_accuracy: float | None = Field(None, ge=0, le=1, description="Leave out labelers below this gold "
                                             "accuracy.")
+    include_superseded: bool = Field(False, description="Also write corrected rankings' earlier versions "
+                                     "(marked current: false) to --out; TRL pairs stay current-only.")
 
 
 EXPORT_GROUPS = {
     "Project and files": ("project", "out", "trl", "database_url"),
-    "Filters": ("min_agreement", "min_gold_accuracy"),
+    "Filters": ("min_agreement", "min_gold_accuracy", "include_superseded"),
 }
 
 
@@ -151,7 +153,7 @@ def export(cfg: ExportConfig) -> None:
 
     try:
         info = export_project(resolve_url(cfg.database_url), cfg.project, cfg.out, cfg.trl, cfg.min_agreement,
-                              cfg.min_gold_accuracy)
+                              cfg.min_gold_accuracy, include_superseded=cfg.include_superseded)
     except ExportError as e:
         fail(str(e))
     typer.echo(json.dumps(info, indent=2, default=str))

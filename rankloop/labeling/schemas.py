@@ -98,6 +98,8 @@ class ProjectCreate(_Body):
     overlap: int = Field(1, ge=1, le=100, description="distinct labelers per item")
     gold_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of served tasks that are gold items")
     lease_seconds: int = Field(1800, ge=5, le=7 * 24 * 3600, description="an unfinished task returns to the queue after this")
+    edit_window_seconds: int = Field(600, ge=0, le=30 * 24 * 3600, description="a labeler may correct a submission "
+                                     "this long after first submitting it (0: never)")
 
     _name = field_validator("name")(_printable)
 
@@ -106,6 +108,7 @@ class ProjectUpdate(_Body):
     instructions: Optional[str] = Field(None, max_length=MAX_INSTRUCTIONS)
     gold_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
     lease_seconds: Optional[int] = Field(None, ge=5, le=7 * 24 * 3600)
+    edit_window_seconds: Optional[int] = Field(None, ge=0, le=30 * 24 * 3600)
 
 
 class ProjectOut(BaseModel):
@@ -118,6 +121,7 @@ class ProjectOut(BaseModel):
     overlap: int
     gold_rate: float
     lease_seconds: int
+    edit_window_seconds: int = 600
 
 
 class GoldIn(_Body):
@@ -154,6 +158,7 @@ class CandidateView(BaseModel):
 class TaskOut(BaseModel):
     task_id: int
     project_id: int
+    project_name: str = ""  # (issue 15 item 3: every task page names its project)
     mode: Mode
     instructions: str
     prompt_id: str
@@ -230,6 +235,11 @@ class RankingOut(BaseModel):
     rationale: Optional[str]
     created_at: datetime
     is_gold: bool
+    # a labeler's day (issue 15 item 3)
+    supersedes_id: Optional[int] = None
+    current: bool = True
+    time_on_task: Optional[float] = Field(None, description="seconds from serving the task to this submission")
+    active_seconds: Optional[float] = None
 
 
 # ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
@@ -262,6 +272,43 @@ class SkipOut(BaseModel):
     skip_id: int
     task_id: int
     duplicate: bool = Field(description="true when this task was already skipped (nothing new written)")
+
+
+class MyProgressOut(BaseModel):
+    """The counter on the task page: one labeler, one project."""
+
+    project_id: int
+    project_name: str
+    done_today: int = Field(description="rankings submitted since 00:00 UTC (corrections not counted)")
+    done: int = Field(description="rankings submitted in this project")
+    remaining: int = Field(description="items still open to you (the one you hold included)")
+    skipped: int
+
+
+class MyRankingOut(BaseModel):
+    """One of a labeler's own current rankings ("my recent submissions")."""
+
+    ranking_id: int
+    project_id: int
+    project_name: str
+    item_id: int
+    prompt_id: str
+    order: list[list[str]]
+    created_at: datetime
+    supersedes_id: Optional[int]
+    editable_until: datetime = Field(description="the first submission's time plus the project's edit window")
+    editable: bool
+
+
+class EditOut(BaseModel):
+    ranking_id: int = Field(description="the new row, which is now the current ranking")
+    supersedes_id: int
+    duplicate: bool = Field(description="true when this idempotency key was already stored (nothing new written)")
+
+
+class PasswordChange(_Body):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
 
 
 class Message(BaseModel):

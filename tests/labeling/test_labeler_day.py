@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rankloop.labeling.client import LabelingClient, LabelingError
+from rankloop.labeling.client import LabelingError
 from rankloop.labeling.models import Skip, Slot
 from labhelp import best_first, labeler, make_records
 
