@@ -87,3 +87,150 @@ def test_skip_works_in_pairwise_mode_and_with_overlap(tc, admin):
     tb, tc_ = b.next_task(), c.next_task()
     assert {tb["task_id"], tc_["task_id"]} >= {ta["task_id"]} and tb["task_id"] != tc_["task_id"]
     assert a.next_task() is None
+
+
+# ------------------------------------------------------------------ corrections within a window
+
+
+def reversed_order(task):
+    return list(reversed(best_first(task)))
+
+
+def test_edit_supersedes_keeps_history_and_export_uses_current(tc, admin, app):
+    import json
+
+    p = project(admin, n=1, k=3, overlap=2)
+    a, b = labeler(tc, admin, "a", p["id"]), labeler(tc, admin, "b", p["id"])
+    ta, tb = a.next_task(), b.next_task()
+    first = a.submit(ta["task_id"], best_first(ta))
+    b.submit(tb["task_id"], best_first(tb))
+    assert admin.agreement(p["id"])["pairwise_agreement"] == 1.0
+    (mine,) = a.my_rankings(p["id"])
+    assert mine["ranking_id"] == first["ranking_id"] and mine["editable"] and mine["project_name"] == "day"
+    fixed = a.edit_ranking(first["ranking_id"], reversed_order(ta), idempotency_key="fix-1", rationale="misread")
+    assert fixed["supersedes_id"] == first["ranking_id"] and fixed["duplicate"] is False
+    assert a.edit_ranking(first["ranking_id"], reversed_order(ta), idempotency_key="fix-1")["duplicate"] is True
+    # agreement and consensus see the correction, not what it replaced
+    assert admin.agreement(p["id"])["pairwise_agreement"] == 0.0
+    assert admin.progress(p["id"])["rankings"] == 2 and admin.progress(p["id"])["corrections"] == 1
+    # the old row is kept, marked not current; the export writes current rows unless asked
+    raw = {r["id"]: r for r in admin.rankings(p["id"])}
+    assert raw[first["ranking_id"]]["current"] is False and raw[fixed["ranking_id"]]["current"] is True
+    assert raw[fixed["ranking_id"]]["task_id"] == ta["task_id"]  # a correction answers the same task
+    rows = [json.loads(x) for x in admin.export(p["id"]).splitlines()]
+    assert len(rows) == 2 and all(r["current"] for r in rows)
+    ann = next(r for r in rows if r["labeler"] == "a")
+    assert ann["ranking_id"] == fixed["ranking_id"] and ann["supersedes"] == first["ranking_id"]
+    assert ann["ranking"] == reversed_order(ta) and ann["rationale"] == "misread"
+    full = [json.loads(x) for x in admin.export(p["id"], include_superseded=True).splitlines()]
+    assert len(full) == 3 and [r["current"] for r in full if r["labeler"] == "a"] == [False, True]
+    trl = admin.export(p["id"], format="trl", include_superseded=True).splitlines()
+    assert len(trl) == 2 * 3  # TRL pairs come from the two current rankings only
+    # a superseded ranking cannot be edited again; the current one can
+    with pytest.raises(LabelingError) as e:
+        a.edit_ranking(first["ranking_id"], best_first(ta))
+    assert e.value.status == 409 and "already corrected" in e.value.detail
+    again = a.edit_ranking(fixed["ranking_id"], best_first(ta))
+    assert again["supersedes_id"] == fixed["ranking_id"]
+    (mine,) = a.my_rankings(p["id"])
+    assert mine["ranking_id"] == again["ranking_id"]
+
+
+def test_edit_refused_outside_window_for_others_and_when_invalid(tc, admin, app):
+    from datetime import timedelta
+
+    from rankloop.labeling.models import RankingRow
+
+    p = project(admin, n=2, k=3, overlap=1, edit_window_seconds=60)
+    closed = project(admin, n=1, k=3, overlap=1, name="closed", edit_window_seconds=0)
+    a, b = labeler(tc, admin, "a", p["id"]), labeler(tc, admin, "b", p["id"])
+    admin.add_member(closed["id"], "a")
+    t = a.next_task(p["id"])
+    r = a.submit(t["task_id"], best_first(t))
+    with pytest.raises(LabelingError) as e:
+        b.edit_ranking(r["ranking_id"], best_first(t))
+    assert e.value.status == 404
+    with pytest.raises(LabelingError) as e:
+        a.edit_ranking(r["ranking_id"], [["zzz"]])
+    assert e.value.status == 422 and "permutation" in e.value.detail
+    with Session(app.state.engine) as db:  # the submission was made 61 s ago
+        row = db.get(RankingRow, r["ranking_id"])
+        row.created_at = row.created_at - timedelta(seconds=61)
+        db.commit()
+    with pytest.raises(LabelingError) as e:
+        a.edit_ranking(r["ranking_id"], reversed_order(t))
+    assert e.value.status == 409 and "edit window" in e.value.detail
+    assert not a.my_rankings(p["id"])[0]["editable"]
+    tc_ = a.next_task(closed["id"])
+    rc = a.submit(tc_["task_id"], best_first(tc_))
+    with pytest.raises(LabelingError) as e:
+        a.edit_ranking(rc["ranking_id"], reversed_order(tc_))
+    assert e.value.status == 409
+    assert admin.create_project("x", edit_window_seconds=600)["edit_window_seconds"] == 600
+
+
+# ------------------------------------------------------------------ progress, time on task, project name
+
+
+def test_my_progress_counts_today_project_remaining(tc, admin):
+    p = project(admin, n=4, k=3, overlap=1)
+    other = project(admin, n=2, k=3, overlap=1, name="other")
+    a = labeler(tc, admin, "a", p["id"])
+    admin.add_member(other["id"], "a")
+    assert a.my_progress(p["id"]) == {"project_id": p["id"], "project_name": "day", "done_today": 0, "done": 0,
+                                      "remaining": 4, "skipped": 0}
+    t = a.next_task(p["id"])
+    assert t["project_name"] == "day"
+    assert a.my_progress(p["id"])["remaining"] == 4  # the held task still counts
+    r = a.submit(t["task_id"], best_first(t))
+    a.edit_ranking(r["ranking_id"], reversed_order(t))  # a correction is not one more done
+    a.skip(a.next_task(p["id"])["task_id"], "unclear")
+    assert a.my_progress(p["id"]) == {"project_id": p["id"], "project_name": "day", "done_today": 1, "done": 1,
+                                      "remaining": 2, "skipped": 1}
+    assert a.my_progress(other["id"])["remaining"] == 2
+    b = labeler(tc, admin, "b")
+    with pytest.raises(LabelingError) as e:
+        b.my_progress(p["id"])
+    assert e.value.status == 404
+
+
+def test_time_on_task_recorded_and_exported(tc, admin):
+    import json
+
+    p = project(admin, n=1, k=3, overlap=1)
+    a = labeler(tc, admin, "a", p["id"])
+    t = a.next_task()
+    body = {"order": best_first(t), "idempotency_key": "k1", "active_seconds": 4.25}
+    a._call("POST", f"/api/tasks/{t['task_id']}/submit", json=body)
+    (row,) = [json.loads(x) for x in admin.export(p["id"]).splitlines()]
+    assert row["active_seconds"] == 4.25 and 0 <= row["time_on_task"] < 60
+    (raw,) = admin.rankings(p["id"])
+    assert raw["time_on_task"] == pytest.approx(row["time_on_task"], abs=1e-3)
+    with pytest.raises(LabelingError) as e:
+        a._call("POST", f"/api/tasks/{t['task_id']}/submit", json={**body, "active_seconds": -1})
+    assert e.value.status == 422
+
+
+# ------------------------------------------------------------------ one's own password
+
+
+def test_own_password_change_needs_current_and_revokes_other_sessions(tc, admin):
+    from rankloop.labeling.client import LabelingClient
+
+    a = labeler(tc, admin, "a", password="first-password")
+    other = LabelingClient(tc)
+    other.login("a", "first-password")
+    with pytest.raises(LabelingError) as e:
+        a.change_password("wrong-password", "second-password")
+    assert e.value.status == 422 and "current password is wrong" in e.value.detail
+    with pytest.raises(LabelingError) as e:
+        a.change_password("first-password", "short")
+    assert e.value.status == 422
+    a.change_password("first-password", "second-password")
+    assert a.me()["username"] == "a"  # this session stays
+    with pytest.raises(LabelingError) as e:
+        other.me()
+    assert e.value.status == 401  # the other one ended
+    with pytest.raises(LabelingError):
+        LabelingClient(tc).login("a", "first-password")
+    LabelingClient(tc).login("a", "second-password")
