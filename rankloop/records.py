@@ -120,6 +120,12 @@ class Ranking(_Record):
     all_bad: bool = False
     unsafe: bool = False
     rationale: str | None = None
+    # --- from the labeling app (issue 15 item 3); None elsewhere, and then not written
+    ranking_id: int | None = None  # the app's row id
+    supersedes: int | None = None  # a correction: the ranking_id it replaces
+    current: bool | None = None  # False: a later correction replaced it
+    time_on_task: float | None = None  # seconds from serving the task to this submission (server clock)
+    active_seconds: float | None = None  # the labeling page's count of seconds in view (client clock)
 
     @field_validator("order", mode="before")
     @classmethod
@@ -190,6 +196,10 @@ class Comparison(_Record):
         return self
 
 
+# Ranking fields the labeling app fills (issue 15 item 3), written to the flat row when set.
+RANKING_APP_FIELDS = ("ranking_id", "supersedes", "current", "time_on_task", "active_seconds")
+
+
 class CandidateText(_Record):
     id: str
     text: str
@@ -223,7 +233,7 @@ class RankedExample(_Record):
         if isinstance(data, dict) and isinstance(data.get("ranking"), list):
             data = dict(data)
             ranking = {"prompt_id": data.get("prompt_id"), "order": data.pop("ranking")}
-            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale"):
+            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", *RANKING_APP_FIELDS):
                 if key in data:
                     ranking[key] = data.pop(key)
             data["ranking"] = ranking
@@ -291,6 +301,9 @@ class RankedExample(_Record):
             row["rationale"] = self.ranking.rationale
         if self.margin is not None:
             row["margin"] = self.margin
+        for key in RANKING_APP_FIELDS:
+            if getattr(self.ranking, key) is not None:
+                row[key] = getattr(self.ranking, key)
         return row
 
     @classmethod

@@ -141,11 +141,13 @@ class ExportConfig(Config):
                                        "reads) instead of rankings: the project's accepted demonstrations.")
     include_pending: bool = Field(False, description="With --demonstrations: also those not reviewed yet "
                                   "(rejected ones never).")
+    include_superseded: bool = Field(False, description="Also write corrected rankings' earlier versions "
+                                     "(marked current: false) to --out; TRL pairs stay current-only.")
 
 
 EXPORT_GROUPS = {
     "Project and files": ("project", "out", "trl", "database_url"),
-    "Filters": ("min_agreement", "min_gold_accuracy"),
+    "Filters": ("min_agreement", "min_gold_accuracy", "include_superseded"),
     "Demonstrations": ("demonstrations", "include_pending"),
 }
 
@@ -160,7 +162,7 @@ def export(cfg: ExportConfig) -> None:
             info = export_demonstrations(resolve_url(cfg.database_url), cfg.project, cfg.demonstrations, cfg.include_pending)
         else:
             info = export_project(resolve_url(cfg.database_url), cfg.project, cfg.out, cfg.trl, cfg.min_agreement,
-                                  cfg.min_gold_accuracy)
+                                  cfg.min_gold_accuracy, include_superseded=cfg.include_superseded)
     except ExportError as e:
         fail(str(e))
     typer.echo(json.dumps(info, indent=2, default=str))

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rankloop
+from rankloop.labeling import render
 from rankloop.labeling.assign import Queue
 from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolve_url, upgrade
 from rankloop.labeling.deps import page_user, status_of, trusted_networks
@@ -121,7 +122,9 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     if admin is not None:
         bootstrap_admin(app.state.sessionmaker, *admin)
 
-    for r in (tasks.router, auth.router, users.router, projects.router, demonstrations.router, pages.router):  # hot first
+    app.state.templates.env.filters["markdown"] = render.markdown  # (issue 15 item 3) model text, safely
+    for r in (tasks.router, tasks.rankings_router, auth.router, users.router, projects.router, demonstrations.router,
+              pages.router):  # hot routes first
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

@@ -41,7 +41,8 @@ from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
-from rankloop.labeling.schemas import CandidateView, SavedDraft, SubmitIn, SubmitOut, TaskOut
+from rankloop.labeling.schemas import (CandidateView, EditOut, MyProgressOut, MyRankingOut, SavedDraft, SkipIn, SkipOut,
+                                       SubmitIn, SubmitOut, TaskOut)
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
 
@@ -73,6 +74,8 @@ class Settings:
     instructions: str
     lease_seconds: int
     gold_rate: float
+    name: str = ""
+    edit_window_seconds: int = 600
 
 
 SQL = {
@@ -83,23 +86,26 @@ SQL = {
     "reap_gold": "DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL",
     "claim": "SELECT s.id, s.item_id FROM slots s WHERE s.project_id = :pid AND s.status = 'open' "
              "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
+             "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id) "
              "ORDER BY s.id LIMIT 1{lock}",
     "take": "UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
             "WHERE id = :sid AND status = 'open'",
     "my_counts": "SELECT count(*), coalesce(sum(CASE WHEN is_gold THEN 1 ELSE 0 END), 0) FROM slots "
                  "WHERE labeler_id = :uid AND project_id = :pid",
     "gold_item": "SELECT i.id FROM items i WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
-                 "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) ORDER BY i.id LIMIT 1",
+                 "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) AND NOT EXISTS "
+                 "(SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = i.id) ORDER BY i.id LIMIT 1",
     "gold_slot": "INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
                  "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id",
-    "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key "
-            "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
+    "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key, "
+            "s.leased_at, s.slot_no FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
     "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
-                      "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, "
-                      ":rationale, :key, :is_gold, :now) RETURNING id",
+                      "idempotency_key, is_gold, created_at, served_at, active_seconds, supersedes_id) VALUES (:sid, :pid, "
+                      ":iid, :uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, :served, :active, :supersedes) "
+                      "RETURNING id",
     "done": "UPDATE slots SET status = 'done' WHERE id = :sid",
-    "settings": "SELECT mode, instructions, lease_seconds, gold_rate FROM projects WHERE id = :pid",
+    "settings": "SELECT mode, instructions, lease_seconds, gold_rate, name, edit_window_seconds FROM projects WHERE id = :pid",
     "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
     "exists": "SELECT id FROM projects WHERE id = :pid",
     "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
@@ -107,6 +113,30 @@ SQL = {
     "texts": "SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow",
     # demonstration tasks: the autosaved text, only ever the asking labeler's
     "saved_draft": "SELECT text, edited_from, updated_at FROM demo_drafts WHERE slot_id = :sid AND labeler_id = :uid",
+    # --- skips (issue 15 item 3): an overlap slot reopens for others; a gold slot (per labeler) goes
+    "skip_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
+                 "WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
+    "skip_gold": "DELETE FROM slots WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
+    "insert_skip": "INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, note, created_at) "
+                   "VALUES (:pid, :iid, :sid, :uid, :reason, :note, :now) RETURNING id",
+    "skipped": "SELECT id FROM skips WHERE slot_id = :sid AND labeler_id = :uid",
+    # --- corrections (issue 15 item 3)
+    "ranking": "SELECT r.id, r.project_id, r.item_id, r.labeler_id, r.is_gold, r.slot_id, r.supersedes_id, r.created_at, "
+               "r.ranking, r.all_bad, r.unsafe, r.rationale, (SELECT x.id FROM rankings x WHERE x.supersedes_id = r.id) "
+               "FROM rankings r WHERE r.id = :rid",
+    "key_row": "SELECT id, supersedes_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
+    "mine_recent": "SELECT r.id, r.project_id, r.item_id, r.ranking, r.created_at, r.supersedes_id FROM rankings r "
+                   "WHERE r.labeler_id = :uid{project} AND NOT EXISTS (SELECT 1 FROM rankings x WHERE x.supersedes_id = r.id) "
+                   "ORDER BY r.id DESC LIMIT :lim",
+    # --- the task page's counter (issue 15 item 3)
+    "count_done": "SELECT count(*), coalesce(sum(CASE WHEN created_at >= :today THEN 1 ELSE 0 END), 0) FROM rankings "
+                  "WHERE labeler_id = :uid AND project_id = :pid AND supersedes_id IS NULL",
+    "count_open": "SELECT count(DISTINCT s.item_id) FROM slots s WHERE s.project_id = :pid AND s.slot_no IS NOT NULL "
+                  "AND (s.status = 'open' OR (s.status = 'leased' AND s.lease_expires < :now)) "
+                  "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
+                  "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id)",
+    "count_held": "SELECT count(*) FROM slots WHERE labeler_id = :uid AND project_id = :pid AND status = 'leased'",
+    "count_skipped": "SELECT count(*) FROM skips WHERE labeler_id = :uid AND project_id = :pid",
 }
 DEMONSTRATION = "demonstration"
 
@@ -120,6 +150,8 @@ class Queue:
         pg = engine.dialect.name == "postgresql"
         self.integrity_error = engine.dialect.dbapi.IntegrityError
         self.sql = {k: v.replace("{lock}", " FOR UPDATE OF s SKIP LOCKED" if pg else "") for k, v in SQL.items()}
+        self.sql["mine_recent_in"] = self.sql["mine_recent"].replace("{project}", " AND r.project_id = :pid")
+        self.sql["mine_recent"] = self.sql["mine_recent"].replace("{project}", "")
         if not self.sqlite:  # psycopg's parameter style
             self.sql = {k: re.sub(r"(?<!:):(\w+)", r"%(\1)s", v) for k, v in self.sql.items()}
         if pg:
@@ -202,7 +234,7 @@ class Queue:
         row = self.q(cur, "settings", pid=pid).fetchone()
         if row is None:
             raise NotFound(f"project {pid} not found")
-        s = Settings(row[0], row[1], int(row[2]), float(row[3]))
+        s = Settings(row[0], row[1], int(row[2]), float(row[3]), row[4], int(row[5]))
         self._settings[pid] = (time.monotonic() + SETTINGS_TTL, s)
         return s
 
@@ -239,7 +271,7 @@ class Queue:
         if st.mode == DEMONSTRATION:
             return self._demo_task(cur, view, st, slot_id, pid, until, uid)
         random.Random(slot_id).shuffle(cands)  # each labeler sees their own order: no shared position bias
-        return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, kind=st.mode, instructions=st.instructions,
+        return TaskOut(task_id=slot_id, project_id=pid, project_name=st.name, mode=st.mode, kind=st.mode, instructions=st.instructions,
                        prompt_id=view.prompt_id, prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands],
                        lease_expires=until)
 
@@ -253,7 +285,7 @@ class Queue:
             row = self.q(cur, "saved_draft", sid=slot_id, uid=uid).fetchone()
             if row is not None:
                 saved = SavedDraft(text=row[0], edited_from=row[1], updated_at=self.read_ts(row[2]))
-        return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, kind=st.mode, instructions=st.instructions,
+        return TaskOut(task_id=slot_id, project_id=pid, project_name=st.name, mode=st.mode, kind=st.mode, instructions=st.instructions,
                        prompt_id=view.prompt_id, prompt=view.prompt, candidates=drafts, lease_expires=until,
                        draft=drafts[0] if drafts else None, saved=saved)
 
@@ -333,7 +365,7 @@ class Queue:
                     if s is None or s[1] != uid:
                         raise NotFound(f"task {task_id} is not yours (unknown, or its lease expired and it "
                                                  "was given to someone else)")
-                    item_id, _, pid, is_gold, _, done_id, done_key = s
+                    item_id, _, pid, is_gold, _, done_id, done_key, leased_at, _ = s
                     if done_id is not None:  # already answered
                         if done_key == body.idempotency_key:
                             return SubmitOut(ranking_id=done_id, task_id=task_id, duplicate=True)
@@ -348,7 +380,8 @@ class Queue:
                     check_permutation(order, self.item(cur, item_id).ids)
                     rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
                                  all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
-                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc())).fetchone()[0]
+                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc()), served=leased_at,
+                                 active=body.active_seconds, supersedes=None).fetchone()[0]
                     self.q(cur, "done", sid=task_id)
                     return SubmitOut(ranking_id=rid, task_id=task_id, duplicate=False)
             except self.integrity_error:
@@ -356,6 +389,125 @@ class Queue:
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ skip (issue 15 item 3)
+    def skip(self, task_id: int, uid: int, body: SkipIn) -> SkipOut:
+        """Give a held task back: an overlap slot reopens for other labelers, a gold slot is dropped,
+        and the item is never offered to this labeler again (the claim skips items they skipped).
+        Skipping the same task again (a retry) is recognised and stored once."""
+        for attempt in range(RETRIES):
+            try:
+                with self.writing() as cur:
+                    s = self.q(cur, "slot", sid=task_id).fetchone()
+                    if s is None or s[1] != uid:
+                        prev = self.q(cur, "skipped", sid=task_id, uid=uid).fetchone()
+                        if prev is not None:
+                            return SkipOut(skip_id=prev[0], task_id=task_id, duplicate=True)
+                        raise NotFound(f"task {task_id} is not yours (unknown, or its lease expired and it "
+                                       "was given to someone else)")
+                    item_id, _, pid, _, _, done_id, _, _, slot_no = s
+                    if done_id is not None:
+                        raise Conflict(f"task {task_id} was already submitted; it cannot be skipped")
+                    gone = self.q(cur, "skip_gold" if slot_no is None else "skip_open", sid=task_id, uid=uid).rowcount
+                    if gone != 1:  # reaped meanwhile (expired lease): it is no longer ours to give back
+                        raise NotFound(f"task {task_id} is no longer leased to you")
+                    sid = self.q(cur, "insert_skip", pid=pid, iid=item_id, sid=task_id, uid=uid, reason=body.reason,
+                                 note=body.note or None, now=self.ts(now_utc())).fetchone()[0]
+                    return SkipOut(skip_id=sid, task_id=task_id, duplicate=False)
+            except self.integrity_error:
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ corrections (issue 15 item 3)
+    def _root_time(self, cur: Any, row: Any) -> datetime:
+        """When the chain ``row`` belongs to was first submitted (the edit window counts from it)."""
+        while row[6] is not None:
+            row = self.q(cur, "ranking", rid=row[6]).fetchone()
+        return self.read_ts(row[7])
+
+    def _own_current(self, cur: Any, ranking_id: int, uid: int) -> tuple[Any, datetime, Settings]:
+        row = self.q(cur, "ranking", rid=ranking_id).fetchone()
+        if row is None or row[3] != uid:
+            raise NotFound(f"ranking {ranking_id} not found among your rankings")
+        if row[12] is not None:
+            raise Conflict(f"ranking {ranking_id} was already corrected (by ranking {row[12]}); edit the current one")
+        st = self.settings(cur, row[1])
+        return row, self._root_time(cur, row) + timedelta(seconds=st.edit_window_seconds), st
+
+    def editable(self, ranking_id: int, uid: int) -> tuple[TaskOut, list[list[str]], Any, datetime]:
+        """For the edit page: the item as a task (in its slot's shuffled order), the current order,
+        the row (flags, rationale) and the end of the edit window."""
+        with self.reading() as cur:
+            row, until, _ = self._own_current(cur, ranking_id, uid)
+            chain = row
+            while chain[5] is None:  # a correction: its slot is its chain's first row's
+                chain = self.q(cur, "ranking", rid=chain[6]).fetchone()
+            task = self._task(cur, row[2], chain[5], row[1], until)
+            return task, self.read_json(row[8]), row, until
+
+    def edit(self, ranking_id: int, uid: int, body: SubmitIn) -> EditOut:
+        """Correct a current ranking within the project's window: a new row supersedes it (rows are
+        never changed; UNIQUE (supersedes_id) lets only one correction of a row win a race)."""
+        try:
+            order = normalise_order(body.order)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+        for attempt in range(RETRIES):
+            try:
+                with self.writing() as cur:
+                    head = self.q(cur, "ranking", rid=ranking_id).fetchone()
+                    if head is not None and head[3] == uid:
+                        prev = self.q(cur, "key_row", pid=head[1], uid=uid, key=body.idempotency_key).fetchone()
+                        if prev is not None:
+                            if prev[1] == ranking_id:
+                                return EditOut(ranking_id=prev[0], supersedes_id=ranking_id, duplicate=True)
+                            raise Conflict(f"idempotency key already used for ranking {prev[0]}")
+                    row, until, _ = self._own_current(cur, ranking_id, uid)
+                    now = now_utc()
+                    if now > until:
+                        raise Conflict(f"the edit window of ranking {ranking_id} closed at {until.isoformat(timespec='seconds')}")
+                    check_permutation(order, self.item(cur, row[2]).ids)
+                    rid = self.q(cur, "insert_ranking", sid=None, pid=row[1], iid=row[2], uid=uid, order=self._json(order),
+                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
+                                 key=body.idempotency_key, is_gold=bool(row[4]), now=self.ts(now), served=None,
+                                 active=body.active_seconds, supersedes=ranking_id).fetchone()[0]
+                    return EditOut(ranking_id=rid, supersedes_id=ranking_id, duplicate=False)
+            except self.integrity_error:
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def my_rankings(self, uid: int, project_id: int | None, limit: int) -> list[MyRankingOut]:
+        """A labeler's current rankings, newest first (corrections in place of what they replaced)."""
+        with self.reading() as cur:
+            if project_id is None:
+                rows = self.q(cur, "mine_recent", uid=uid, lim=limit).fetchall()
+            else:
+                rows = self.q(cur, "mine_recent_in", uid=uid, pid=project_id, lim=limit).fetchall()
+            now, out = now_utc(), []
+            for rid, pid, iid, order, created, sup in rows:
+                st = self.settings(cur, pid)
+                start = self.read_ts(created) if sup is None else self._root_time(cur, self.q(cur, "ranking", rid=rid).fetchone())
+                until = start + timedelta(seconds=st.edit_window_seconds)
+                out.append(MyRankingOut(ranking_id=rid, project_id=pid, project_name=st.name, item_id=iid,
+                                        prompt_id=self.item(cur, iid).prompt_id, order=self.read_json(order),
+                                        created_at=self.read_ts(created), supersedes_id=sup, editable_until=until,
+                                        editable=now <= until and st.edit_window_seconds > 0))
+            return out
+
+    # ------------------------------------------------------------ the task page's counter (issue 15 item 3)
+    def my_progress(self, uid: int, is_admin: bool, project_id: int) -> MyProgressOut:
+        now = now_utc()
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.reading() as cur:
+            self.projects_of(cur, uid, is_admin, project_id)  # NotFound unless it is theirs
+            done, done_today = self.q(cur, "count_done", uid=uid, pid=project_id, today=self.ts(today)).fetchone()
+            remaining = self.q(cur, "count_open", uid=uid, pid=project_id, now=self.ts(now)).fetchone()[0]
+            held = self.q(cur, "count_held", uid=uid, pid=project_id).fetchone()[0]
+            skipped = self.q(cur, "count_skipped", uid=uid, pid=project_id).fetchone()[0]
+            return MyProgressOut(project_id=project_id, project_name=self.settings(cur, project_id).name, done_today=int(done_today),
+                                 done=int(done), remaining=int(remaining) + int(held), skipped=int(skipped))
 
 
 def check_permutation(order: list[list[str]], shown: frozenset[str]) -> None:

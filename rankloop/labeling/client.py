@@ -95,9 +95,10 @@ class LabelingClient:
 
     # ------------------------------------------------------------ projects
     def create_project(self, name: str, k: int = 4, mode: str = "ranking", overlap: int = 1, gold_rate: float = 0.0,
-                       instructions: str = "", lease_seconds: int = 1800) -> dict:
+                       instructions: str = "", lease_seconds: int = 1800, edit_window_seconds: int = 600) -> dict:
         return self._call("POST", "/api/projects", json=dict(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                                             instructions=instructions, lease_seconds=lease_seconds))
+                                                             instructions=instructions, lease_seconds=lease_seconds,
+                                                             edit_window_seconds=edit_window_seconds))
 
     def projects(self) -> list[dict]:
         return self._call("GET", "/api/projects")
@@ -129,8 +130,9 @@ class LabelingClient:
     def rankings(self, project_id: int) -> list[dict]:
         return self._call("GET", f"/api/projects/{project_id}/rankings")
 
-    def export(self, project_id: int, format: str = "rankings", include_pending: bool = False, **filters: float) -> str:
-        """The export as text (JSONL). ``format="demonstrations"``: accepted demonstrations, with
+    def export(self, project_id: int, format: str = "rankings", include_pending: bool = False, **filters: float | bool) -> str:
+        """The export as text (JSONL). ``filters``: min_agreement, min_gold_accuracy, include_superseded
+        (history of corrections). ``format="demonstrations"``: accepted demonstrations, with
         ``include_pending`` the not yet reviewed ones too (rejected ones never)."""
         params = {"format": format, **{k: v for k, v in filters.items() if v is not None}}
         if include_pending:
@@ -153,6 +155,33 @@ class LabelingClient:
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
                 "unsafe": unsafe, "rationale": rationale}
         return self._call("POST", f"/api/tasks/{task_id}/submit", json=body)
+
+    # ------------------------------------------------------------ a labeler's day (issue 15 item 3)
+    def skip(self, task_id: int, reason: str, note: str | None = None) -> dict:
+        """Give a held task back (``reason``: a short word, e.g. one of ``schemas.SKIP_REASONS``;
+        ``note``: free text). The slot goes back to the pool; this item is not offered to you again."""
+        return self._call("POST", f"/api/tasks/{task_id}/skip", json={"reason": reason, "note": note})
+
+    def my_progress(self, project_id: int) -> dict:
+        """This labeler's counter in a project: done today (UTC), done, remaining, skipped."""
+        return self._call("GET", "/api/tasks/progress", params={"project_id": project_id})
+
+    def my_rankings(self, project_id: int | None = None, limit: int = 20) -> list[dict]:
+        """This labeler's recent current rankings, newest first, with ``editable_until``."""
+        params: dict[str, Any] = {"limit": limit, **({"project_id": project_id} if project_id is not None else {})}
+        return self._call("GET", "/api/rankings/mine", params=params)
+
+    def edit_ranking(self, ranking_id: int, order: list[list[str]] | list[str], idempotency_key: str | None = None,
+                     all_bad: bool = False, unsafe: bool = False, rationale: str | None = None) -> dict:
+        """Correct one of your current rankings within the project's edit window: a new row that
+        supersedes it (the old one is kept, marked not current)."""
+        body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
+                "unsafe": unsafe, "rationale": rationale}
+        return self._call("POST", f"/api/rankings/{ranking_id}/edit", json=body)
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        """Change your own password; every other session and token of yours is revoked (this one stays)."""
+        self._call("POST", "/api/auth/password", json={"current_password": current_password, "new_password": new_password})
 
     # ------------------------------------------------------------ demonstrations (issue 12 item 1)
     # A project made with ``create_project(name, mode="demonstration", overlap=…)``; its tasks come

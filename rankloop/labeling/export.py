@@ -4,6 +4,11 @@
   ``rankloop train-rm`` reads), one row per submission.
 - TRL comparisons (``prompt``/``chosen``/``rejected``, ties dropped), derived from those rows.
 
+Only current rankings are exported by default: a labeler's correction (issue 15 item 3) replaces
+the ranking it supersedes; ``history`` also writes the superseded rows, marked ``current: false``.
+Each row carries the app's ``ranking_id``, ``supersedes`` (a correction), ``time_on_task`` (seconds
+from serving the task to submitting, server clock) and ``active_seconds`` (the page's own count).
+
 Filters: ``min_gold_accuracy`` leaves out every ranking by a labeler whose gold accuracy is
 below it (labelers who have answered no gold item are kept and counted); ``min_agreement`` then
 keeps only items ranked by two or more labelers whose pairwise agreement reaches it.
@@ -29,8 +34,11 @@ ExportError = DomainError
 
 
 def collect(db: Session, project_id: int, min_agreement: float | None = None,
-            min_gold_accuracy: float | None = None) -> tuple[list[RankedExample], dict[str, Any]]:
+            min_gold_accuracy: float | None = None, history: bool = False) -> tuple[list[RankedExample], dict[str, Any]]:
+    """The rows to export. Quality filters always judge the current rankings; ``history`` then adds
+    the superseded ones (``current: false``) of the items and labelers kept."""
     raws = stats.raw_rankings(db, project_id)
+    old = [r for r in stats.raw_rankings(db, project_id, history=True) if not r.current] if history else []
     payload = stats.item_payloads(db, project_id)
     acc = stats.gold_accuracy(raws, stats.gold_orders(db, project_id))
     info: dict[str, Any] = {"rankings_in_db": len(raws), "labelers": len({r.labeler for r in raws})}
@@ -52,6 +60,10 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
         info["items_below_agreement"] = low
         info["items_single_labeler_dropped"] = single
         raws = sorted(keep, key=lambda r: r.id)
+    if old:
+        kept = {(r.item_id, r.labeler) for r in raws}
+        info["superseded_exported"] = sum((r.item_id, r.labeler) in kept for r in old)
+        raws = sorted(raws + [r for r in old if (r.item_id, r.labeler) in kept], key=lambda r: r.id)
     out = []
     for r in raws:
         p = payload[r.item_id]
@@ -59,11 +71,17 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
             prompt_id=p["prompt_id"], prompt=p["prompt"],
             candidates=[CandidateText(id=c, text=t) for c, t in p["candidates"]],
             ranking=Ranking(prompt_id=p["prompt_id"], order=r.order, labeler=r.labeler, created_at=r.created_at,
-                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale),
+                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale, ranking_id=r.id,
+                            supersedes=r.supersedes_id, current=r.current, time_on_task=_seconds(r.time_on_task),
+                            active_seconds=_seconds(r.active_seconds)),
         ))
     info["rankings_exported"] = len(out)
     info["items_exported"] = len({r.item_id for r in raws})
     return out, info
+
+
+def _seconds(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)  # milliseconds: the clocks' honest resolution
 
 
 def trl_rows(examples: list[RankedExample]) -> list[dict[str, Any]]:
@@ -78,22 +96,25 @@ def trl_rows(examples: list[RankedExample]) -> list[dict[str, Any]]:
 
 
 def export_project(database_url: str, project: int | str, rankings_out: str | Path, trl_out: str | Path | None = None,
-                   min_agreement: float | None = None, min_gold_accuracy: float | None = None) -> dict[str, Any]:
-    """Write ``rankings_out`` (and ``trl_out``) for ``project`` (id or name); return the counts."""
+                   min_agreement: float | None = None, min_gold_accuracy: float | None = None,
+                   include_superseded: bool = False) -> dict[str, Any]:
+    """Write ``rankings_out`` (and ``trl_out``) for ``project`` (id or name); return the counts.
+    ``include_superseded`` adds corrected rankings' earlier versions to ``rankings_out`` only: the
+    TRL pairs are always made from current rankings."""
     from rankloop.labeling.db import make_engine
 
     engine = make_engine(database_url)
     try:
         with Session(engine) as db:
             p = find_project(db, project)
-            examples, info = collect(db, p.id, min_agreement, min_gold_accuracy)
+            examples, info = collect(db, p.id, min_agreement, min_gold_accuracy, history=include_superseded)
     finally:
         engine.dispose()
     info["project"] = p.name
     info["rankings_path"] = str(rankings_out)
     write_rankings(rankings_out, examples)
     if trl_out is not None:
-        info["comparisons"] = write_trl(trl_out, examples)
+        info["comparisons"] = write_trl(trl_out, [e for e in examples if e.ranking.current is not False])
         info["trl_path"] = str(trl_out)
     return info
 

@@ -67,6 +67,8 @@ class Project(Base):
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
     lease_seconds: Mapped[int] = mapped_column(Integer, default=1800)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # --- a labeler's day (issue 15 item 3, migration 0004): how long a submission may be corrected
+    edit_window_seconds: Mapped[int] = mapped_column(Integer, default=600, server_default="600")
 
 
 class Member(Base):
@@ -134,9 +136,11 @@ class RankingRow(Base):
         # a retried submission is recognised within its project; another project's key is unrelated
         UniqueConstraint("project_id", "labeler_id", "idempotency_key", name="uq_rankings_project_labeler_key"),
         Index("ix_rankings_project", "project_id", "item_id"),
+        UniqueConstraint("supersedes_id", name="uq_rankings_supersedes_id"),  # (issue 15 item 3)
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    slot_id: Mapped[int] = mapped_column(ForeignKey("slots.id", ondelete="CASCADE"), unique=True)
+    # the answered slot; None on a correction (its slot is its ``supersedes`` chain's first row's)
+    slot_id: Mapped[Optional[int]] = mapped_column(ForeignKey("slots.id", ondelete="CASCADE"), unique=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
     labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -146,6 +150,31 @@ class RankingRow(Base):
     rationale: Mapped[Optional[str]] = mapped_column(Text)
     idempotency_key: Mapped[str] = mapped_column(String(128))
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # --- a labeler's day (issue 15 item 3, migration 0004)
+    # A correction is a new row naming the one it replaces (rows are never edited); UNIQUE makes the
+    # history a chain, so "current" is simply "superseded by no row".
+    supersedes_id: Mapped[Optional[int]] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE", name="fk_rankings_supersedes_id"))
+    served_at: Mapped[Optional[datetime]] = mapped_column()  # when the task (or the edit page) was served
+    active_seconds: Mapped[Optional[float]] = mapped_column(Float)  # the page's own count of time in view
+
+
+# ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
+
+
+class Skip(Base):
+    """A labeler passed on a task: the slot went back to the pool (a gold slot was dropped), and the
+    item is never offered to them again. Kept for the lead (counts, reasons)."""
+
+    __tablename__ = "skips"
+    __table_args__ = (Index("ix_skips_labeler_item", "labeler_id", "item_id"), Index("ix_skips_project", "project_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    slot_id: Mapped[Optional[int]] = mapped_column(Integer)  # no foreign key: a gold slot is deleted on skip
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(String(64))
+    note: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

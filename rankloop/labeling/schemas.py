@@ -18,6 +18,7 @@ MAX_EXTERNAL_ID = 255  # prompt and candidate ids, policy names: String(255) col
 MAX_TEXT = 200_000  # characters of one prompt or candidate
 MAX_INSTRUCTIONS = 20_000
 MAX_RATIONALE = 10_000
+MAX_ACTIVE_SECONDS = 7 * 24 * 3600.0  # a client-reported time in view: a lease's maximum
 MAX_GROUPS = 64  # tie groups in a ranking (K is at most 16; room for mistakes to be named)
 MAX_PROMPTS = 100_000  # per import request
 MAX_CANDIDATES = 16 * MAX_PROMPTS
@@ -98,6 +99,8 @@ class ProjectCreate(_Body):
     overlap: int = Field(1, ge=1, le=100, description="distinct labelers per item")
     gold_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of served tasks that are gold items")
     lease_seconds: int = Field(1800, ge=5, le=7 * 24 * 3600, description="an unfinished task returns to the queue after this")
+    edit_window_seconds: int = Field(600, ge=0, le=30 * 24 * 3600, description="a labeler may correct a submission "
+                                     "this long after first submitting it (0: never)")
 
     _name = field_validator("name")(_printable)
 
@@ -106,6 +109,7 @@ class ProjectUpdate(_Body):
     instructions: Optional[str] = Field(None, max_length=MAX_INSTRUCTIONS)
     gold_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
     lease_seconds: Optional[int] = Field(None, ge=5, le=7 * 24 * 3600)
+    edit_window_seconds: Optional[int] = Field(None, ge=0, le=30 * 24 * 3600)
 
 
 class ProjectOut(BaseModel):
@@ -118,6 +122,7 @@ class ProjectOut(BaseModel):
     overlap: int
     gold_rate: float
     lease_seconds: int
+    edit_window_seconds: int = 600
 
 
 class GoldIn(_Body):
@@ -154,6 +159,7 @@ class CandidateView(BaseModel):
 class TaskOut(BaseModel):
     task_id: int
     project_id: int
+    project_name: str = ""  # (issue 15 item 3: every task page names its project)
     mode: Mode
     instructions: str
     prompt_id: str
@@ -174,6 +180,8 @@ class SubmitIn(_Body):
     all_bad: bool = False
     unsafe: bool = False
     rationale: Optional[str] = Field(None, max_length=MAX_RATIONALE)
+    active_seconds: Optional[float] = Field(None, ge=0, le=MAX_ACTIVE_SECONDS,
+                                            description="the page's own count of seconds the task was in view (optional)")
 
 
 class SubmitOut(BaseModel):
@@ -188,6 +196,7 @@ class LabelerStats(BaseModel):
     leased: int
     gold_done: int
     gold_accuracy: Optional[float]
+    skipped: int = 0  # (issue 15 item 3)
 
 
 class ProgressOut(BaseModel):
@@ -198,8 +207,12 @@ class ProgressOut(BaseModel):
     slots_done: int
     slots_leased: int
     items_complete: int
-    rankings: int
+    rankings: int = Field(description="current rankings (a corrected one counts once)")
     labelers: list[LabelerStats]
+    # a labeler's day (issue 15 item 3)
+    skips: int = 0
+    skip_reasons: dict[str, int] = Field(default_factory=dict)
+    corrections: int = Field(0, description="rows that supersede an earlier ranking (edits)")
 
 
 class AgreementOut(BaseModel):
@@ -229,6 +242,80 @@ class RankingOut(BaseModel):
     rationale: Optional[str]
     created_at: datetime
     is_gold: bool
+    # a labeler's day (issue 15 item 3)
+    supersedes_id: Optional[int] = None
+    current: bool = True
+    time_on_task: Optional[float] = Field(None, description="seconds from serving the task to this submission")
+    active_seconds: Optional[float] = None
+
+
+# ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
+
+# What the ranking page offers as skip reasons; the API takes any short reason (scripts, other pages).
+SKIP_REASONS = {
+    "unclear": "The prompt or the responses are unclear",
+    "expertise": "Needs knowledge I do not have",
+    "offensive": "Content I do not want to judge",
+    "broken": "Broken task (missing or garbled text)",
+    "other": "Other",
+}
+MAX_SKIP_NOTE = 1_000
+
+
+class SkipIn(_Body):
+    reason: str = Field(min_length=1, max_length=64, description=f"why; the page offers {sorted(SKIP_REASONS)}")
+    note: Optional[str] = Field(None, max_length=MAX_SKIP_NOTE, description="free text (optional)")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        v = _printable(v.strip())
+        if not v:
+            raise ValueError("must not be blank")
+        return v
+
+
+class SkipOut(BaseModel):
+    skip_id: int
+    task_id: int
+    duplicate: bool = Field(description="true when this task was already skipped (nothing new written)")
+
+
+class MyProgressOut(BaseModel):
+    """The counter on the task page: one labeler, one project."""
+
+    project_id: int
+    project_name: str
+    done_today: int = Field(description="rankings submitted since 00:00 UTC (corrections not counted)")
+    done: int = Field(description="rankings submitted in this project")
+    remaining: int = Field(description="items still open to you (the one you hold included)")
+    skipped: int
+
+
+class MyRankingOut(BaseModel):
+    """One of a labeler's own current rankings ("my recent submissions")."""
+
+    ranking_id: int
+    project_id: int
+    project_name: str
+    item_id: int
+    prompt_id: str
+    order: list[list[str]]
+    created_at: datetime
+    supersedes_id: Optional[int]
+    editable_until: datetime = Field(description="the first submission's time plus the project's edit window")
+    editable: bool
+
+
+class EditOut(BaseModel):
+    ranking_id: int = Field(description="the new row, which is now the current ranking")
+    supersedes_id: int
+    duplicate: bool = Field(description="true when this idempotency key was already stored (nothing new written)")
+
+
+class PasswordChange(_Body):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
 
 
 class Message(BaseModel):

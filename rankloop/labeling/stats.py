@@ -11,14 +11,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from rankloop.labeling import quality
-from rankloop.labeling.models import Item, PromptRow, RankingRow, Slot, User, as_utc
+from rankloop.labeling.models import Item, PromptRow, RankingRow, Skip, Slot, User, as_utc
 from rankloop.labeling.schemas import AgreementOut, ConsensusOut, LabelerStats, ProgressOut
 
 
 @dataclass
 class Raw:
     id: int
-    slot_id: int
+    slot_id: int  # a correction's: its chain's first row's
     item_id: int
     labeler: str
     order: list[list[str]]
@@ -27,16 +27,35 @@ class Raw:
     rationale: str | None
     created_at: datetime
     is_gold: bool
+    # a labeler's day (issue 15 item 3)
+    supersedes_id: int | None = None
+    current: bool = True  # no correction supersedes it
+    time_on_task: float | None = None  # seconds from serving to this submission (server clock)
+    active_seconds: float | None = None  # the page's own count (client clock), when it sent one
 
 
-def raw_rankings(db: Session, project_id: int) -> list[Raw]:
+def raw_rankings(db: Session, project_id: int, history: bool = False) -> list[Raw]:
+    """The project's rankings, oldest first: the current ones (what agreement, consensus and export
+    use), or with ``history`` every row, superseded corrections included (``current`` says which)."""
     rows = db.execute(
         select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
-               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold)
+               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold, RankingRow.supersedes_id,
+               RankingRow.served_at, RankingRow.active_seconds)
         .join(User, User.id == RankingRow.labeler_id)
         .where(RankingRow.project_id == project_id).order_by(RankingRow.id)
     ).all()
-    return [Raw(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], as_utc(r[8]), bool(r[9])) for r in rows]
+    superseded = {r[10] for r in rows if r[10] is not None}
+    slot_of: dict[int, int] = {}
+    out = []
+    for r in rows:  # ids ascend, so a correction's predecessor is already seen
+        slot_of[r[0]] = r[1] if r[1] is not None else slot_of.get(r[10], 0)
+        created, served = as_utc(r[8]), as_utc(r[11])
+        took = (created - served).total_seconds() if served is not None and created is not None else None
+        raw = Raw(r[0], slot_of[r[0]], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], created, bool(r[9]),
+                  supersedes_id=r[10], current=r[0] not in superseded, time_on_task=took, active_seconds=r[12])
+        if history or raw.current:
+            out.append(raw)
+    return out
 
 
 def gold_orders(db: Session, project_id: int) -> dict[int, list[list[str]]]:
@@ -78,7 +97,9 @@ def progress(db: Session, project_id: int) -> ProgressOut:
     open_per_item = (select(Slot.item_id).where(Slot.project_id == project_id, Slot.slot_no.is_not(None), Slot.status != "done")
                      .distinct().subquery())
     incomplete = db.execute(select(func.count()).select_from(open_per_item)).scalar_one()
-    rankings = db.execute(select(func.count()).where(RankingRow.project_id == project_id)).scalar_one()
+    rankings, corrections = db.execute(
+        select(func.count(), func.count(RankingRow.supersedes_id)).where(RankingRow.project_id == project_id)).one()
+    rankings -= corrections  # one current ranking per answered slot
     per_user: dict[str, dict[str, int]] = defaultdict(lambda: {"done": 0, "leased": 0, "gold_done": 0})
     for name, status, is_gold, n in db.execute(
         select(User.username, Slot.status, Slot.is_gold, func.count()).join(User, User.id == Slot.labeler_id)
@@ -91,12 +112,21 @@ def progress(db: Session, project_id: int) -> ProgressOut:
                 d["gold_done"] += n
         elif status == "leased":
             d["leased"] += n
+    skipped: dict[str, int] = defaultdict(int)
+    reasons: dict[str, int] = defaultdict(int)
+    for name, reason, n in db.execute(select(User.username, Skip.reason, func.count()).join(User, User.id == Skip.labeler_id)
+                                      .where(Skip.project_id == project_id).group_by(User.username, Skip.reason)):
+        skipped[name] += n
+        reasons[reason] += n
+        per_user[name]  # a labeler who only skipped is listed too
     acc = gold_accuracy(raw_rankings(db, project_id), gold_orders(db, project_id)) if gold_items else {}
     labelers = [LabelerStats(username=u, done=d["done"], leased=d["leased"], gold_done=d["gold_done"],
-                             gold_accuracy=acc.get(u, (0, None))[1]) for u, d in sorted(per_user.items())]
+                             gold_accuracy=acc.get(u, (0, None))[1], skipped=skipped.get(u, 0))
+                for u, d in sorted(per_user.items())]
     return ProgressOut(project_id=project_id, items=items, gold_items=gold_items, slots=slots,
                        slots_done=per_status.get("done", 0), slots_leased=per_status.get("leased", 0),
-                       items_complete=(items - gold_items) - incomplete, rankings=rankings, labelers=labelers)
+                       items_complete=(items - gold_items) - incomplete, rankings=rankings, labelers=labelers,
+                       skips=sum(reasons.values()), skip_reasons=dict(sorted(reasons.items())), corrections=corrections)
 
 
 def agreement(db: Session, project_id: int) -> AgreementOut:

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response
 
 from rankloop.labeling.deps import CurrentUser, PathId, SessionDep, client_address
 from rankloop.labeling.models import User
-from rankloop.labeling.schemas import LoginIn, Message, TokenCreate, TokenInfo, TokenOut, UserOut
-from rankloop.labeling.services import auth
+from rankloop.labeling.schemas import LoginIn, Message, PasswordChange, TokenCreate, TokenInfo, TokenOut, UserOut
+from rankloop.labeling.services import auth, users
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -55,3 +55,11 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> Message:
     auth.revoke_hash(db, user.token_hash)
     request.app.state.token_cache.drop(user.token_hash)
     return Message(detail="logged out")
+
+
+@router.post("/password", status_code=204,
+             summary="Change your own password (the current one is required); your other sessions and tokens end")
+def change_password(body: PasswordChange, user: CurrentUser, db: SessionDep, request: Request) -> Response:
+    users.change_own_password(db, request.app.state.login_limiter, user, client_address(request), body)
+    request.app.state.token_cache.drop(user_id=user.user_id)
+    return Response(status_code=204)

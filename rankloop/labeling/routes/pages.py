@@ -23,7 +23,8 @@ from starlette.datastructures import UploadFile  # what request.form() gives (fa
 from rankloop.labeling import importer, stats
 from rankloop.labeling.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, PathId, QueryId,
                                     SessionDep, client_address, cookie_name, status_of)
-from rankloop.labeling.schemas import MAX_TEXT, DemonstrationIn, ProjectCreate, ReviewIn, SubmitIn, UserCreate
+from rankloop.labeling.schemas import (MAX_SKIP_NOTE, MAX_TEXT, SKIP_REASONS, DemonstrationIn, PasswordChange, ProjectCreate,
+                                       ReviewIn, SkipIn, SubmitIn, UserCreate)
 from rankloop.labeling.security import SESSION_DAYS, Principal, same
 from rankloop.labeling.services import (Conflict, DomainError, Invalid, NotFound, Throttled, auth, demonstrations, parse,
                                         projects, users)
@@ -34,6 +35,9 @@ NOTICES = {
     "user-created": "User created.",
     "token-revoked": "Token revoked.",
     "tokens-revoked": "Every session and token of that user is revoked.",
+    "skipped": "Task skipped: it went back to the pool, and it will not be offered to you again.",
+    "edited": "Correction saved: it replaces your earlier ranking (which is kept in the history).",
+    "password-changed": "Password changed. Your other sessions and API tokens are logged out.",
     "demo-reviewed": "Review saved.",
 }
 MAX_ORDER_CHARS = 64 * 1024  # the ranking form field: K ≤ 16 ids of ≤ 255 characters fit many times over
@@ -121,27 +125,40 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectRespo
 
 
 @router.get("/label")
-def label_next(user: CurrentUser, request: Request, project_id: QueryId = None) -> Response:
+def label_next(user: CurrentUser, request: Request, project_id: QueryId = None, notice: str | None = None) -> Response:
     task = request.app.state.queue.next_task(user.user_id, user.is_admin, project_id)
     if task is None:
-        return render(request, "done.html", user, project_id=project_id)
-    q = f"?project_id={project_id}" if project_id is not None else ""
-    return see_other(f"/label/{task.task_id}{q}")
+        return render(request, "done.html", user, project_id=project_id, notice=NOTICES.get(notice or ""))
+    q = [f"project_id={project_id}"] if project_id is not None else []
+    if notice in NOTICES:
+        q.append(f"notice={notice}")
+    return see_other(f"/label/{task.task_id}" + ("?" + "&".join(q) if q else ""))
 
 
 def _task_page(request: Request, user: Principal, task_id: int, project_id: int | None, error: str | None = None,
-               status_code: int = 200) -> HTMLResponse:
-    task = request.app.state.queue.get_task(task_id, user.user_id, user.is_admin)
+               status_code: int = 200, notice: str | None = None) -> HTMLResponse:
+    queue = request.app.state.queue
+    task = queue.get_task(task_id, user.user_id, user.is_admin)
     if task.kind == "demonstration":
+        # (the day's counter counts rankings; a demonstration page shows the skip form without it)
         return render(request, "demo.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
-                      project_id=project_id, max_text=MAX_TEXT, status_code=status_code)
+                      project_id=project_id, max_text=MAX_TEXT, status_code=status_code, notice=notice,
+                      skip_reasons=SKIP_REASONS, max_skip_note=MAX_SKIP_NOTE)
     return render(request, "rank.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
-                  project_id=project_id, status_code=status_code)
+                  project_id=project_id, status_code=status_code, notice=notice, **_day_context(queue, user, task.project_id))
+
+
+# before /label/{task_id}, which would take "recent" for a task id
+@router.get("/label/recent")
+def label_recent(user: CurrentUser, request: Request, project_id: QueryId = None, notice: str | None = None) -> HTMLResponse:
+    rows = request.app.state.queue.my_rankings(user.user_id, project_id, 50)
+    return render(request, "recent.html", user, rows=rows, project_id=project_id, notice=NOTICES.get(notice or ""))
 
 
 @router.get("/label/{task_id}")
-def label_task(task_id: PathId, user: CurrentUser, request: Request, project_id: QueryId = None) -> HTMLResponse:
-    return _task_page(request, user, task_id, project_id)
+def label_task(task_id: PathId, user: CurrentUser, request: Request, project_id: QueryId = None,
+               notice: str | None = None) -> HTMLResponse:
+    return _task_page(request, user, task_id, project_id, notice=NOTICES.get(notice or ""))
 
 
 def read_order(order: str) -> Any:
@@ -172,6 +189,75 @@ def label_submit(task_id: PathId, user: CurrentUser, request: Request, order: An
     except DomainError as e:
         return _task_page(request, user, task_id, pid, error=str(e), status_code=status_of(e))
     return see_other("/label" + (f"?project_id={pid}" if pid is not None else ""))
+
+
+# ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
+
+# The ranking page's keys: card n is chosen with KEYS[n - 1] (K is at most 16).
+KEYS = "1234567890ABCDEF"
+
+
+def _day_context(queue: Any, user: Principal, project_id: int) -> dict[str, Any]:
+    return {"keys": KEYS, "mine": queue.my_progress(user.user_id, user.is_admin, project_id), "skip_reasons": SKIP_REASONS,
+            "max_skip_note": MAX_SKIP_NOTE}
+
+
+def _pid(project_id: str) -> int | None:
+    return int(project_id) if project_id.isdigit() and len(project_id) <= 10 else None
+
+
+@router.post("/label/{task_id}/skip")
+def label_skip(task_id: PathId, user: CurrentUser, request: Request, reason: Annotated[str, Form(max_length=256)],
+               note: Annotated[str, Form(max_length=4 * MAX_SKIP_NOTE)] = "",
+               project_id: Annotated[str, Form(max_length=12)] = "") -> Response:
+    pid = _pid(project_id)
+    try:
+        request.app.state.queue.skip(task_id, user.user_id, parse(SkipIn, reason=reason, note=note.strip() or None))
+    except NotFound:
+        raise
+    except DomainError as e:
+        return _task_page(request, user, task_id, pid, error=str(e), status_code=status_of(e))
+    return see_other("/label?" + (f"project_id={pid}&" if pid is not None else "") + "notice=skipped")
+
+
+def _edit_page(request: Request, user: Principal, ranking_id: int, error: str | None = None,
+               status_code: int = 200) -> HTMLResponse:
+    task, order, row, until = request.app.state.queue.editable(ranking_id, user.user_id)
+    edit = {"ranking_id": ranking_id, "order_json": json.dumps(order), "all_bad": bool(row[9]), "unsafe": bool(row[10]),
+            "rationale": row[11] or "", "until_text": until.strftime("%Y-%m-%d %H:%M:%S")}
+    return render(request, "rank.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
+                  project_id=task.project_id, status_code=status_code, edit=edit, keys=KEYS, mine=None,
+                  skip_reasons=SKIP_REASONS, max_skip_note=MAX_SKIP_NOTE)
+
+
+@router.get("/label/edit/{ranking_id}")
+def label_edit(ranking_id: PathId, user: CurrentUser, request: Request) -> Response:
+    try:
+        return _edit_page(request, user, ranking_id)
+    except Conflict as e:  # corrected already, or the window closed: say so on the list
+        rows = request.app.state.queue.my_rankings(user.user_id, None, 50)
+        return render(request, "recent.html", user, rows=rows, project_id=None, error=str(e), status_code=409)
+
+
+@router.get("/account/password")
+def password_page(user: CurrentUser, request: Request) -> HTMLResponse:
+    return render(request, "password.html", user, csrf=user.csrf)
+
+
+@router.post("/account/password")
+def password_submit(user: CurrentUser, request: Request, db: SessionDep,
+                    current_password: Annotated[str, Form(max_length=1024)],
+                    new_password: Annotated[str, Form(max_length=1024)],
+                    new_password_again: Annotated[str, Form(max_length=1024)]) -> Response:
+    try:
+        if new_password != new_password_again:
+            raise Invalid("the two new passwords differ; type the same one twice")
+        users.change_own_password(db, request.app.state.login_limiter, user, client_address(request),
+                                  parse(PasswordChange, current_password=current_password, new_password=new_password))
+    except DomainError as e:
+        return render(request, "password.html", user, csrf=user.csrf, error=str(e), status_code=status_of(e))
+    request.app.state.token_cache.drop(user_id=user.user_id)
+    return render(request, "password.html", user, csrf=user.csrf, notice=NOTICES["password-changed"])
 
 
 # ---------------------------------------------------------------- admin

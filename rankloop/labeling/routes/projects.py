@@ -99,13 +99,15 @@ def consensus(project_id: PathId, _: AdminUser, db: SessionDep) -> list[Consensu
     return stats.consensus(db, project_id)
 
 
-@router.get("/{project_id}/rankings", response_model=list[RankingOut], summary="Every raw ranking, as given")
+@router.get("/{project_id}/rankings", response_model=list[RankingOut], summary="Every raw ranking, as given (corrections and what they superseded included: see `current`)")
 def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOut]:
     projects.get_project(db, project_id)
     payload = stats.item_payloads(db, project_id)
     return [RankingOut(id=r.id, task_id=r.slot_id, item_id=r.item_id, prompt_id=payload[r.item_id]["prompt_id"],
                        labeler=r.labeler, order=r.order, all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale,
-                       created_at=r.created_at, is_gold=r.is_gold) for r in stats.raw_rankings(db, project_id)]
+                       created_at=r.created_at, is_gold=r.is_gold, supersedes_id=r.supersedes_id, current=r.current,
+                       time_on_task=r.time_on_task, active_seconds=r.active_seconds)
+            for r in stats.raw_rankings(db, project_id, history=True)]
 
 
 @router.get("/{project_id}/export", response_class=PlainTextResponse,
@@ -115,12 +117,16 @@ def export(project_id: PathId, _: AdminUser, db: SessionDep,
            format: Literal["rankings", "trl", "demonstrations"] = "rankings",
            min_agreement: Annotated[float | None, Query(ge=0, le=1)] = None,
            min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
-           include_pending: bool = False) -> PlainTextResponse:
+           include_superseded: Annotated[bool, Query(description="rankings format: also corrected rankings' earlier "
+                                                     "versions (current: false)")] = False,
+           include_pending: Annotated[bool, Query(description="demonstrations format: also those not reviewed yet "
+                                                  "(rejected ones never)")] = False) -> PlainTextResponse:
     p = projects.get_project(db, project_id)
     if format == "demonstrations":
         rows = demonstrations.export_rows(db, p.id, include_pending)
     else:
-        examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy)
+        examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy,
+                                             history=include_superseded and format == "rankings")
         rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",

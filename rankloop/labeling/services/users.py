@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 
 from rankloop.labeling.db import writing
 from rankloop.labeling.models import AuthToken, User
-from rankloop.labeling.schemas import UserCreate, UserUpdate
-from rankloop.labeling.security import hash_password
-from rankloop.labeling.services.errors import Conflict, NotFound, brief
+from rankloop.labeling.schemas import PasswordChange, UserCreate, UserUpdate
+from rankloop.labeling.security import LoginLimiter, Principal, hash_password, verify_password
+from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, Throttled, brief
 
 
 def list_users(db: Session) -> list[User]:
@@ -59,4 +59,27 @@ def update_user(db: Session, user_id: int, change: UserUpdate) -> User:
             user.password_hash = hash_password(change.password)
         if change.password is not None or change.active is False:
             db.execute(delete(AuthToken).where(AuthToken.user_id == user_id))
+    return user
+
+
+# ---------------------------------------------------------------- one's own password (issue 15 item 3)
+
+
+def change_own_password(db: Session, limiter: LoginLimiter, who: Principal, address: str, change: PasswordChange) -> User:
+    """A user changes their own password: the current one is required (and counted like a login
+    attempt, so this is no way around the login rate limit); every other session and token of
+    theirs ends, the one in use stays."""
+    wait = limiter.retry_after(who.username, address)
+    if wait:
+        raise Throttled(f"too many wrong passwords; try again in {wait} s", retry_after=wait)
+    with writing(db):
+        user = get_user(db, who.user_id)
+        if not verify_password(change.current_password, user.password_hash):
+            limiter.failed(who.username, address)
+            raise Invalid("the current password is wrong")
+        if change.new_password == change.current_password:
+            raise Invalid("the new password is the current one; choose another")
+        limiter.succeeded(who.username, address)
+        user.password_hash = hash_password(change.new_password)
+        db.execute(delete(AuthToken).where(AuthToken.user_id == user.id, AuthToken.token_hash != who.token_hash))
     return user

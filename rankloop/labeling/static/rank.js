@@ -1,4 +1,6 @@
-// Ranking page: drag and drop (pointer events: mouse, pen and touch), keyboard ordering, ties.
+// Ranking page: drag and drop (pointer events: mouse, pen and touch), keyboard ordering, ties;
+// skip (S), guidelines remembered open or closed, time in view, and the same page in edit mode
+// (a correction of a submitted ranking, sent to /api/rankings/<id>/edit).
 // Model text is never re-rendered here: the server rendered it as text; this script only moves
 // the existing elements and writes labels and messages with textContent.
 //
@@ -22,7 +24,11 @@
   var allBad = document.getElementById("all-bad");
   var rationale = form.querySelector("textarea[name=rationale]");
   var counter = document.getElementById("rationale-count");
+  var editId = task.getAttribute("data-edit");  // set: this page corrects ranking <editId>
   var sending = false;
+  // Card n's key is KEYS[n - 1]: 1-9, 0 for the 10th, then A-F for the 11th to 16th (K <= 16).
+  var KEYS = "1234567890abcdef";
+  function cardOfKey(k) { var i = KEYS.indexOf(String(k).toLowerCase()); return i < 0 ? null : i + 1; }
 
   function cards() { return Array.prototype.slice.call(list.querySelectorAll(":scope > li.card")); }
   function byN(n) { return list.querySelector(':scope > li.card[data-n="' + n + '"]'); }
@@ -320,13 +326,15 @@
       unsafe: !!document.getElementById("unsafe").checked,
       rationale: text || null
     };
-    fetch("/api/tasks/" + encodeURIComponent(taskId) + "/submit", {
+    body.active_seconds = activeSeconds();
+    var url = editId ? "/api/rankings/" + encodeURIComponent(editId) + "/edit" : "/api/tasks/" + encodeURIComponent(taskId) + "/submit";
+    fetch(url, {
       method: "POST",
       credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
       body: JSON.stringify(body)
     }).then(function (r) {
-      if (r.ok) { window.location.assign(nextTaskUrl()); return; }
+      if (r.ok) { window.location.assign(editId ? "/label/recent?notice=edited" : nextTaskUrl()); return; }
       if (r.status === 401 || r.status === 403) staleSession = true;
       return r.json().catch(function () { return null; }).then(function (b) { fail(explain(r.status, b)); });
     }, function () {
@@ -348,6 +356,7 @@
   document.addEventListener("keydown", function (e) {
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
     var k = e.key;
+    if ((k === "s" || k === "S") && openSkip()) { e.preventDefault(); return; }
     if (k === "Enter") {
       if (ownsEnter(e)) return;  // a focused ↑/↓, choice or link does what it says
       e.preventDefault();
@@ -361,8 +370,8 @@
       else if ((k === "0" || k === "b" || k === "B") && allBad) { allBad.checked = !allBad.checked; pairStatus(); }
       return;
     }
-    if (/^[1-9]$/.test(k)) {
-      var n = parseInt(k, 10);
+    var n = k.length === 1 ? cardOfKey(k) : null;
+    if (n !== null) {
       if (!byN(n) || picks.some(function (p) { return p.n === n; })) return;
       picks.push({ n: n, tied: tieNext && picks.length > 0 });
       tieNext = false;
@@ -381,6 +390,62 @@
     }
   });
 
+  // ------------------------------------------------------------ skip: a plain form (see rank.html); S opens it
+  var skipBox = document.getElementById("skip-box");
+  function openSkip() {
+    if (!skipBox || sending) return false;
+    skipBox.open = true;
+    document.getElementById("skip-reason").focus();
+    return true;
+  }
+
+  // ------------------------------------------------------------ guidelines: open or closed, per project
+  function rememberGuidelines() {
+    var box = document.getElementById("guidelines");
+    if (!box) return;
+    var key = "rankloop.guidelines." + task.getAttribute("data-project");
+    try {
+      if (window.localStorage.getItem(key) === "closed") box.open = false;
+      box.addEventListener("toggle", function () { window.localStorage.setItem(key, box.open ? "open" : "closed"); });
+    } catch (err) { /* storage off (private mode, policy): the box simply starts open */ }
+  }
+
+  // ------------------------------------------------------------ time in view (sent as active_seconds)
+  var activeMs = 0, shownSince = document.visibilityState === "visible" ? Date.now() : null;
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") shownSince = Date.now();
+    else if (shownSince !== null) { activeMs += Date.now() - shownSince; shownSince = null; }
+  });
+  function activeSeconds() {
+    var ms = activeMs + (shownSince !== null ? Date.now() - shownSince : 0);
+    return Math.round(ms) / 1000;
+  }
+
+  // ------------------------------------------------------------ edit mode: start from the submitted ranking
+  function loadSubmitted() {
+    var order;
+    try { order = JSON.parse(task.getAttribute("data-order") || "null"); } catch (err) { order = null; }
+    if (!Array.isArray(order)) return;
+    function card(id) { return cards().filter(function (c) { return c.getAttribute("data-id") === id; })[0]; }
+    if (mode === "pairwise") {
+      var a = byN(1).getAttribute("data-id");
+      choose(order.length === 1 ? "tie" : order[0][0] === a ? "1" : "2");
+      return;
+    }
+    order.forEach(function (group) {
+      group.forEach(function (id, j) {
+        var c = card(id);
+        if (!c) return;
+        list.appendChild(c);
+        var box = c.querySelector(".tie-box");
+        if (box) box.checked = j > 0;
+      });
+    });
+    arranged = true;  // the labeler's own ranking: no "not ranked yet" warning
+  }
+
+  rememberGuidelines();
+  if (editId) loadSubmitted();
   updateCounter();
   refresh();
 })();
