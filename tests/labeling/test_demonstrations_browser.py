@@ -238,3 +238,29 @@ def test_a_labeler_cannot_open_the_review_page(browser, server):
     r = page.request.post(f"{base}/admin/demonstrations/1/review", form={"verdict": "accepted", "csrf_token": token})
     assert r.status == 403
     ctx.close()
+
+
+def test_skip_gives_the_task_back(browser, server):
+    """The page's Skip (day's skip route): the next task comes, the skipped prompt goes to another
+    labeler and never back to this one; the text written before skipping is not submitted."""
+    base, admin = server
+    ctx, page, pid, n = demo_page(browser, server)
+    first = page.url
+    page.fill("#response", "not what I want to send")
+    page.click("#skip-box summary")
+    page.select_option("#skip-reason", "expertise")
+    page.fill("#skip-note", "needs a botanist")
+    navigating(page, lambda: page.click("#skip-btn"))
+    expect(page.locator(".notice")).to_contain_text("Task skipped")
+    assert page.url != first and page.locator("#demo-task").count() == 1
+    assert admin.demonstrations(pid) == []
+    admin.create_user(f"next{n}", "labeler-password")
+    admin.add_member(pid, f"next{n}")
+    ctx2 = browser.new_context()
+    p2 = ctx2.new_page()
+    login(p2, base, f"next{n}", "labeler-password")
+    p2.wait_for_url(f"{base}/label/*")
+    assert p2.url.split("?")[0] == first.split("?")[0]  # the skipped slot went back to the pool, first in line
+    assert p2.locator("#response").input_value() == ""  # and nobody else's text comes with it
+    ctx2.close()
+    ctx.close()

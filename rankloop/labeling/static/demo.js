@@ -175,6 +175,9 @@
   }
 
   form.addEventListener("submit", function (e) { e.preventDefault(); submit(); });
+  // Skipping gives the task back: stop autosaving it (a save after the skip would be refused).
+  var skipForm = document.getElementById("skip-form");
+  if (skipForm) skipForm.addEventListener("submit", function () { submitted = true; if (timer) clearTimeout(timer); });
   document.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !e.repeat) { e.preventDefault(); submit(); }
   });
