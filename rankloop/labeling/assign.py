@@ -113,6 +113,7 @@ SQL = {
     "texts": "SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow",
     # demonstration tasks: the autosaved text, only ever the asking labeler's
     "saved_draft": "SELECT text, edited_from, updated_at FROM demo_drafts WHERE slot_id = :sid AND labeler_id = :uid",
+    "drop_draft": "DELETE FROM demo_drafts WHERE slot_id = :sid AND labeler_id = :uid",
     # --- skips (issue 15 item 3): an overlap slot reopens for others; a gold slot (per labeler) goes
     "skip_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
                  "WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
@@ -411,6 +412,7 @@ class Queue:
                     gone = self.q(cur, "skip_gold" if slot_no is None else "skip_open", sid=task_id, uid=uid).rowcount
                     if gone != 1:  # reaped meanwhile (expired lease): it is no longer ours to give back
                         raise NotFound(f"task {task_id} is no longer leased to you")
+                    self.q(cur, "drop_draft", sid=task_id, uid=uid)  # a demonstration's autosave goes with the task
                     sid = self.q(cur, "insert_skip", pid=pid, iid=item_id, sid=task_id, uid=uid, reason=body.reason,
                                  note=body.note or None, now=self.ts(now_utc())).fetchone()[0]
                     return SkipOut(skip_id=sid, task_id=task_id, duplicate=False)

@@ -287,3 +287,16 @@ def test_exported_demonstrations_train_sft(tc, admin, tmp_path, tiny_gpt2):
                               batch_size=4, log_every=1, progress=False))
     losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
     assert len(losses) == 2 and all(x > 0 for x in losses)
+
+
+def test_skip_gives_a_demonstration_task_back_and_drops_its_autosave(tc, admin, app):
+    p, _ = demo_project(admin, overlap=1)
+    a, b = labeler(tc, admin, "a", p["id"]), labeler(tc, admin, "b", p["id"])
+    t = a.next_task()
+    a.save_draft(t["task_id"], "thoughts I will not send")
+    assert a.skip(t["task_id"], "expertise")["duplicate"] is False
+    with app.state.sessionmaker() as db:
+        assert db.execute(select(func.count()).select_from(DemoDraftRow)).scalar_one() == 0
+    assert a.next_task()["prompt_id"] != t["prompt_id"]  # never offered to a again
+    got = b.next_task()
+    assert got["task_id"] == t["task_id"] and got["saved"] is None  # back in the pool, without a's text
