@@ -137,7 +137,7 @@ class LabelingClient:
         params = {"format": format, **{k: v for k, v in filters.items() if v is not None}}
         if include_pending:
             params["include_pending"] = "true"
-        return self._call("GET", f"/api/projects/{project_id}/export", params=params)
+        return self._call("GET", f"/api/projects/{project_id}/export", params=params) or ""  # an empty export is ""
 
     # ------------------------------------------------------------ labeling
     def next_task(self, project_id: int | None = None) -> dict | None:

@@ -137,20 +137,10 @@ def export_demonstrations(database_url: str, project: int | str, out: str | Path
         with Session(engine) as db:
             p = find_project(db, project)
             rows = demonstrations.export_rows(db, p.id, include_pending)
-            by_review = stats_reviews(db, p.id)
+            by_review = demonstrations.review_counts(db, p.id)
     finally:
         engine.dispose()
     Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return {"project": p.name, "demonstrations_in_db": by_review, "include_pending": include_pending,
             "demonstrations_exported": len(rows), "demonstrations_path": str(out)}
 
-
-def stats_reviews(db: Session, project_id: int) -> dict[str, int]:
-    """How many of a project's demonstrations are in each review state."""
-    from sqlalchemy import func, select
-
-    from rankloop.labeling.models import DemonstrationRow
-
-    q = (select(DemonstrationRow.review, func.count()).where(DemonstrationRow.project_id == project_id)
-         .group_by(DemonstrationRow.review))
-    return {"pending": 0, "accepted": 0, "rejected": 0, **dict(db.execute(q).all())}

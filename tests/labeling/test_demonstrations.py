@@ -202,7 +202,7 @@ def test_review_accept_edit_reject_and_the_export(tc, admin, tmp_path):
     admin.add_member(p2["id"], "a2")
     t = a2.next_task()
     a2.submit_demonstration(t["task_id"], "pending one")
-    assert admin.export(p2["id"], format="demonstrations") is None  # nothing accepted yet: an empty file
+    assert admin.export(p2["id"], format="demonstrations") == ""  # nothing accepted yet: an empty file
     pend = [json.loads(x) for x in admin.export(p2["id"], format="demonstrations", include_pending=True).splitlines()]
     assert [r["review"] for r in pend] == ["pending"]
     # what train-sft reads
@@ -263,7 +263,9 @@ def test_cli_import_and_export(sqlite_url, tmp_path):
     out = tmp_path / "demonstrations.jsonl"
     res = run(cli_app, ["export", "cli-demos", "--demonstrations", str(out), *db])
     assert res.exit_code == 0, res.output
-    assert out.read_text() == "" and json.loads(res.stdout)["demonstrations_exported"] == 0  # pending: not by default
+    info = json.loads(res.stdout)
+    assert out.read_text() == "" and info["demonstrations_exported"] == 0  # pending: not by default
+    assert info["demonstrations_in_db"] == {"pending": 1, "accepted": 0, "rejected": 0}
     res = run(cli_app, ["export", "cli-demos", "--demonstrations", str(out), "--include-pending", *db])
     assert res.exit_code == 0, res.output
     [row] = [json.loads(x) for x in out.read_text().splitlines()]

@@ -195,6 +195,7 @@ def test_review_accept_edit_reject_export_and_csrf(browser, server):
     login(page, base, *ADMIN)
     page.wait_for_url(f"{base}/admin")
     page.goto(f"{base}/admin/projects/{pid}")
+    expect(page.locator("#demo-counts")).to_have_text("3 pending · 0 accepted · 0 rejected")
     page.click("#review-link")
     page.wait_for_url(f"{base}/admin/projects/{pid}/demonstrations*")
     cards = page.locator(".review-card")

@@ -319,7 +319,8 @@ def project_page(request: Request, user: Principal, db: SessionDep, project_id: 
     return render(request, "project.html", user, project=p, progress=stats.progress(db, project_id),
                   agreement=stats.agreement(db, project_id), consensus=stats.consensus(db, project_id)[:50],
                   members=projects.list_members(db, project_id), csrf=user.csrf, error=error, notice=notice,
-                  status_code=status_code)
+                  status_code=status_code,
+                  demo_counts=demonstrations.review_counts(db, project_id) if p.mode == "demonstration" else None)
 
 
 @router.get("/admin/projects/{project_id}")

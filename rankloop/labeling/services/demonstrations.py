@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -182,3 +182,10 @@ def records(db: Session, project_id: int, include_pending: bool = False) -> list
 
 def export_rows(db: Session, project_id: int, include_pending: bool = False) -> list[dict]:
     return [d.to_row() for d in records(db, project_id, include_pending)]
+
+
+def review_counts(db: Session, project_id: int) -> dict[str, int]:
+    """How many of a project's demonstrations are in each review state."""
+    q = (select(DemonstrationRow.review, func.count()).where(DemonstrationRow.project_id == project_id)
+         .group_by(DemonstrationRow.review))
+    return {"pending": 0, "accepted": 0, "rejected": 0, **dict(db.execute(q).all())}
