@@ -265,3 +265,29 @@ def test_skip_gives_the_task_back(browser, server):
     assert p2.locator("#response").input_value() == ""  # and nobody else's text comes with it
     ctx2.close()
     ctx.close()
+
+
+def test_csrf_guards_autosave_and_submit_and_the_form_works_without_script(browser, server):
+    """The session cookie alone changes nothing (the page's header or form field must carry the
+    session's CSRF secret); with it, the no-JavaScript form stores the demonstration."""
+    base, admin = server
+    ctx, page, pid, n = demo_page(browser, server)
+    task_id = page.locator("#demo-task").get_attribute("data-task")
+    r = page.request.put(f"{base}/api/tasks/{task_id}/draft", data={"text": "forged"})
+    assert r.status == 403 and "CSRF" in r.text()
+    r = page.request.post(f"{base}/api/tasks/{task_id}/demonstration", data={"response": "forged", "idempotency_key": "f"})
+    assert r.status == 403
+    r = page.request.post(f"{base}/label/{task_id}/demonstration", form={"response": "forged", "idempotency_key": "f"})
+    assert r.status == 403
+    assert admin.demonstrations(pid) == []
+    page.reload()
+    assert page.locator("#response").input_value() == ""  # the forged autosave was not stored
+    csrf = page.locator("#demo-form input[name=csrf_token]").get_attribute("value")
+    key = page.locator("#demo-form input[name=idempotency_key]").get_attribute("value")
+    r = page.request.post(f"{base}/label/{task_id}/demonstration",
+                          form={"csrf_token": csrf, "response": "line one\r\nline two", "idempotency_key": key,
+                                "edited_from": f"x{n}-d"})
+    assert r.ok and "/label/" in r.url
+    [d] = admin.demonstrations(pid)
+    assert d["response"] == "line one\nline two" and d["edited_from"] == f"x{n}-d"  # a form's CRLF stored as LF
+    ctx.close()
