@@ -2,6 +2,12 @@
 ``tests/golden/*.json``: a restructure must reproduce them to the last digit (issue 10).
 
     python tests/golden_runs.py            # record (only when a change of results is intended)
+    python tests/golden_runs.py --kind     # add this machine kind's recording of the same code
+
+Results are exact only on one kind of machine (torch build and CPU kernels: AVX512 and AVX2 round
+differently, and a long training run carries the difference on). Each kind has its own file:
+``<name>.json`` for the first recording, ``<name>.<capability>.json`` for each further kind, made
+with ``--kind`` from the same commit (never from a commit that changed results).
 
 ``tests/test_golden.py`` runs the same functions and compares; ``tests/test_quickstart.py`` does the
 same for ``quickstart --tiny``. Times and throughputs are left out; every other number is kept.
@@ -27,6 +33,28 @@ def machine() -> dict:
 
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "machine": platform.machine()}
+
+
+def golden(name: str) -> tuple[dict, Path, bool]:
+    """The recording of ``name`` made on this kind of machine (exact comparison: True), else the
+    first recording (compare within a tolerance: False)."""
+    here = machine()
+    for path in [GOLDEN / f"{name}.json", *sorted(GOLDEN.glob(f"{name}.*.json"))]:
+        want = json.loads(path.read_text())
+        if want["machine"] == here:
+            return want, path, True
+    path = GOLDEN / f"{name}.json"
+    return json.loads(path.read_text()), path, False
+
+
+def kind_path(name: str) -> Path:
+    """Where this machine kind's recording of ``name`` goes with ``--kind``."""
+    import torch
+
+    first = GOLDEN / f"{name}.json"
+    if not first.exists() or json.loads(first.read_text())["machine"] == machine():
+        return first
+    return GOLDEN / f"{name}.{torch.backends.cpu.get_cpu_capability().lower()}.json"
 
 
 def untimed(obj):
@@ -60,9 +88,8 @@ def run_reward(work: Path) -> dict:
     """train-rm on a tiny GPT-2 and synthetic K = 4 rankings with ties: grad accumulation, eval,
     a checkpoint, the cosine schedule and the fitted normalisation."""
     from rankloop.io import write_rankings
-    from rankloop.testing import build_tiny
-    from rankloop.testing import synthetic_rankings
     from rankloop.reward.train import RewardTrainConfig, train_reward_model
+    from rankloop.testing import build_tiny, synthetic_rankings
 
     model = build_tiny(work / "tiny-gpt2-rm", "gpt2", "reward")
     write_rankings(work / "train.jsonl", synthetic_rankings(40, k=4, seed=0))
@@ -85,8 +112,8 @@ def run_reward(work: Path) -> dict:
 def run_ppo_golden(work: Path) -> dict:
     """ppo on a tiny GPT-2 with a function reward: the default path (shared critic, packed, sampler
     log-probs, fixed KL) and LoRA + adaptive KL + separate settings."""
-    from rankloop.testing import build_tiny
     from rankloop.rl.ppo import PPOConfig, run_ppo
+    from rankloop.testing import build_tiny
 
     policy = build_tiny(work / "tiny-gpt2", "gpt2", "causal")
     prompts = work / "prompts.jsonl"
@@ -178,16 +205,19 @@ def compare(got, want, path: str = "", rel: float | None = None) -> list[str]:
     return diffs
 
 
-def record(names: list[str]) -> None:
+def record(names: list[str], kind: bool = False) -> None:
     import tempfile
 
     GOLDEN.mkdir(exist_ok=True)
     for name in names:
         with tempfile.TemporaryDirectory() as tmp:
             res = single_threaded(RUNS[name], Path(tmp))
-        (GOLDEN / f"{name}.json").write_text(json.dumps({"machine": machine(), "result": res}, indent=1) + "\n")
-        print(f"recorded {GOLDEN / name}.json")
+        path = kind_path(name) if kind else GOLDEN / f"{name}.json"
+        path.write_text(json.dumps({"machine": machine(), "result": res}, indent=1) + "\n")
+        print(f"recorded {path}")
 
 
 if __name__ == "__main__":
-    record(sys.argv[1:] or list(RUNS))
+    args = sys.argv[1:]
+    kind = "--kind" in args
+    record([a for a in args if a != "--kind"] or list(RUNS), kind=kind)

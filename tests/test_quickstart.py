@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,10 +49,15 @@ def test_quickstart_tiny(tmp_path):
           f"gold {s['initial_gold']:.3f} -> {s['final_gold']:.3f}, win rate {s['win_rate_vs_initial']:.2f}, "
           f"KL {s['final_kl']:.2f}, RM acc {r0['rm_accuracy']:.2f}")
 
-    # The same results as recorded before the restructure (issue 10), exactly on the recording kind of machine.
-    from golden_runs import GOLDEN, compare, machine, run_quickstart_golden
+    # The same results as recorded before the restructure (issue 10), exactly, on a kind of machine
+    # with a recording. A whole quickstart carries other kernels' last-digit differences on into
+    # discrete choices (clipped fractions, sampled tokens): no tolerance holds across kinds.
+    from golden_runs import compare, golden, machine, run_quickstart_golden
 
-    want = json.loads((GOLDEN / "quickstart.json").read_text())
+    want, path, exact = golden("quickstart")
+    if not exact:
+        pytest.skip(f"no quickstart recording for this kind of machine ({machine()}); record one from a commit "
+                    "that did not change results: python tests/golden_runs.py --kind quickstart")
     got = run_quickstart_golden(out)
-    diffs = compare(got, want["result"], rel=None if want["machine"] == machine() else 1e-5)
-    assert not diffs, f"{len(diffs)} differences from {GOLDEN / 'quickstart.json'}, first: {diffs[:8]}"
+    diffs = compare(got, want["result"])
+    assert not diffs, f"{len(diffs)} differences from {path}, first: {diffs[:8]}"
