@@ -216,7 +216,8 @@ def test_bfloat16_run_within_tolerance_of_float32(kind, precision, tmp_path, tin
     a, b = rows(out16), rows(out32)
     assert len(a) == len(b)
     # the first row: the same starting weights, only the arithmetic differs
-    first = [k for k in ("loss", "objective/reward", "objective/entropy", key) if k in b[0]]
+    first = [k for k in ("loss", "logps/chosen", "logps/rejected", "objective/reward", "objective/entropy", key)
+             if k in b[0]]
     for k in first:
         assert math.isfinite(a[0][k]) and close(a[0][k], b[0][k]), (k, a[0][k], b[0][k])
     assert any(a[0][k] != b[0][k] for k in first), "bfloat16 was not applied: the same numbers as float32"
