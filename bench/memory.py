@@ -102,7 +102,8 @@ def worker(trainer: str, length: int, setting: str, work: Path) -> dict:
             data = work / f"rank-{length}.jsonl"
             write_rankings(data, [RankedExample(
                 prompt_id=f"p{i}", prompt="tell me:",
-                candidates=[CandidateText(id=f"c{i}-{j}", text=text_of(tok, length // 2 - 4, 2 * i + j)) for j in (0, 1)],
+                candidates=[CandidateText(id=f"c{i}-{j}", text=text_of(tok, length // 2 - 4, 2 * i + j))
+                            for j in (0, 1)],
                 ranking=Ranking(prompt_id=f"p{i}", order=[[f"c{i}-0"], [f"c{i}-1"]], labeler="bench"))
                 for i in range(8)])
             if trainer == "train-dpo":

@@ -321,7 +321,7 @@ def reference_logps(acc, ref: Reference, data: RewardData, cfg: DPOConfig, pack:
             t0 = time.perf_counter()
             pad = data.tokenizer.pad_token_id
             with ref.mode():
-                module = ResponseLogps(ref.lm)
+                module = ResponseLogps(ref.lm, cfg.logprob_chunk)  # (no-grad: chunked, nothing recomputed)
                 train = dataset_logps(module, data.train, pad, pack, cfg.eval_batch_size)
                 held = dataset_logps(module, data.eval_set, pad, pack, cfg.eval_batch_size) if data.eval_set else None
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +412,8 @@ def evaluate(acc, policy: ResponseLogps, ref: Reference | None, ref_logps: Refer
 def _evaluate_main(acc, policy, ref, ref_logps: ReferenceLogps, data: RewardData, cfg: DPOConfig, pack, step: int):
     """evaluate's work on the main process: the metrics row, logged and returned."""
     lm = acc.unwrap_model(policy).lm
-    logp = dataset_logps(ResponseLogps(lm), data.eval_set, data.tokenizer.pad_token_id, pack, cfg.eval_batch_size)
+    logp = dataset_logps(ResponseLogps(lm, cfg.logprob_chunk), data.eval_set, data.tokenizer.pad_token_id, pack,
+                         cfg.eval_batch_size)
     h = [(cfg.beta * (a - r)).tolist() for a, r in zip(logp, ref_logps.eval)]
     m = ranking_metrics(h, [e.ranks for e in data.eval_set])
     mean_of = lambda rows, pick: sum(sum(v for v, k in zip(x.tolist(), e.ranks) if k == pick(e.ranks))

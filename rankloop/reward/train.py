@@ -31,8 +31,8 @@ from transformers import AutoConfig
 
 from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.io import DataError, ReadStats, read_preferences
-from rankloop.models import (apply_lora, count_parameters, enable_gradient_checkpointing, freeze_bottom, is_causal_scorer, load_sequence_scorer,
-                             load_tokenizer, model_max_positions)
+from rankloop.models import (apply_lora, count_parameters, enable_gradient_checkpointing, freeze_bottom, is_causal_scorer,
+                             load_sequence_scorer, load_tokenizer, model_max_positions)
 from rankloop.packing import PackedBatch, worth_packing
 from rankloop.reward.config import RewardTrainConfig
 from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metrics, score_encoded

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.io import read_prompts, write_json
-from rankloop.models import (adamw, apply_lora, enable_gradient_checkpointing, freeze_bottom, load_causal_lm, load_tokenizer,
-                             prefer_cpu_attention)
+from rankloop.models import (adamw, apply_lora, enable_gradient_checkpointing, freeze_bottom, load_causal_lm,
+                             load_tokenizer, prefer_cpu_attention)
 from rankloop.records import Prompt
 from rankloop.rl.config import RLConfig
 from rankloop.rl.kl import AdaptiveKLController, FixedKLController

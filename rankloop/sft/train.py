@@ -37,8 +37,8 @@ from transformers import AutoConfig
 
 from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.io import DataError, ReadStats
-from rankloop.models import (apply_lora, backbone_of, count_parameters, enable_gradient_checkpointing, freeze_bottom, load_causal_lm, load_tokenizer,
-                             model_max_positions, unwrap_model)
+from rankloop.models import (apply_lora, backbone_of, count_parameters, enable_gradient_checkpointing, freeze_bottom,
+                             load_causal_lm, load_tokenizer, model_max_positions, unwrap_model)
 from rankloop.packing import pack_segments, supports_packing, worth_packing
 from rankloop.records import Demonstration
 from rankloop.runtime import (EpochCache, RunDir, StepPlan, build_training, open_supervised_run, optimizer_step,
@@ -319,7 +319,8 @@ def build_model(cfg: SFTConfig, tokenizer, weights_from: str | None = None):
     demonstrations of up to 512 tokens, eager attention's (rows, heads, L, L) matrices made a
     stories260K epoch ~14x slower (23.7 s against 1.7 s, packed) and its peak RSS 952 MiB against
     519 MiB (measured on a loaded machine: the ratio, not the seconds)."""
-    model = load_causal_lm(weights_from or cfg.model, dtype=weights_dtype(cfg.dtype, cfg.precision), tokenizer=tokenizer)
+    model = load_causal_lm(weights_from or cfg.model, dtype=weights_dtype(cfg.dtype, cfg.precision),
+                           tokenizer=tokenizer)
     if cfg.freeze_layers:
         freeze_bottom(model, cfg.freeze_layers)
     if cfg.lora:
