@@ -38,14 +38,32 @@ CHECKPOINTS = "checkpoints"
 # ---------------------------------------------------------------- accelerator and trackers
 
 
-def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None):
+def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None, cfg=None):
     """accelerate's ``Accelerator``; several processes on a machine without a GPU (``torchrun`` /
-    ``accelerate launch`` on CPU) run data-parallel over gloo."""
+    ``accelerate launch`` on CPU) run data-parallel over gloo.
+
+    ``cfg`` (a trainer's config: ``dtype``, ``precision``) sets accelerate's ``mixed_precision``:
+    under ``precision = "autocast"`` the prepared model's forward runs under autocast in ``dtype``
+    (float16 with accelerate's dynamic loss scaling: its ``GradScaler`` in ``backward``, the
+    optimizer step and ``clip_grad_norm_``); float32 or ``precision = "weights"`` leave it off."""
     import torch
     from accelerate import Accelerator
 
+    from rankloop.config import ConfigError, mixed_precision
+
+    mp = "no" if cfg is None else mixed_precision(cfg.dtype, cfg.precision)
+    if mp == "fp16" and not torch.cuda.is_available():
+        # accelerate runs no float16 autocast (and no loss scaling) on CPU: it would silently train in float32
+        raise ConfigError("dtype=float16 with precision='autocast' needs a CUDA GPU (accelerate has no float16 "
+                          "autocast on CPU); use dtype=bfloat16 here")
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(cpu=cpu_ddp, log_with=log_with or None,
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision", mp) != mp:
+        # accelerate keeps one state per process and refuses another mixed_precision; one process may run
+        # several trainers (the loop, the tests) with different dtypes. The process group is kept.
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu_ddp, log_with=log_with or None, mixed_precision=mp,
                        project_dir=str(project_dir) if project_dir is not None else None)
 
 
@@ -299,7 +317,7 @@ def open_supervised_run(cfg):
     process), run directory of ``step-NNNNNNNN`` checkpoints and non-finite guard."""
     from rich.console import Console
 
-    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output)
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output, cfg)
     console = Console(stderr=True, quiet=not acc.is_main_process)
     run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
     return acc, console, run, FiniteGuard("step")
