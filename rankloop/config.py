@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -26,6 +26,46 @@ class Config(BaseModel):
     """Base for every entry point's config: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ---------------------------------------------------------------- precision and memory (every trainer)
+# One meaning of ``dtype`` in every command (train-rm, train-sft, train-dpo, ppo, rloo, grpo, sample):
+# the dtype the matmuls run in. ``precision`` says how a trainer gets there; docs/gpu.md.
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Precision = Literal["autocast", "weights"]
+
+DTYPE_HELP = ("The dtype the matmuls run in: float32, bfloat16 or float16 (see precision). log-softmax, KL, GAE, "
+              "whitening and every loss are computed in float32 whatever it is.")
+PRECISION_HELP = ("How a trainer applies a low dtype: 'autocast' = float32 weights (the optimizer's master "
+                  "weights) with the forward under autocast in dtype (float16 adds dynamic loss scaling; "
+                  "GPU only); 'weights' = every weight stored in dtype (half the weight memory) and AdamW "
+                  "stepping float32 master copies of the trainable ones (bfloat16 only). No effect with float32.")
+CHECKPOINTING_HELP = ("Recompute each transformer block's activations in the backward pass instead of keeping "
+                      "them (less memory, one more forward per block; the same gradients).")
+LOGPROB_CHUNK_HELP = ("Compute the LM head, log-softmax and the picked token's log-prob this many tokens at a "
+                      "time (backward too), so the update never holds the whole (tokens, vocabulary) logits; "
+                      "0 = all at once (the default: exact same arithmetic as before, no recomputed head).")
+
+
+def weights_dtype(dtype: str, precision: str) -> str:
+    """The dtype the weights are loaded in: ``dtype`` for precision 'weights', float32 for autocast."""
+    return dtype if precision == "weights" else "float32"
+
+
+def mixed_precision(dtype: str, precision: str) -> str:
+    """accelerate's ``mixed_precision`` for the trainer's settings: 'bf16'/'fp16' under autocast, else 'no'."""
+    if precision != "autocast" or dtype == "float32":
+        return "no"
+    return {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+
+
+def check_precision(dtype: str, precision: str) -> None:
+    """float16 weights would need loss scaling on float32 master gradients, which torch's GradScaler
+    refuses for float16 gradients: float16 is trained under autocast only."""
+    if dtype == "float16" and precision == "weights":
+        raise ValueError("dtype=float16 with precision='weights' is not supported (float16 weights need loss "
+                         "scaling on float32 master gradients); use precision='autocast' or dtype='bfloat16'")
 
 
 class TrainerConfig(Config):
@@ -46,7 +86,10 @@ class TrainerConfig(Config):
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype (float32 on CPU).")
+    # --- precision and memory (docs/gpu.md): the same fields, meaning the same, on RLConfig
+    dtype: Dtype = Field("float32", description=DTYPE_HELP)
+    precision: Precision = Field("autocast", description=PRECISION_HELP)
+    gradient_checkpointing: bool = Field(False, description=CHECKPOINTING_HELP)
 
     # --- data, checkpoints and logging
     skip_invalid: bool = Field(False, description="Skip (and count) malformed rows instead of stopping at the first.")
@@ -57,6 +100,11 @@ class TrainerConfig(Config):
     eval_every: int = Field(0, ge=0, description="Evaluate on eval_data every N steps (0: at the end only).")
     tensorboard: bool = Field(True, description="Also log to TensorBoard (output/tensorboard) when it is installed.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+    @model_validator(mode="after")
+    def _check_precision(self):
+        check_precision(self.dtype, self.precision)
+        return self
 
 
 class ConfigError(ValueError):

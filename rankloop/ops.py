@@ -71,3 +71,43 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     T = mask.size(1)
     idx = torch.arange(T, device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), idx, torch.zeros_like(idx)).max(dim=1).values
+
+
+# ---------------------------------------------------------------- the LM head in chunks (memory)
+
+
+def head_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, chunk: int = 0, temperature: float = 1.0,
+                  entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(head(hidden) / temperature)[token] (and the entropy) without the whole logits.
+
+    hidden (..., H), tokens (...) → log-probs (...) float32, entropy (...) float32 or None. ``head``
+    maps (n, H) → (n, V) (the LM's output layer). With ``chunk = 0`` it is
+    ``logprobs_from_logits(head(hidden) / temperature, tokens)``, the same arithmetic. With
+    ``chunk > 0`` the tokens are taken ``chunk`` at a time, each chunk's head, log-softmax and
+    gather under ``torch.utils.checkpoint``: the forward keeps only each chunk's (chunk,) results,
+    and the backward recomputes one chunk's (chunk, V) logits at a time — peak logits memory
+    chunk·V instead of n·V, for one more head matmul per chunk (the idea of TRL 1.15's fused LM
+    head and Liger's fused linear cross-entropy). Equal to the plain computation up to float
+    rounding (tests/test_memory.py); not bit-identical, as a matmul on fewer rows may sum in
+    another order.
+    """
+    shape = tokens.shape
+    h, t = hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)
+
+    def piece(h_c: torch.Tensor, t_c: torch.Tensor):
+        logits = head(h_c)
+        if temperature != 1.0:
+            logits = logits / temperature
+        lp = logprobs_from_logits(logits, t_c)
+        return (lp, entropy_from_logits(logits)) if entropy else (lp,)
+
+    if chunk <= 0 or t.numel() <= chunk:
+        out = piece(h, t)
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        parts = [checkpoint(piece, h[s:s + chunk], t[s:s + chunk], use_reentrant=False)
+                 if torch.is_grad_enabled() else piece(h[s:s + chunk], t[s:s + chunk])
+                 for s in range(0, t.numel(), chunk)]
+        out = tuple(torch.cat(col) for col in zip(*parts))
+    return out[0].reshape(shape), (out[1].reshape(shape) if entropy else None)

@@ -38,22 +38,40 @@ CHECKPOINTS = "checkpoints"
 # ---------------------------------------------------------------- accelerator and trackers
 
 
-def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None, fsdp: bool = False):
+def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None, cfg=None,
+                     fsdp: bool = False):
     """accelerate's ``Accelerator``; several processes on a machine without a GPU (``torchrun`` /
-    ``accelerate launch`` on CPU) run data-parallel over gloo. How the processes share the model
-    (DDP, FSDP, DeepSpeed) is accelerate's setting — see ``distributed_mode`` below; ``fsdp`` says
-    the caller's loop is FSDP-ready (a launch asking for FSDP is refused otherwise, rather than
-    deadlocking in a main-process-only forward pass)."""
+    ``accelerate launch`` on CPU) run data-parallel over gloo.
+
+    ``cfg`` (a trainer's config: ``dtype``, ``precision``) sets accelerate's ``mixed_precision``:
+    under ``precision = "autocast"`` the prepared model's forward runs under autocast in ``dtype``
+    (float16 with accelerate's dynamic loss scaling: its ``GradScaler`` in ``backward``, the
+    optimizer step and ``clip_grad_norm_``); float32 or ``precision = "weights"`` leave it off.
+
+    How the processes share the model (DDP, FSDP, DeepSpeed) is accelerate's launch setting — see
+    ``distributed_mode`` below; ``fsdp`` says the caller's loop is FSDP-ready (a launch asking for
+    FSDP is refused otherwise, rather than deadlocking in a main-process-only forward pass)."""
     import torch
     from accelerate import Accelerator
 
-    if distributed_mode() == "fsdp" and not fsdp:
-        from rankloop.config import ConfigError
+    from rankloop.config import ConfigError, mixed_precision
 
+    if distributed_mode() == "fsdp" and not fsdp:
         raise ConfigError("this command does not run under FSDP yet (only train-sft does; see docs/gpu.md): "
                           "launch it without the FSDP accelerate config (ACCELERATE_USE_FSDP) to run it data-parallel")
+    mp = "no" if cfg is None else mixed_precision(cfg.dtype, cfg.precision)
+    if mp == "fp16" and not torch.cuda.is_available():
+        # accelerate runs no float16 autocast (and no loss scaling) on CPU: it would silently train in float32
+        raise ConfigError("dtype=float16 with precision='autocast' needs a CUDA GPU (accelerate has no float16 "
+                          "autocast on CPU); use dtype=bfloat16 here")
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    acc = Accelerator(cpu=cpu_ddp, log_with=log_with or None,
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision", mp) != mp:
+        # accelerate keeps one state per process and refuses another mixed_precision; one process may run
+        # several trainers (the loop, the tests) with different dtypes. The process group is kept.
+        AcceleratorState._reset_state()
+    acc = Accelerator(cpu=cpu_ddp, log_with=log_with or None, mixed_precision=mp,
                       project_dir=str(project_dir) if project_dir is not None else None)
     if cpu_ddp and distributed_mode() == "fsdp":
         _fsdp_on_cpu(acc)
@@ -388,7 +406,7 @@ def open_supervised_run(cfg, fsdp: bool = False):
     trainer's loop is FSDP-ready (see ``make_accelerator``)."""
     from rich.console import Console
 
-    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output, fsdp=fsdp)
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output, cfg, fsdp=fsdp)
     check_fsdp_settings(acc, cfg)
     console = Console(stderr=True, quiet=not acc.is_main_process)
     run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)

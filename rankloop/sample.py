@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from rankloop.config import Config, ConfigError
+from rankloop.config import Config, ConfigError, Dtype
 
 
 class SampleConfig(Config):
@@ -37,8 +37,9 @@ class SampleConfig(Config):
     truncate_prompts: bool = Field(False, description="Keep the end of over-long prompts instead of failing.")
     device: str = Field("auto", description="Where to run: auto (cuda when available, else cpu), cpu, cuda, "
                         "cuda:N, mps.")
-    dtype: str = Field("float32", description="Weights dtype: float32, bfloat16 or float16 (bfloat16 is very "
-                       "slow on CPUs without native support).")
+    dtype: Dtype = Field("float32", description="The dtype the matmuls run in, as in every command; sampling has no "
+                         "optimizer, so the weights are simply loaded in it (bfloat16 is very slow on CPUs without "
+                         "native support).")
 
 
 def resolve_device(device: str) -> str:

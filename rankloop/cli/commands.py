@@ -165,7 +165,7 @@ RM_GROUPS = {
     "Optimiser": ("lr", "weight_decay", "scheduler", "warmup_steps", "max_grad_norm"),
     "Loss and normalisation": ("loss", "use_margin", "normalise_on", "normalise_max"),
     "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "disable_dropout",
-              "pack", "share_prefix", "dtype"),
+              "pack", "share_prefix", "dtype", "precision", "gradient_checkpointing"),
     "Evaluation": ("eval_every", "eval_batch_size"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
 }
@@ -223,7 +223,8 @@ SFT_GROUPS = {
     "Inputs and outputs": ("data", "model", "output", "eval_data", "format", "chat_template", "skip_invalid"),
     "Run length and batches": ("epochs", "max_steps", "batch_size", "grad_accum", "group_by_length", "seed"),
     "Optimiser": ("lr", "weight_decay", "scheduler", "warmup_steps", "max_grad_norm"),
-    "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "pack", "dtype"),
+    "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "pack", "dtype",
+              "precision", "gradient_checkpointing", "logprob_chunk"),
     "Evaluation": ("eval_every", "eval_batch_size"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
 }
@@ -244,7 +245,7 @@ DPO_GROUPS = {
     "Run length and batches": ("epochs", "max_steps", "batch_size", "grad_accum", "group_by_length", "seed"),
     "Optimiser": ("lr", "weight_decay", "scheduler", "warmup_steps", "max_grad_norm"),
     "Model": ("max_length", "freeze_layers", "lora", "lora_r", "lora_alpha", "lora_dropout", "disable_dropout",
-              "pack", "share_prefix", "dtype"),
+              "pack", "share_prefix", "dtype", "precision", "gradient_checkpointing", "logprob_chunk"),
     "Evaluation": ("eval_every", "eval_batch_size", "kl_prompts", "kl_max_new_tokens"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
 }
@@ -270,6 +271,7 @@ PPO_GROUPS = {  # the sections of PPOConfig
             "max_grad_norm", "clip_range", "clip_range_value", "vf_coef", "ent_coef", "gamma", "lam",
             "whiten_advantages", "target_approx_kl"),
     "Model": ("dtype", "freeze_layers", "lora", "lora_r", "lora_alpha", "critic", "value_head_std"),
+    "Precision and memory": ("precision", "gradient_checkpointing", "logprob_chunk", "offload"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "tensorboard", "progress"),
 }
 
@@ -305,6 +307,7 @@ GROUP_GROUPS = {  # the sections of RLOOConfig and GRPOConfig
     "Update": ("advantage", "std_eps", "loss_aggregation", "epochs", "minibatch_size", "grad_accum_steps",
                "learning_rate", "weight_decay", "adam_eps", "max_grad_norm", "clip_range"),
     "Model": ("dtype", "freeze_layers", "lora", "lora_r", "lora_alpha"),
+    "Precision and memory": PPO_GROUPS["Precision and memory"],
     "Checkpoints and logging": PPO_GROUPS["Checkpoints and logging"],
 }
 GROUP_ALIASES = {"samples_per_prompt": ("-k",), "learning_rate": ("--lr",), "reward_weights": ("--reward-weight",)}

@@ -10,12 +10,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rankloop.config import TrainerConfig
+from rankloop.config import LOGPROB_CHUNK_HELP, TrainerConfig
 from rankloop.io import PreferenceFormat
 
 
 class DPOConfig(TrainerConfig):
     """``rankloop train-dpo``: every field can come from ``--config FILE.yaml`` or a CLI flag."""
+
+    logprob_chunk: int = Field(0, ge=0, description=LOGPROB_CHUNK_HELP)  # (precision helper: memory)
 
     data: str = Field(description="Training preferences: rankings.jsonl, TRL pairs or HH-RLHF (.jsonl or .jsonl.gz).")
     model: str = Field(description="The policy to start from: a causal LM (Hugging Face id or local path).")

@@ -39,12 +39,14 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from rankloop.config import ConfigError, save_config
+from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.dpo.config import DPOConfig
 from rankloop.dpo.loss import best_worst_means, implicit_rewards, preference_loss, sequence_logps, token_logps
 from rankloop.io import DataError
-from rankloop.models import (apply_lora, backbone_of, count_parameters, flush_denormals, freeze_bottom,
+from rankloop.models import (apply_lora, backbone_of, count_parameters, enable_gradient_checkpointing, flush_denormals,
+                             freeze_bottom,
                              load_causal_lm, load_tokenizer, prefer_cpu_attention, unwrap_model)
+from rankloop.ops import head_logprobs
 from rankloop.packing import packed_hidden, supports_packing
 from rankloop.records import RankedExample, render_prompt
 from rankloop.reward.eval import EncodedRanking, ranking_metrics
@@ -145,9 +147,10 @@ class ResponseLogps(nn.Module):
     One module around the LM so accelerate/DDP wraps one forward call. The LM head is applied at
     the M read positions only, not at every position of the rows."""
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, logprob_chunk: int = 0):
         super().__init__()
         self.lm = lm
+        self.logprob_chunk = logprob_chunk  # > 0: the head in chunks (rankloop.ops.head_logprobs)
 
     def forward(self, batch: DPOBatch) -> torch.Tensor:
         device = next(self.lm.parameters()).device
@@ -159,8 +162,12 @@ class ResponseLogps(nn.Module):
             hidden = backbone(input_ids=r.input_ids.to(device), attention_mask=r.attention_mask.to(device),
                               use_cache=False).last_hidden_state  # (N, T, H)
             h = hidden[batch.read_row.to(device), batch.read_col.to(device)]  # (M, H)
-        logits = unwrap_model(self.lm).get_output_embeddings()(h)  # (M, V)
-        return sequence_logps(token_logps(logits, batch.targets.to(device)), batch.owner.to(device), batch.n)
+        head = unwrap_model(self.lm).get_output_embeddings()
+        if self.logprob_chunk:
+            logp = head_logprobs(h, head, batch.targets.to(device), self.logprob_chunk)[0]  # (M,)
+        else:
+            logp = token_logps(head(h), batch.targets.to(device))  # (M, V) logits → (M,)
+        return sequence_logps(logp, batch.owner.to(device), batch.n)
 
 
 def as_ranking_matrix(flat: torch.Tensor, b: RankingBatch) -> torch.Tensor:
@@ -180,7 +187,7 @@ def pack_settings(cfg: DPOConfig, lm: nn.Module) -> dict | None:
 def build_policy(cfg: DPOConfig, tokenizer, weights_from: str | None = None) -> nn.Module:
     """The causal LM to train, dropout off, frozen / LoRA-wrapped as configured."""
     torch.manual_seed(cfg.seed)
-    lm = load_causal_lm(weights_from or cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    lm = load_causal_lm(weights_from or cfg.model, dtype=weights_dtype(cfg.dtype, cfg.precision), tokenizer=tokenizer)
     prefer_cpu_attention(lm, "cuda" if torch.cuda.is_available() else "cpu")
     if cfg.disable_dropout:
         _no_dropout(lm)
@@ -193,6 +200,8 @@ def build_policy(cfg: DPOConfig, tokenizer, weights_from: str | None = None) -> 
                        and m is not lm.get_output_embeddings()]
         lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, task="causal",
                         target_modules=targets)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(lm)
     return lm
 
 
@@ -236,7 +245,7 @@ def load_reference(cfg: DPOConfig, policy: nn.Module, tokenizer) -> Reference:
     source = cfg.reference or cfg.model
     if source != cfg.model:
         check_same_tokenizer(source, cfg.model, tokenizer)
-    lm = load_causal_lm(source, dtype=cfg.dtype, tokenizer=tokenizer)
+    lm = load_causal_lm(source, dtype=weights_dtype(cfg.dtype, cfg.precision), tokenizer=tokenizer)
     prefer_cpu_attention(lm, "cuda" if torch.cuda.is_available() else "cpu")
     _no_dropout(lm)
     lm.eval().requires_grad_(False)
@@ -394,24 +403,31 @@ def evaluate(acc, policy: ResponseLogps, ref: Reference | None, ref_logps: Refer
         return None
     m = None
     if acc.is_main_process:
-        lm = acc.unwrap_model(policy).lm
-        logp = dataset_logps(ResponseLogps(lm), data.eval_set, data.tokenizer.pad_token_id, pack, cfg.eval_batch_size)
-        h = [(cfg.beta * (a - r)).tolist() for a, r in zip(logp, ref_logps.eval)]
-        m = ranking_metrics(h, [e.ranks for e in data.eval_set])
-        mean_of = lambda rows, pick: sum(sum(v for v, k in zip(x.tolist(), e.ranks) if k == pick(e.ranks))
-                                         / e.ranks.count(pick(e.ranks)) for x, e in zip(rows, data.eval_set)) / len(rows)
-        m.update({"logps_chosen": mean_of(logp, min), "logps_rejected": mean_of(logp, max),
-                  "logps_chosen_ref": mean_of(ref_logps.eval, min), "logps_rejected_ref": mean_of(ref_logps.eval, max)})
-        prompts = list(dict.fromkeys(e.prompt for e in data.eval_set))[: cfg.kl_prompts]
-        if prompts and ref is not None:
-            m["kl_ref"] = held_out_kl(lm, ref, data.tokenizer, prompts, cfg)
-        row = {"step": step, "eval/pairwise_accuracy": m["pairwise_accuracy"], "eval/margin": m["mean_margin"],
-               "eval/exact_ranking_accuracy": m["exact_ranking_accuracy"], "eval/logps_chosen": m["logps_chosen"],
-               "eval/logps_chosen_ref": m["logps_chosen_ref"], "eval/logps_rejected": m["logps_rejected"]}
-        if "kl_ref" in m:
-            row["eval/kl_ref"] = m["kl_ref"]
-        acc.log(row, step=step)
+        with acc.autocast():  # the unwrapped policy and the reference: autocast as in training
+            m = _evaluate_main(acc, policy, ref, ref_logps, data, cfg, pack, step)
     acc.wait_for_everyone()
+    return m
+
+
+def _evaluate_main(acc, policy, ref, ref_logps: ReferenceLogps, data: RewardData, cfg: DPOConfig, pack, step: int):
+    """evaluate's work on the main process: the metrics row, logged and returned."""
+    lm = acc.unwrap_model(policy).lm
+    logp = dataset_logps(ResponseLogps(lm), data.eval_set, data.tokenizer.pad_token_id, pack, cfg.eval_batch_size)
+    h = [(cfg.beta * (a - r)).tolist() for a, r in zip(logp, ref_logps.eval)]
+    m = ranking_metrics(h, [e.ranks for e in data.eval_set])
+    mean_of = lambda rows, pick: sum(sum(v for v, k in zip(x.tolist(), e.ranks) if k == pick(e.ranks))
+                                     / e.ranks.count(pick(e.ranks)) for x, e in zip(rows, data.eval_set)) / len(rows)
+    m.update({"logps_chosen": mean_of(logp, min), "logps_rejected": mean_of(logp, max),
+              "logps_chosen_ref": mean_of(ref_logps.eval, min), "logps_rejected_ref": mean_of(ref_logps.eval, max)})
+    prompts = list(dict.fromkeys(e.prompt for e in data.eval_set))[: cfg.kl_prompts]
+    if prompts and ref is not None:
+        m["kl_ref"] = held_out_kl(lm, ref, data.tokenizer, prompts, cfg)
+    row = {"step": step, "eval/pairwise_accuracy": m["pairwise_accuracy"], "eval/margin": m["mean_margin"],
+           "eval/exact_ranking_accuracy": m["exact_ranking_accuracy"], "eval/logps_chosen": m["logps_chosen"],
+           "eval/logps_chosen_ref": m["logps_chosen_ref"], "eval/logps_rejected": m["logps_rejected"]}
+    if "kl_ref" in m:
+        row["eval/kl_ref"] = m["kl_ref"]
+    acc.log(row, step=step)
     return m
 
 
@@ -440,11 +456,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
     ref = load_reference(cfg, model, data.tokenizer)
     ref.lm.to(acc.device)
     t_ref = time.perf_counter()
-    ref_logps = reference_logps(acc, ref, data, cfg, pack, console)
+    with acc.autocast():  # the unprepared reference: autocast as the policy's forward (no-op in float32)
+        ref_logps = reference_logps(acc, ref, data, cfg, pack, console)
     ref_seconds = time.perf_counter() - t_ref
     if not ref.shares_policy and (data.eval_set is None or cfg.kl_prompts == 0):
         ref = None  # its log-probs are cached: the copy is needed again only for the held-out KL
-    policy, optimizer = acc.prepare(ResponseLogps(model), optimizer)
+    policy, optimizer = acc.prepare(ResponseLogps(model, cfg.logprob_chunk), optimizer)
     guard.last_good = resume_from
     run.begin(resumed_at=start)
     if main:

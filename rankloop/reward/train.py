@@ -29,9 +29,9 @@ import torch
 from rich.console import Console
 from transformers import AutoConfig
 
-from rankloop.config import ConfigError, save_config
+from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.io import DataError, ReadStats, read_preferences
-from rankloop.models import (apply_lora, count_parameters, freeze_bottom, is_causal_scorer, load_sequence_scorer,
+from rankloop.models import (apply_lora, count_parameters, enable_gradient_checkpointing, freeze_bottom, is_causal_scorer, load_sequence_scorer,
                              load_tokenizer, model_max_positions)
 from rankloop.packing import PackedBatch, worth_packing
 from rankloop.reward.config import RewardTrainConfig
@@ -99,7 +99,8 @@ def collate(encoded, idx: list[int], pad_id: int, use_margin: bool = True, pack:
 def build_model(cfg: RewardTrainConfig, tokenizer, weights_from: str | None = None):
     """The HF sequence-classification model, frozen / LoRA-wrapped as configured."""
     torch.manual_seed(cfg.seed)  # the fresh head's initialisation
-    model = load_sequence_scorer(weights_from or cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    model = load_sequence_scorer(weights_from or cfg.model, dtype=weights_dtype(cfg.dtype, cfg.precision),
+                                 tokenizer=tokenizer)
     if cfg.disable_dropout:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -114,6 +115,8 @@ def build_model(cfg: RewardTrainConfig, tokenizer, weights_from: str | None = No
                        and mod.weight.requires_grad and n.split(".")[-1] not in head]
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, task="reward",
                            target_modules=targets)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model
 
 
@@ -217,7 +220,8 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         # 5. Evaluate, fit the normalisation (Ziegler et al. 2019 §2: mean 0, std 1), save ---------------------------
         final_eval = evaluate(acc, model, data, cfg, plan.total_steps)
     if main:
-        norm = fit_normalisation(cfg, model, data, acc.device)
+        with acc.autocast():
+            norm = fit_normalisation(cfg, model, data, acc.device)
         summary = {"steps": plan.total_steps, "rankings": len(data.train), "skipped": data.skipped,
                    "trainable_parameters": trainable, "parameters": total, "resumed_at": start,
                    "train_loop_seconds": round(train_seconds, 3)}
@@ -317,7 +321,8 @@ def evaluate(acc, model, data: RewardData, cfg: RewardTrainConfig, step: int) ->
         return None
     m = None
     if acc.is_main_process:
-        raw = score_encoded(model, data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, acc.device)
+        with acc.autocast():  # the unprepared model: autocast as in training (a no-op in float32)
+            raw = score_encoded(model, data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, acc.device)
         m = ranking_metrics(raw, [e.ranks for e in data.eval_set], [e.text_class for e in data.eval_set])
         acc.log({"step": step, "eval/pairwise_accuracy": m["pairwise_accuracy"],
                  "eval/exact_ranking_accuracy": m["exact_ranking_accuracy"], "eval/kendall_tau": m["kendall_tau"],

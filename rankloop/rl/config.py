@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rankloop.config import Config
+from rankloop.config import (CHECKPOINTING_HELP, DTYPE_HELP, LOGPROB_CHUNK_HELP, PRECISION_HELP, Config, Dtype,
+                             Precision, check_precision)
 
 
 class RLConfig(Config):
@@ -73,7 +74,14 @@ class RLConfig(Config):
     clip_range: float = Field(0.2, gt=0, description="ε of the clipped surrogate.")
 
     # --- model
-    dtype: str = Field("float32", description="Weights dtype: float32, bfloat16 or float16.")
+    # precision and memory: TrainerConfig's fields, meaning the same (docs/gpu.md)
+    dtype: Dtype = Field("float32", description=DTYPE_HELP)
+    precision: Precision = Field("autocast", description=PRECISION_HELP)
+    gradient_checkpointing: bool = Field(False, description=CHECKPOINTING_HELP)
+    logprob_chunk: int = Field(0, ge=0, description=LOGPROB_CHUNK_HELP)
+    offload: bool = Field(False, description="Keep the frozen models (a separate reference; reward models) on the "
+                          "CPU between uses and move each to the policy's device only for its own pass: less "
+                          "accelerator memory for two host-device copies per iteration. No effect on CPU.")
     freeze_layers: int = Field(0, description="Freeze the embeddings and the first N transformer blocks "
                                "(negative: all but the last |N|).")
     lora: bool = Field(False, description="Train LoRA adapters; the reference is the adapter-free model.")
@@ -94,6 +102,7 @@ class RLConfig(Config):
             raise ValueError("reward: the list of rewards is empty")
         if self.reward_weights is not None and len(self.reward_weights) != n:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} weights for {n} reward(s)")
+        check_precision(self.dtype, self.precision)
         return self
 
 

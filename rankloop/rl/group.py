@@ -78,7 +78,7 @@ def train_group(cfg: GroupConfig, algo: GroupLearner, reward_fn: RewardFn | None
 
 
 def _train(cfg: GroupConfig, algo: GroupLearner, reward_fn: RewardFn | None, prompts: list | None) -> Path:
-    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output)
+    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output, cfg)
     world, rank = acc.num_processes, acc.process_index
     K = cfg.samples_per_prompt
     check_divisible(cfg.batch_size, cfg.minibatch_size, cfg.grad_accum_steps, world)
@@ -160,9 +160,14 @@ def group_minibatch_step(learner: Learner, ro: Rollout, advantages, mb, cfg: Gro
         w = w_mine[part][:, :sub.mask.size(1)]
         last = a == cfg.grad_accum_steps - 1
         with acc.no_sync(learner.model) if (not last and world > 1) else contextlib.nullcontext():
-            logits, _ = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len, cfg.temperature)
-            guard.check(logits, "logits", it + 1, where)
-            logp = logprobs_from_logits(logits, sub.response_ids)
+            if cfg.logprob_chunk:  # the head in chunks: log-probs, never the (B, R, V) logits
+                (logp, _), _ = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len, cfg.temperature,
+                                             sub.response_ids, cfg.logprob_chunk)
+                guard.check(logp, "log-probs", it + 1, where)
+            else:
+                logits, _ = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len, cfg.temperature)
+                guard.check(logits, "logits", it + 1, where)
+                logp = logprobs_from_logits(logits, sub.response_ids)
             out = group_policy_loss(logp, sub.old_logp, sub.ref_logp, advantages[rows], w, cfg.clip_range, kl_coef,
                                     kl_estimator)
             guard.check(out.loss, "loss", it + 1, where)

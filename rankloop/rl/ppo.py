@@ -78,7 +78,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list | N
 
 
 def _train(cfg: PPOConfig, reward_fn: RewardFn | None, prompts: list | None) -> Path:
-    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output)
+    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output, cfg)
     world, rank = acc.num_processes, acc.process_index
     check_divisible(cfg.batch_size, cfg.minibatch_size, cfg.grad_accum_steps, world)
     learner = build_learner(cfg, acc, reward_fn, prompts,
@@ -178,16 +178,23 @@ def minibatch_step(learner: Learner, ro: Rollout, advantages, returns, mb, cfg: 
         adv, ret = advantages[rows][:, :sub.mask.size(1)], returns[rows][:, :sub.mask.size(1)]
         last = a == cfg.grad_accum_steps - 1
         with acc.no_sync(learner.model) if (not last and world > 1) else contextlib.nullcontext():
-            logits, values = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len, cfg.temperature)
-            guard.check(logits, "logits", it + 1, where)
+            if cfg.logprob_chunk:  # the head in chunks: log-probs (and entropy), never the (B, R, V) logits
+                (logp, entropy), values = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len,
+                                                        cfg.temperature, sub.response_ids, cfg.logprob_chunk,
+                                                        entropy=bool(cfg.ent_coef))
+                guard.check(logp, "log-probs", it + 1, where)
+            else:
+                logits, values = learner.model(sub.input_ids, sub.attention_mask, sub.prompt_len, cfg.temperature)
+                guard.check(logits, "logits", it + 1, where)
+                logp = logprobs_from_logits(logits, sub.response_ids)
             guard.check(values, "values", it + 1, where)
-            logp = logprobs_from_logits(logits, sub.response_ids)
             denom = n_tokens / world  # each process's share is scaled by world: DDP's gradient mean is the sum
             pg, clip_frac, approx_kl = policy_loss(logp, sub.old_logp, adv, sub.mask, cfg.clip_range, denom)
             vf, vclip = value_loss(values.float(), sub.values, ret, sub.mask, cfg.clip_range_value, denom)
             loss = pg + cfg.vf_coef * vf
             if cfg.ent_coef:
-                loss = loss - cfg.ent_coef * masked_mean(entropy_from_logits(logits), sub.mask, denom)
+                ent = entropy if cfg.logprob_chunk else entropy_from_logits(logits)
+                loss = loss - cfg.ent_coef * masked_mean(ent, sub.mask, denom)
             guard.check(loss, "loss", it + 1, where)
             acc.backward(loss)
         means += torch.stack([pg.detach(), vf.detach(), vclip, approx_kl, clip_frac]).float() / world

@@ -46,14 +46,16 @@ class RewardError(ValueError):
 
 
 def load_reward(spec: str | Path | RewardFn, *, batch_size: int = 32, normalise: bool = True,
-                device: str | None = None) -> RewardFn:
-    """Resolve a reward spec to a function ``(prompts, responses) -> list[float]``."""
+                device: str | None = None, offload_to: str | None = None) -> RewardFn:
+    """Resolve a reward spec to a function ``(prompts, responses) -> list[float]``. A reward model
+    is placed on ``device`` (default the CPU); with ``offload_to`` it is moved there for each
+    scoring call and back to ``device`` after (``RLConfig.offload``)."""
     if callable(spec):
         return spec
     s = str(spec)
     path = Path(s)
     if path.is_dir():
-        return _reward_model(path, batch_size=batch_size, normalise=normalise, device=device)
+        return _reward_model(path, batch_size=batch_size, normalise=normalise, device=device, offload_to=offload_to)
     if ":" not in s:
         raise RewardError(f"reward {s!r} is neither a reward-model directory nor 'module:function'")
     mod_name, _, fn_name = s.rpartition(":")
@@ -75,7 +77,8 @@ def load_reward(spec: str | Path | RewardFn, *, batch_size: int = 32, normalise:
     return fn
 
 
-def _reward_model(path: Path, *, batch_size: int, normalise: bool, device: str | None) -> RewardFn:
+def _reward_model(path: Path, *, batch_size: int, normalise: bool, device: str | None,
+                  offload_to: str | None = None) -> RewardFn:
     if not (path / "config.json").exists():
         raise RewardError(f"{path} is a directory but holds no config.json: not a reward model")
     try:
@@ -85,7 +88,18 @@ def _reward_model(path: Path, *, batch_size: int, normalise: bool, device: str |
     scorer = RewardScorer.from_pretrained(path, device=str(device or "cpu"))
 
     def score(prompts: list[str], responses: list[str]) -> list[float]:
-        return scorer.score(prompts, responses, batch_size=batch_size, normalise=normalise).tolist()
+        if offload_to is None:
+            return scorer.score(prompts, responses, batch_size=batch_size, normalise=normalise).tolist()
+        import torch
+
+        home = scorer.device
+        scorer.model.to(offload_to)
+        scorer.device = torch.device(offload_to)
+        try:
+            return scorer.score(prompts, responses, batch_size=batch_size, normalise=normalise).tolist()
+        finally:
+            scorer.model.to(home)
+            scorer.device = home
 
     score.__name__ = f"reward_model({path})"
     return score

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rankloop.packing import pack_padded, packed_hidden, supports_packing, worth_packing
-from rankloop.ops import entropy_from_logits, logprobs_from_logits
+from rankloop.ops import entropy_from_logits, head_logprobs, logprobs_from_logits
 from rankloop.models import backbone_of, hidden_size, unwrap_model
 from rankloop.sampling import positions
 
@@ -69,12 +69,21 @@ class PolicyWithValue(nn.Module):
             nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R) (None without a value head)."""
+                temperature: float = 1.0, response_ids: torch.Tensor | None = None, logprob_chunk: int = 0,
+                entropy: bool = False):
+        """(B, P + R) → logits (B, R, V) (temperature-scaled), values (B, R) (None without a value head).
+
+        Given ``response_ids`` (B, R) it returns ((log-probs, entropy or None), values) instead: the
+        head, log-softmax and gather ``logprob_chunk`` tokens at a time (``rankloop.ops.head_logprobs``),
+        so the update never holds the whole (B, R, V) logits, in the forward or the backward."""
         h = response_hidden(backbone_of(self.lm), input_ids, attention_mask, prompt_len, self.pack)  # (B, R, H)
-        logits = unwrap_model(self.lm).get_output_embeddings()(h)
-        if temperature != 1.0:
-            logits = logits / temperature
+        head = unwrap_model(self.lm).get_output_embeddings()
+        if response_ids is not None:
+            logits = head_logprobs(h, head, response_ids, logprob_chunk, temperature, entropy)
+        else:
+            logits = head(h)
+            if temperature != 1.0:
+                logits = logits / temperature
         if self.value_head is None:
             return logits, None
         if self.critic is not None:
@@ -117,6 +126,7 @@ class Reference:
         self.lm = lm
         self.shares_policy = shares_policy
         self.pack = pack
+        self.home: torch.device | None = None  # offload: where the weights live between uses (the CPU)
         if not shares_policy:
             self.lm.eval()
             for p in self.lm.parameters():
@@ -125,6 +135,19 @@ class Reference:
     @classmethod
     def frozen_copy(cls, lm: nn.Module, pack: bool = True) -> "Reference":
         return cls(copy.deepcopy(lm), shares_policy=False, pack=pack)
+
+    @contextlib.contextmanager
+    def on(self, device):
+        """The weights on ``device`` for the block, then back ``home`` when offloaded (a frozen model
+        of its own only: under LoRA the reference is the policy's own weights)."""
+        if self.home is None or self.shares_policy:
+            yield self
+            return
+        self.lm.to(device)
+        try:
+            yield self
+        finally:
+            self.lm.to(self.home)
 
     @torch.no_grad()
     def logits(self, input_ids, attention_mask, prompt_len, temperature=1.0) -> torch.Tensor:

@@ -8,14 +8,16 @@ Each is a plain function of typed values; a learner's loop (``ppo.py``, ``rloo.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rankloop.config import ConfigError, save_config
+from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.generate import KVCacheGenerator, SamplingParams
 from rankloop.io import read_prompts, write_json
-from rankloop.models import adamw, apply_lora, freeze_bottom, load_causal_lm, load_tokenizer, prefer_cpu_attention
+from rankloop.models import (adamw, apply_lora, enable_gradient_checkpointing, freeze_bottom, load_causal_lm, load_tokenizer,
+                             prefer_cpu_attention)
 from rankloop.records import Prompt
 from rankloop.rl.config import RLConfig
 from rankloop.rl.kl import AdaptiveKLController, FixedKLController
@@ -45,6 +47,10 @@ class Learner(NamedTuple):
     trainable: list  # parameters with requires_grad
     kl_ctl: FixedKLController | AdaptiveKLController
     reward_fn: RewardFn
+    autocast: Any = None  # () → the autocast context of the unprepared passes (rollout, reference, reward)
+
+    def amp(self):
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
 
 class PromptBatch(NamedTuple):
@@ -76,8 +82,11 @@ def kl_controller(kind: str, kl_coef: float, target: float = 6.0, horizon: float
     return AdaptiveKLController(kl_coef, target, horizon) if kind == "adaptive" else FixedKLController(kl_coef)
 
 
-def load_prompts_and_reward(cfg: RLConfig, reward_fn: RewardFn | None, prompts: list | None):
-    """The prompt records (or strings) and the reward function (several, weighted, when asked)."""
+def load_prompts_and_reward(cfg: RLConfig, reward_fn: RewardFn | None, prompts: list | None,
+                            reward_device: dict | None = None):
+    """The prompt records (or strings) and the reward function (several, weighted, when asked).
+    ``reward_device`` (``device``, ``offload_to``) places a reward model (default: the CPU)."""
+    reward_device = reward_device or {}
     if prompts is None:
         if cfg.prompts is None:
             raise ConfigError("no prompts: set prompts (a JSONL file)")
@@ -88,7 +97,7 @@ def load_prompts_and_reward(cfg: RLConfig, reward_fn: RewardFn | None, prompts: 
         if cfg.reward is None:
             raise ConfigError("no reward: set reward (a reward-model directory or module:function)")
         reward_fn = load_rewards(cfg.reward, cfg.reward_weights, batch_size=cfg.reward_batch_size,
-                                 normalise=cfg.reward_normalise)
+                                 normalise=cfg.reward_normalise, **reward_device)
     return prompts, reward_fn
 
 
@@ -98,7 +107,12 @@ def build_learner(cfg: RLConfig, acc, reward_fn: RewardFn | None, prompts: list 
     optimiser; ``kl_ctl`` is the learner's KL controller."""
     import torch
 
-    prompts, reward_fn = load_prompts_and_reward(cfg, reward_fn, prompts)
+    device = acc.device
+    # A reward model sits on the policy's device, or with offload on the CPU, moved over for each scoring
+    # pass. (On a CPU-only machine both are the CPU, as before.)
+    reward_device = ({"device": "cpu", "offload_to": str(device)} if cfg.offload and device.type != "cpu"
+                     else {"device": str(device)})
+    prompts, reward_fn = load_prompts_and_reward(cfg, reward_fn, prompts, reward_device)
     metas = [p.meta if isinstance(p, Prompt) else {} for p in prompts]
     ids = [p.id if isinstance(p, Prompt) else str(i) for i, p in enumerate(prompts)]
     check_reward_meta(reward_fn, metas, ids)  # before any sampling
@@ -107,8 +121,7 @@ def build_learner(cfg: RLConfig, acc, reward_fn: RewardFn | None, prompts: list 
     encode_prompts(tokenizer, texts, cfg.max_prompt_tokens, cfg.truncate_prompts)  # fail now on an over-long prompt
 
     torch.manual_seed(cfg.seed)  # the value head's and LoRA's initialisation
-    device = acc.device
-    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, tokenizer=tokenizer)
+    lm = load_causal_lm(cfg.policy, dtype=weights_dtype(cfg.dtype, cfg.precision), tokenizer=tokenizer)
     prefer_cpu_attention(lm, device)  # before any copy: the reference and a critic inherit it
     stop_ids = cfg.stop_token_ids if cfg.stop_token_ids is not None else default_stop_ids(lm, tokenizer)
     critic_net = make_critic(lm) if critic == "separate" else None
@@ -117,15 +130,22 @@ def build_learner(cfg: RLConfig, acc, reward_fn: RewardFn | None, prompts: list 
     reference = build_reference(cfg, lm, tokenizer, device)
     if cfg.freeze_layers:
         freeze_bottom(lm.get_base_model() if cfg.lora else lm, cfg.freeze_layers)
+    if cfg.gradient_checkpointing:  # after the reference's copy: it never takes gradients
+        enable_gradient_checkpointing(lm)
+        if critic_net is not None:
+            enable_gradient_checkpointing(critic_net)
     policy = PolicyWithValue(lm, critic=critic_net, value_head_std=value_head_std, pack=cfg.pack,
                              value_head=critic is not None).to(device)
     policy.eval()  # no dropout: the rollout's log-probs and the update's must be of one distribution
-    reference.lm.to(device)
+    if cfg.offload and device.type != "cpu" and not reference.shares_policy:
+        reference.home = torch.device("cpu")  # on the device only for its pass (collect_rollout)
+    else:
+        reference.lm.to(device)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     model, optimizer = acc.prepare(policy, optimizer)
     return Learner(tokenizer, texts, metas, ids, stop_ids, model, acc.unwrap_model(model), reference, optimizer,
-                   trainable, kl_ctl, reward_fn)
+                   trainable, kl_ctl, reward_fn, acc.autocast)
 
 
 def open_run(cfg: RLConfig, learner: Learner, acc, name: str) -> tuple[RunDir, FiniteGuard, int]:
@@ -146,7 +166,7 @@ def build_reference(cfg: RLConfig, lm, tokenizer, device) -> Reference:
     """π_ref: another model (``cfg.reference``), the adapter-free weights under LoRA (no second copy
     in memory), or a frozen copy of the initial policy."""
     if cfg.reference is not None and cfg.reference != cfg.policy:
-        ref_lm = load_causal_lm(cfg.reference, dtype=cfg.dtype, tokenizer=tokenizer)
+        ref_lm = load_causal_lm(cfg.reference, dtype=weights_dtype(cfg.dtype, cfg.precision), tokenizer=tokenizer)
         prefer_cpu_attention(ref_lm, device)
         return Reference(ref_lm, shares_policy=False, pack=cfg.pack)
     if cfg.lora:
@@ -218,8 +238,9 @@ def sample_responses(learner: Learner, prompts: list[str], rows: list[int], cfg:
                             row_seeds=tuple(_row_seed(cfg.seed, it, r * k + j) for r in rows for j in range(k)),
                             logprobs=cfg.old_logprobs == "sampler")
     try:
-        return KVCacheGenerator(learner.policy.lm, learner.tokenizer, cfg.generation_batch_size).generate(prompts,
-                                                                                                         params)
+        with learner.amp():
+            return KVCacheGenerator(learner.policy.lm, learner.tokenizer, cfg.generation_batch_size).generate(
+                prompts, params)
     except FloatingPointError as e:  # the sampler's own non-finite-logits check
         raise guard.error(str(e).removeprefix("non-finite "), it + 1, "rollout") from None
 
@@ -238,7 +259,8 @@ def score_responses(learner: Learner, pb: PromptBatch, sample: SampleBatch, cfg:
     row_prompts = [pb.texts[i] for i in sample.prompt_index]
     row_meta = [learner.metas[pb.index[i]] for i in sample.prompt_index]
     try:
-        values = call_reward(learner.reward_fn, row_prompts, sample.texts, meta=row_meta)
+        with learner.amp():  # a reward model's forward in the run's dtype
+            values = call_reward(learner.reward_fn, row_prompts, sample.texts, meta=row_meta)
     except RewardError as e:
         at = f"prompt index {pb.index[sample.prompt_index[e.row]]}, " if e.row is not None else ""
         raise RewardError(f"{e} ({at}iteration {it + 1}, step 'score'); stopped. Last good checkpoint: "
@@ -265,10 +287,11 @@ def collect_rollout(learner: Learner, sample: SampleBatch, scores, raw, cfg: RLC
     """log π_ref from the reference; log π_θold, entropy (and V_θold) from the sampler (or a forward
     pass, ``old_logprobs = "forward"``); then every process gets the whole batch."""
     try:
-        fw = forward_in_chunks(learner.policy, learner.reference, sample.input_ids.to(acc.device),
-                               sample.attention_mask.to(acc.device), sample.response_ids.to(acc.device),
-                               sample.prompt_ids.size(1), cfg.temperature, cfg.forward_batch_size,
-                               sampled=sample if cfg.old_logprobs == "sampler" else None)
+        with learner.amp(), learner.reference.on(acc.device):
+            fw = forward_in_chunks(learner.policy, learner.reference, sample.input_ids.to(acc.device),
+                                   sample.attention_mask.to(acc.device), sample.response_ids.to(acc.device),
+                                   sample.prompt_ids.size(1), cfg.temperature, cfg.forward_batch_size,
+                                   sampled=sample if cfg.old_logprobs == "sampler" else None)
     except FloatingPointError as e:
         raise guard.error(str(e), it + 1, "forward") from None
     return gather_rollout(acc, sample, fw, scores, raw)

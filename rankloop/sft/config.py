@@ -9,11 +9,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from rankloop.config import TrainerConfig
+from rankloop.config import LOGPROB_CHUNK_HELP, TrainerConfig
 
 
 class SFTConfig(TrainerConfig):
     """``rankloop train-sft``: every field can come from ``--config FILE.yaml`` or a CLI flag."""
+
+    logprob_chunk: int = Field(0, ge=0, description=LOGPROB_CHUNK_HELP)  # (precision helper: memory)
 
     data: str = Field(description="Training demonstrations: rankloop's demonstrations.jsonl or TRL's SFT formats "
                       "(text; prompt/completion; conversational messages), .jsonl or .jsonl.gz.")

@@ -35,9 +35,9 @@ from rich.console import Console
 from torch import nn
 from transformers import AutoConfig
 
-from rankloop.config import ConfigError, save_config
+from rankloop.config import ConfigError, save_config, weights_dtype
 from rankloop.io import DataError, ReadStats
-from rankloop.models import (apply_lora, backbone_of, count_parameters, freeze_bottom, load_causal_lm, load_tokenizer,
+from rankloop.models import (apply_lora, backbone_of, count_parameters, enable_gradient_checkpointing, freeze_bottom, load_causal_lm, load_tokenizer,
                              model_max_positions, unwrap_model)
 from rankloop.packing import pack_segments, supports_packing, worth_packing
 from rankloop.records import Demonstration
@@ -47,6 +47,7 @@ from rankloop.runtime import (EpochCache, RunDir, StepPlan, build_training, full
 from rankloop.sft.config import SFTConfig
 from rankloop.sft.data import (EncodedDemo, NoChatTemplateError, encode_rows, needs_template, read_demonstrations,
                                resolve_chat_template, row_summary)
+from rankloop.ops import head_logprobs
 from rankloop.sft.loss import perplexity, sft_loss, target_positions
 
 __all__ = ["SFTConfig", "train_sft"]
@@ -131,16 +132,24 @@ def collate(encoded: list[EncodedDemo], idx: list[int], pad_id: int, pack: int |
 
 class NextTokenLogits(nn.Module):
     """The causal LM's logits at the read positions only, (N, V): the backbone over the whole batch,
-    the output layer only where a trained token is predicted. One module, so DDP wraps it whole."""
+    the output layer only where a trained token is predicted. One module, so DDP wraps it whole.
 
-    def __init__(self, lm: nn.Module):
+    Given ``targets`` (N,) it returns their negative log-likelihoods (N,) instead, the output layer
+    taken ``logprob_chunk`` tokens at a time (``rankloop.ops.head_logprobs``): the (N, V) logits
+    are never held whole, in the forward or the backward."""
+
+    def __init__(self, lm: nn.Module, logprob_chunk: int = 0):
         super().__init__()
         self.lm = lm
+        self.logprob_chunk = logprob_chunk
 
-    def forward(self, input_ids, attention_mask, position_ids, read_row, read_col) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, position_ids, read_row, read_col, targets=None) -> torch.Tensor:
         hidden = backbone_of(self.lm)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                       use_cache=False).last_hidden_state  # (B, T, H)
-        return unwrap_model(self.lm).get_output_embeddings()(hidden[read_row, read_col])  # (N, V)
+        head = unwrap_model(self.lm).get_output_embeddings()
+        if targets is not None:
+            return -head_logprobs(hidden[read_row, read_col], head, targets, self.logprob_chunk)[0]  # (N,)
+        return head(hidden[read_row, read_col])  # (N, V)
 
 
 # ---------------------------------------------------------------- the loop
@@ -162,7 +171,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     # 3. Model, optimizer, schedule; --resume restores all three and the RNG -------------------
     model, optimizer, scheduler, start = build_training(cfg, data.tokenizer, plan, resume_from, console, build_model)
-    net, optimizer = acc.prepare(NextTokenLogits(model), optimizer)
+    net, optimizer = acc.prepare(NextTokenLogits(model, cfg.logprob_chunk), optimizer)
     pack = pack_width(cfg, model, console if main else None)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     guard.last_good = resume_from
@@ -195,7 +204,8 @@ def train_sft(cfg: SFTConfig) -> Path:
             mine = [parts[m * acc.num_processes + acc.process_index] for m in range(cfg.grad_accum)]
             grad_norm = optimizer_step(
                 acc, net, [functools.partial(micro_step, net, acc, data.train, idx, n_targets,
-                                             data.tokenizer.pad_token_id, pack, dtype) for idx in mine],
+                                             data.tokenizer.pad_token_id, pack, dtype, cfg.logprob_chunk)
+                     for idx in mine],
                 sums, optimizer, scheduler, params, cfg.max_grad_norm, guard, step)
             done = step + 1
             # 4d. Log, evaluate, checkpoint.
@@ -312,7 +322,7 @@ def build_model(cfg: SFTConfig, tokenizer, weights_from: str | None = None):
     demonstrations of up to 512 tokens, eager attention's (rows, heads, L, L) matrices made a
     stories260K epoch ~14x slower (23.7 s against 1.7 s, packed) and its peak RSS 952 MiB against
     519 MiB (measured on a loaded machine: the ratio, not the seconds)."""
-    model = load_causal_lm(weights_from or cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    model = load_causal_lm(weights_from or cfg.model, dtype=weights_dtype(cfg.dtype, cfg.precision), tokenizer=tokenizer)
     if cfg.freeze_layers:
         freeze_bottom(model, cfg.freeze_layers)
     if cfg.lora:
@@ -322,6 +332,8 @@ def build_model(cfg: SFTConfig, tokenizer, weights_from: str | None = None):
                        if isinstance(mod, nn.Linear) and mod.weight.requires_grad and mod is not model.get_output_embeddings()]
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, task="causal",
                            target_modules=targets)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model
 
 
@@ -339,14 +351,18 @@ def pack_width(cfg: SFTConfig, model, console: Console | None) -> int | None:
 
 
 def micro_step(net, acc, encoded: list[EncodedDemo], idx: list[int], n_global: int, pad_id: int, pack: int | None,
-               dtype: torch.dtype) -> torch.Tensor:
+               dtype: torch.dtype, logprob_chunk: int = 0) -> torch.Tensor:
     """Forward the demonstrations ``idx``, take the masked next-token loss and backward
     ``Σ nll · num_processes / n_global`` — this micro-batch's share of the mean over the optimizer
     step's ``n_global`` trained tokens (DDP then averages over processes). Returns the (3,)
     ``StepSums`` of the micro-batch."""
     b = collate(encoded, idx, pad_id, pack, dtype).to(acc.device)
-    logits = net(b.input_ids, b.attention_mask, b.position_ids, b.read_row, b.read_col)  # (N, V)
-    loss, nll_sum = sft_loss(logits, b.targets, n_global / acc.num_processes)
+    if logprob_chunk:  # the (N,) nll from the output layer in chunks: never the whole (N, V) logits
+        nll = net(b.input_ids, b.attention_mask, b.position_ids, b.read_row, b.read_col, b.targets)
+        loss, nll_sum = nll.sum() / (n_global / acc.num_processes), nll.detach().sum()
+    else:
+        logits = net(b.input_ids, b.attention_mask, b.position_ids, b.read_row, b.read_col)  # (N, V)
+        loss, nll_sum = sft_loss(logits, b.targets, n_global / acc.num_processes)
     acc.backward(loss)
     tokens = float(sum(len(encoded[i].ids) for i in idx))
     return torch.stack([nll_sum, torch.tensor(float(b.targets.numel()), device=acc.device),
@@ -388,8 +404,9 @@ def evaluate(acc, net, data: SFTData, cfg: SFTConfig, step: int, pack: int | Non
     m = None
     # Under FSDP a forward pass is collective: every process evaluates (the same rows, the same result).
     if acc.is_main_process or is_fsdp(acc):
-        m = eval_loss(acc.unwrap_model(net), data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, pack,
-                      dtype, acc.device)
+        with acc.autocast():  # the unwrapped module: autocast as in training (a no-op in float32)
+            m = eval_loss(acc.unwrap_model(net), data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, pack,
+                          dtype, acc.device)
     if acc.is_main_process:
         acc.log({"step": step, "eval/loss": m["loss"], "eval/perplexity": m["perplexity"]}, step=step)
     acc.wait_for_everyone()
