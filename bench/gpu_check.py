@@ -125,12 +125,19 @@ def write_data(d: Path, tok, s: Sizes) -> dict[str, Path]:
             yield RankedExample(prompt_id=f"p{i}", prompt=text(rng, words, P),
                                 candidates=[CandidateText(id=c, text=text(rng, words, R)) for c in ids],
                                 ranking=Ranking(prompt_id=f"p{i}", order=[[c] for c in ids], labeler="gpu_check"))
-    rm, dpo = d / "rank4.jsonl", d / "rank2.jsonl"
-    write_rankings(rm, rankings(4))
-    write_rankings(dpo, rankings(2))
+    out = {}
+    for name, k in (("rm", 4), ("dpo", 2)):
+        examples = list(rankings(k))
+        write_rankings(d / f"rank{k}.jsonl", examples)
+        out[name] = d / f"rank{k}.jsonl"
+        # The same preferences as TRL's pairs: every (better, worse) pair of a ranking.
+        pairs = [{"prompt": ex.prompt, "chosen": ex.candidates[i].text, "rejected": ex.candidates[j].text}
+                 for ex in examples for i in range(k) for j in range(i + 1, k)]
+        out[f"{name}_pairs"] = d / f"pairs{k}.jsonl"
+        out[f"{name}_pairs"].write_text("".join(json.dumps(r) + "\n" for r in pairs))
     prompts = d / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": text(rng, words, P)}) + "\n" for i in range(n)))
-    return {"sft": sft, "rm": rm, "dpo": dpo, "prompts": prompts}
+    return {"sft": sft, "prompts": prompts, **out}
 
 
 # ---------------------------------------------------------------- measurement
@@ -389,18 +396,9 @@ def run_trl_sft(model: Path, data: dict, s: Sizes, work: Path, fl: Flops, peak_f
 
 
 def pairs_dataset(path: Path):
-    from datasets import Dataset
+    from datasets import load_dataset
 
-    from rankloop.io import read_rankings
-
-    rows = []
-    for ex in read_rankings(path):
-        order = [c for group in ex.ranking.order for c in group]
-        text = {c.id: c.text for c in ex.candidates}
-        for i in range(len(order)):
-            for j in range(i + 1, len(order)):
-                rows.append({"prompt": ex.prompt, "chosen": text[order[i]], "rejected": text[order[j]]})
-    return Dataset.from_list(rows)
+    return load_dataset("json", data_files=str(path), split="train")
 
 
 def run_trl_dpo(model: Path, data: dict, s: Sizes, work: Path, fl: Flops, peak_flops: float) -> dict:
@@ -412,7 +410,7 @@ def run_trl_dpo(model: Path, data: dict, s: Sizes, work: Path, fl: Flops, peak_f
     tokens = s.batch * 2 * seq
     # TRL's reference forward runs inside each step (2 forwards of 2·seq per pair): counted.
     flops = fl.train(tokens, seq) + fl.forward(tokens, seq)
-    return trl_run("trl DPOTrainer", lambda: DPOTrainer(model=m, args=args, train_dataset=pairs_dataset(data["dpo"]),
+    return trl_run("trl DPOTrainer", lambda: DPOTrainer(model=m, args=args, train_dataset=pairs_dataset(data["dpo_pairs"]),
                                                        processing_class=tok),
                    s, tokens, flops, peak_flops, {"pairs_per_step": s.batch, "reference": "forward in each step"})
 
@@ -427,7 +425,7 @@ def run_trl_reward(model: Path, data: dict, s: Sizes, work: Path, fl: Flops, pea
     args = trl_args(RewardConfig, s, work / "trl-rm", max_length=seq + 2, batch=pairs)
     tokens = pairs * 2 * seq
     return trl_run("trl RewardTrainer (K=4 as pairs)",
-                   lambda: RewardTrainer(model=m, args=args, train_dataset=pairs_dataset(data["rm"]),
+                   lambda: RewardTrainer(model=m, args=args, train_dataset=pairs_dataset(data["rm_pairs"]),
                                          processing_class=tok),
                    s, tokens, fl.train(tokens, seq), peak_flops, {"pairs_per_step": pairs})
 
