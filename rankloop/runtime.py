@@ -59,6 +59,9 @@ def make_accelerator(log_with: list | None = None, project_dir: str | Path | Non
     if distributed_mode() == "fsdp" and not fsdp:
         raise ConfigError("this command does not run under FSDP yet (only train-sft does; see docs/gpu.md): "
                           "launch it without the FSDP accelerate config (ACCELERATE_USE_FSDP) to run it data-parallel")
+    if distributed_mode() == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported by any rankloop command yet (it shards the parameters; "
+                          "see docs/gpu.md): use ZeRO-2, or FSDP with train-sft")
     mp = "no" if cfg is None else mixed_precision(cfg.dtype, cfg.precision)
     if mp == "fp16" and not torch.cuda.is_available():
         # accelerate runs no float16 autocast (and no loss scaling) on CPU: it would silently train in float32
