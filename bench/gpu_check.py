@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import statistics
@@ -218,9 +217,9 @@ def result(name: str, *, step_s: float, tokens_per_step: int, flops_per_step: fl
 
 
 def common_supervised(s: Sizes, out: Path) -> dict:
-    return dict(output=str(out), max_steps=s.steps, batch_size=s.batch, log_every=1, progress=False,
-                tensorboard=False, dtype=s.dtype, gradient_checkpointing=s.device == "cuda",
-                max_length=s.prompt + s.response + 2)
+    return {"output": str(out), "max_steps": s.steps, "batch_size": s.batch, "log_every": 1, "progress": False,
+            "tensorboard": False, "dtype": s.dtype, "gradient_checkpointing": s.device == "cuda",
+            "max_length": s.prompt + s.response + 2}
 
 
 def run_rankloop_rm(model: Path, data: dict, s: Sizes, work: Path, fl: Flops, peak_flops: float) -> dict:
@@ -275,10 +274,11 @@ def run_rankloop_dpo(model: Path, data: dict, s: Sizes, work: Path, fl: Flops, p
 
 
 def rl_common(s: Sizes, model: Path, data: dict, out: Path) -> dict:
-    return dict(policy=str(model), prompts=str(data["prompts"]), output=str(out), iterations=s.steps,
-                max_new_tokens=s.response, max_prompt_tokens=s.prompt, truncate_prompts=True, stop_token_ids=[],
-                progress=False, tensorboard=False, dtype=s.dtype, gradient_checkpointing=s.device == "cuda",
-                save_every=s.steps, reward="rankloop.rl.rewards:length")
+    return {"policy": str(model), "prompts": str(data["prompts"]), "output": str(out), "iterations": s.steps,
+            "max_new_tokens": s.response, "max_prompt_tokens": s.prompt, "truncate_prompts": True,
+            "stop_token_ids": [], "progress": False, "tensorboard": False, "dtype": s.dtype,
+            "gradient_checkpointing": s.device == "cuda", "save_every": s.steps,
+            "reward": "rankloop.rl.rewards:length"}
 
 
 def rl_result(name: str, out: Path, s: Sizes, rows_per_iter: int, fl: Flops, flops: float, wall: float, peak,
@@ -370,7 +370,11 @@ def trl_run(name: str, make_trainer, s: Sizes, tokens: int, flops: float, peak_f
 
 
 def load_for_trl(model: Path, s: Sizes, seq_cls: bool = False):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     tok = AutoTokenizer.from_pretrained(model)
     cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
@@ -510,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {r['tokens_per_s']:.0f} tokens/s, step {r['step_seconds']:.3f}s, "
                       f"{r['fraction_of_matmul_peak']:.1%} of peak, memory {r['peak_gpu_memory_gib']} GiB "
                       f"({time.perf_counter() - t:.0f}s)", flush=True)
-            except Exception as e:  # one failing run must not lose the others' figures
+            except Exception as e:  # noqa: BLE001 — one failing run must not lose the others' figures
                 report["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
                 traceback.print_exc()
             if s.device == "cuda":

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from sft.conftest import ROOT, max_diff, metrics, pc_rows, run_cli, weights, write_jsonl
 
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "OMP_NUM_THREADS": "1"}
@@ -33,7 +32,7 @@ def test_train_sft_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, sft_da
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
          "-m", "rankloop.cli", "train-sft", *map(str, common), "--output", str(two), "--batch-size", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, **FSDP_ENV})
+        cwd=ROOT, capture_output=True, text=True, timeout=400, check=False, env={**os.environ, **FSDP_ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stderr
     ckpt = two / "checkpoints" / "step-00000002"

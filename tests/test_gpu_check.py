@@ -18,7 +18,7 @@ TRL = ["trl-sft", "trl-dpo", "trl-rm", "trl-grpo", "trl-rloo"]
 def test_cpu_smoke_writes_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu-smoke", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900,
+                          capture_output=True, text=True, timeout=900, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
