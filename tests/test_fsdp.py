@@ -66,3 +66,11 @@ def test_commands_not_ready_for_fsdp_refuse_it(tmp_path, tiny_gpt2):
                    tmp_path / "ppo", "--iterations", "1", check=False, env=FSDP_ENV)
     assert proc.returncode != 0
     assert "does not run under FSDP yet (only train-sft does" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_zero3_is_refused_by_every_command(tmp_path, tiny_gpt2, sft_data):
+    proc = run_cli("train-sft", "--data", sft_data["train"], "--model", tiny_gpt2, "--output", tmp_path / "sft",
+                   "--max-steps", "1", "--no-progress", check=False,
+                   env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    assert proc.returncode != 0
+    assert "DeepSpeed ZeRO-3 is not supported by any rankloop command yet" in proc.stderr, proc.stderr[-2000:]
