@@ -57,7 +57,7 @@ def make_accelerator(log_with: list | None = None, project_dir: str | Path | Non
     from rankloop.config import ConfigError, mixed_precision
 
     if distributed_mode() == "fsdp" and not fsdp:
-        raise ConfigError("this command does not run under FSDP yet (only train-sft does; see docs/gpu.md): "
+        raise ConfigError("this command does not run under FSDP yet (only train-sft and train-rm do; see docs/gpu.md): "
                           "launch it without the FSDP accelerate config (ACCELERATE_USE_FSDP) to run it data-parallel")
     if distributed_mode() == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise ConfigError("DeepSpeed ZeRO-3 is not supported by any rankloop command yet (it shards the parameters; "
@@ -140,6 +140,22 @@ def full_state_dict(acc, model) -> dict | None:
             full[id(t)] = (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu()
         out[name] = full[id(t)]
     return out if acc.is_main_process else None
+
+
+@contextlib.contextmanager
+def gathered(acc, prepared) -> Iterator[None]:
+    """Under FSDP, the prepared module's weights whole for the block (``unshard`` … ``reshard``), so a
+    forward pass may call the Hugging Face model inside it directly (evaluation, normalisation)
+    rather than through the prepared wrapper, whose forward hooks do the gathering otherwise. Every
+    process must enter it. A no-op outside FSDP."""
+    if not is_fsdp(acc):
+        yield
+        return
+    prepared.unshard()
+    try:
+        yield
+    finally:
+        prepared.reshard()
 
 
 def check_fsdp_settings(acc, cfg) -> None:
