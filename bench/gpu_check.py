@@ -465,6 +465,14 @@ def run_trl_group(which: str, model: Path, data: dict, s: Sizes, work: Path, fl:
 # ---------------------------------------------------------------- main
 
 
+def write_report(report: dict, out: Path, t0: float) -> None:
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, float32, CPU (the test's mode)")
@@ -494,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         report["trl"] = f"not importable: {e}"
     t0 = time.perf_counter()
+    out = Path(args.out)
     report["matmul_peak_flops_per_s"] = peak = matmul_peak(s.device, s.dtype)
     print(f"matmul peak ({s.dtype}): {peak / 1e12:.1f} TFLOP/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
@@ -519,10 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             if s.device == "cuda":
                 torch.cuda.empty_cache()
-    report["total_seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+            write_report(report, out, t0)  # after every run: a run cut by the time limit keeps what it measured
+    write_report(report, out, t0)
     print(f"wrote {out} ({report['total_seconds']}s; errors: {sorted(report['errors']) or 'none'})")
     return 0
 
