@@ -13,7 +13,7 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test quickstart bench clean
+.PHONY: install test quickstart bench clean gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ bench: install bench/.venv-trl/.installed
 	$(PY) bench/ppo_vs_trl.py --quick
 	$(PY) bench/labeling_load.py
 	$(PY) bench/quickstart.py
+
+# ---- the GPU check (bench/gpu_check.sh): the wheels it installs on a GPU machine that lacks them
+# (pinned in bench/gpu_wheels.txt; compiled ones for CPython 3.10-3.13 on x86-64 Linux; ~16 MiB, git-ignored).
+gpu-wheels: install
+	mkdir -p bench/gpu_wheels
+	grep -v '^#' bench/gpu_wheels.txt | $(PIP) download -q --no-deps --only-binary=:all: -d bench/gpu_wheels -r /dev/stdin
+	for v in 3.10 3.11 3.12 3.13; do \
+	  $(PIP) download -q --no-deps --only-binary=:all: --python-version $$v --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_17_x86_64 -d bench/gpu_wheels pydantic_core==2.50.5 xxhash==4.1.0 multiprocess==0.70.19; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

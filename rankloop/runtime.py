@@ -38,19 +38,30 @@ CHECKPOINTS = "checkpoints"
 # ---------------------------------------------------------------- accelerator and trackers
 
 
-def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None, cfg=None):
+def make_accelerator(log_with: list | None = None, project_dir: str | Path | None = None, cfg=None,
+                     fsdp: bool = False):
     """accelerate's ``Accelerator``; several processes on a machine without a GPU (``torchrun`` /
     ``accelerate launch`` on CPU) run data-parallel over gloo.
 
     ``cfg`` (a trainer's config: ``dtype``, ``precision``) sets accelerate's ``mixed_precision``:
     under ``precision = "autocast"`` the prepared model's forward runs under autocast in ``dtype``
     (float16 with accelerate's dynamic loss scaling: its ``GradScaler`` in ``backward``, the
-    optimizer step and ``clip_grad_norm_``); float32 or ``precision = "weights"`` leave it off."""
+    optimizer step and ``clip_grad_norm_``); float32 or ``precision = "weights"`` leave it off.
+
+    How the processes share the model (DDP, FSDP, DeepSpeed) is accelerate's launch setting — see
+    ``distributed_mode`` below; ``fsdp`` says the caller's loop is FSDP-ready (a launch asking for
+    FSDP is refused otherwise, rather than deadlocking in a main-process-only forward pass)."""
     import torch
     from accelerate import Accelerator
 
     from rankloop.config import ConfigError, mixed_precision
 
+    if distributed_mode() == "fsdp" and not fsdp:
+        raise ConfigError("this command does not run under FSDP yet (only train-sft and train-rm do; see docs/gpu.md): "
+                          "launch it without the FSDP accelerate config (ACCELERATE_USE_FSDP) to run it data-parallel")
+    if distributed_mode() == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported by any rankloop command yet (it shards the parameters; "
+                          "see docs/gpu.md): use ZeRO-2, or FSDP with train-sft")
     mp = "no" if cfg is None else mixed_precision(cfg.dtype, cfg.precision)
     if mp == "fp16" and not torch.cuda.is_available():
         # accelerate runs no float16 autocast (and no loss scaling) on CPU: it would silently train in float32
@@ -63,8 +74,104 @@ def make_accelerator(log_with: list | None = None, project_dir: str | Path | Non
         # accelerate keeps one state per process and refuses another mixed_precision; one process may run
         # several trainers (the loop, the tests) with different dtypes. The process group is kept.
         AcceleratorState._reset_state()
-    return Accelerator(cpu=cpu_ddp, log_with=log_with or None, mixed_precision=mp,
-                       project_dir=str(project_dir) if project_dir is not None else None)
+    acc = Accelerator(cpu=cpu_ddp, log_with=log_with or None, mixed_precision=mp,
+                      project_dir=str(project_dir) if project_dir is not None else None)
+    if cpu_ddp and distributed_mode() == "fsdp":
+        _fsdp_on_cpu(acc)
+    return acc
+
+
+# ---------------------------------------------------------------- distributed mode (DDP | FSDP2 | DeepSpeed)
+# One setting for every command, accelerate's own: ``accelerate launch --config_file
+# examples/accelerate/<fsdp2|zero2|zero3>.yaml rankloop <command> ...`` (or its environment variables,
+# ACCELERATE_USE_FSDP=true FSDP_VERSION=2 ..., under torchrun). Without it: DDP. See docs/gpu.md.
+
+
+def distributed_mode() -> str:
+    """``ddp``, ``fsdp`` or ``deepspeed``: what the launch environment asks for (accelerate's variables)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    return "ddp"
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """accelerate treats several CPU processes as plain multi-CPU DDP and ignores an FSDP plugin
+    (accelerate 1.15 ``AcceleratorState``: FSDP is only chosen for GPU-like devices), while torch's
+    FSDP2 (``fully_shard``) runs over gloo. So on CPU the state is switched to accelerate's own FSDP
+    path, with the plugin built from the same environment a GPU launch reads: the code that runs on
+    GPUs is the code the 2-process CPU tests run."""
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType
+
+    plugin = FullyShardedDataParallelPlugin()  # from FSDP_* variables
+    if plugin.fsdp_version != 2:
+        from rankloop.config import ConfigError
+
+        raise ConfigError("FSDP on CPU processes needs FSDP2 (fsdp_version: 2 / FSDP_VERSION=2); FSDP1 needs GPUs")
+    from accelerate.state import PartialState
+
+    acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
+    # AcceleratorState copies PartialState's shared dict over its own whenever one is constructed
+    # again (accelerate does so inside ``prepare``): the choice must live there too.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def is_fsdp(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def full_state_dict(acc, model) -> dict | None:
+    """An FSDP model's whole weights on the main process (None elsewhere), on the CPU; every process
+    must call it (each sharded tensor is all-gathered, in the same order everywhere). ``model`` may be
+    a submodule of the prepared one (the trainers wrap the LM): torch's ``get_model_state_dict`` only
+    gathers from the module FSDP was applied to, so the shards are gathered here tensor by tensor.
+    Tied weights (one parameter under two names) stay one tensor, so ``save_pretrained`` sees the tie."""
+    from torch.distributed.tensor import DTensor
+
+    full: dict[int, object] = {}
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():  # keep_vars: a tied weight is one object
+        if id(t) not in full:
+            full[id(t)] = (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu()
+        out[name] = full[id(t)]
+    return out if acc.is_main_process else None
+
+
+@contextlib.contextmanager
+def gathered(acc, prepared) -> Iterator[None]:
+    """Under FSDP, the prepared module's weights whole for the block (``unshard`` … ``reshard``), so a
+    forward pass may call the Hugging Face model inside it directly (evaluation, normalisation)
+    rather than through the prepared wrapper, whose forward hooks do the gathering otherwise. Every
+    process must enter it. A no-op outside FSDP."""
+    if not is_fsdp(acc):
+        yield
+        return
+    prepared.unshard()
+    try:
+        yield
+    finally:
+        prepared.reshard()
+
+
+def check_fsdp_settings(acc, cfg) -> None:
+    """What a supervised run cannot do under FSDP yet, refused before any work: LoRA (the merged
+    export deep-copies a sharded model) and ``--resume`` (the optimiser state is sharded per process)."""
+    if not is_fsdp(acc):
+        return
+    from rankloop.config import ConfigError
+
+    if getattr(cfg, "lora", False):
+        raise ConfigError("--lora under FSDP is not supported yet: LoRA's trainable weights are small, run it "
+                          "data-parallel (without the FSDP accelerate config)")
+    if getattr(cfg, "resume", False):
+        raise ConfigError("--resume under FSDP is not supported yet (the optimiser state is sharded per process); "
+                          "an FSDP run's checkpoints are loadable model directories: start a new run from one "
+                          "with --model")
 
 
 class JSONLTracker(GeneralTracker):
@@ -312,12 +419,14 @@ class FiniteGuard:
 TRAINER_STATE = "trainer_state.pt"  # in a checkpoint directory: what --resume restores
 
 
-def open_supervised_run(cfg):
+def open_supervised_run(cfg, fsdp: bool = False):
     """A supervised trainer's accelerator (metrics by ``step``), stderr console (quiet but on the main
-    process), run directory of ``step-NNNNNNNN`` checkpoints and non-finite guard."""
+    process), run directory of ``step-NNNNNNNN`` checkpoints and non-finite guard. ``fsdp``: the
+    trainer's loop is FSDP-ready (see ``make_accelerator``)."""
     from rich.console import Console
 
-    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output, cfg)
+    acc = make_accelerator(trackers(cfg.output, "step", cfg.tensorboard), cfg.output, cfg, fsdp=fsdp)
+    check_fsdp_settings(acc, cfg)
     console = Console(stderr=True, quiet=not acc.is_main_process)
     run = RunDir(cfg.output, acc, prefix="step", complete=TRAINER_STATE, keep=cfg.keep_checkpoints, digits=8)
     return acc, console, run, FiniteGuard("step")
@@ -427,15 +536,19 @@ def exportable(model):
     return model
 
 
-def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object]) -> None:
+def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object], state_dict: dict | None = None) -> None:
     """A ``from_pretrained`` directory (LoRA merged into a copy) plus ``extra`` files: ``*.pt``
-    through ``torch.save``, configs as JSON."""
+    through ``torch.save``, configs as JSON. ``state_dict``: the weights gathered from an FSDP
+    model's shards (``full_state_dict``), written instead of the model's own."""
     import torch
 
     from rankloop.config import save_config
     from rankloop.io import write_json
 
-    exportable(model).save_pretrained(tmp)
+    if state_dict is not None:
+        model.save_pretrained(tmp, state_dict=state_dict)
+    else:
+        exportable(model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     for name, obj in extra.items():
         if name.endswith(".pt"):
@@ -448,7 +561,11 @@ def write_model_dir(tmp: Path, model, tokenizer, extra: dict[str, object]) -> No
 
 def save_checkpoint(run: RunDir, model, optimizer, scheduler, tok, cfg, step: int, guard: FiniteGuard) -> Path:
     """A loadable model directory (LoRA merged) plus ``trainer_state.pt`` for ``--resume``; refused
-    (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""
+    (naming the weight) if any weight is non-finite, so the last good checkpoint stays last.
+    Under FSDP every process calls it (the weights are gathered onto the main process) and the
+    optimiser state is not saved (``--resume`` is refused there, see ``check_fsdp_settings``)."""
+    if is_fsdp(run.acc):
+        return _save_fsdp_checkpoint(run, model, scheduler, tok, cfg, step, guard)
     for name, p in model.named_parameters():
         guard.check(p, f"weights ({name})", step, "checkpoint")
     opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # under accelerate: the wrapped one
@@ -460,10 +577,22 @@ def save_checkpoint(run: RunDir, model, optimizer, scheduler, tok, cfg, step: in
                                                                        TRAINER_STATE: trainer_state}))
 
 
-def save_final(model, tok, out: Path, extra: dict) -> Path:
+def _save_fsdp_checkpoint(run: RunDir, model, scheduler, tok, cfg, step: int, guard: FiniteGuard) -> Path:
+    sd = full_state_dict(run.acc, model)  # every process: the gather is collective
+    if sd is not None:
+        for name, p in sd.items():
+            guard.check(p, f"weights ({name})", step, "checkpoint")
+    trainer_state = {"step": step, "optimizer": None, "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                     "trainable": None, "fsdp": True}
+    return run.save(step, lambda tmp: write_model_dir(tmp, model, tok, {"train_config.json": cfg,
+                                                                       TRAINER_STATE: trainer_state}, state_dict=sd))
+
+
+def save_final(model, tok, out: Path, extra: dict, state_dict: dict | None = None) -> Path:
     """The final model files into ``out`` itself (beside metrics.jsonl and checkpoints/), each file
-    replaced atomically: the model is written whole to a temporary sibling directory first."""
-    tmp = write_dir_atomically(out / ".final", lambda d: write_model_dir(d, model, tok, extra))
+    replaced atomically: the model is written whole to a temporary sibling directory first.
+    ``state_dict``: an FSDP model's gathered weights (``full_state_dict``, called on every process)."""
+    tmp = write_dir_atomically(out / ".final", lambda d: write_model_dir(d, model, tok, extra, state_dict))
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
     tmp.rmdir()

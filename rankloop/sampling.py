@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -393,10 +393,13 @@ def sample_candidates(model_path: str | Path, prompts: list[Prompt], k: int, *, 
         if device is not None:
             model = model.to(device)
     texts = [prompt_text(p, tokenizer) for p in prompts]
-    batch = generate(model, tokenizer, texts, k=k, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                     temperature=temperature, top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids,
-                     seed=seed, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                     truncate_prompts=truncate_prompts)
+    from rankloop.generate import KVCacheGenerator, SamplingParams
+
+    params = SamplingParams(k=k, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                            stop_token_ids=tuple(stop_token_ids) if stop_token_ids is not None else None,
+                            max_prompt_tokens=max_prompt_tokens, truncate_prompts=truncate_prompts)
+    batch = KVCacheGenerator(model, tokenizer, batch_size).generate(texts, params)
     name = policy_name or str(model_path)
     out: list[Candidate] = []
     dropped = 0

@@ -39,8 +39,9 @@ from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metric
 from rankloop.reward.loss import pair_metrics, ranking_loss
 from rankloop.reward.model import Normalisation, ScoreModule, pad_batch
 from rankloop.reward.packing import can_pack, pack_rankings
-from rankloop.runtime import (EpochCache, RunDir, build_training, open_supervised_run, optimizer_step, plan_steps,
-                              progress_bar, save_checkpoint, save_final, split_batch, tracking)
+from rankloop.runtime import (EpochCache, RunDir, build_training, full_state_dict, gathered, is_fsdp,
+                              open_supervised_run, optimizer_step, plan_steps, progress_bar, save_checkpoint,
+                              save_final, split_batch, tracking)
 
 __all__ = ["RewardTrainConfig", "train_reward_model"]
 
@@ -148,7 +149,7 @@ class RankingSums(NamedTuple):
 def train_reward_model(cfg: RewardTrainConfig) -> Path:
     """Train, checkpoint, normalise and save; returns the output directory (loads with
     ``from_pretrained`` / ``RewardScorer.from_pretrained``)."""
-    acc, console, run, guard = open_supervised_run(cfg)
+    acc, console, run, guard = open_supervised_run(cfg, fsdp=True)
     main = acc.is_main_process
 
     # 1. Set-up: where to start ---------------------------------------------------------------
@@ -211,17 +212,23 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
                 sums.zero_()
                 t_log = time.perf_counter()
             if cfg.eval_every and done % cfg.eval_every == 0 and done != plan.total_steps:
-                evaluate(acc, model, data, cfg, done)
+                with gathered(acc, scorer):  # FSDP: evaluation calls the model inside the prepared wrapper
+                    evaluate(acc, model, data, cfg, done)
             if cfg.save_every and done % cfg.save_every == 0 and done != plan.total_steps:
                 guard.last_good = save_checkpoint(run, model, optimizer, scheduler, data.tokenizer, cfg, done, guard)
             bar.update(task, completed=done)
         train_seconds = time.perf_counter() - t_train
 
         # 5. Evaluate, fit the normalisation (Ziegler et al. 2019 §2: mean 0, std 1), save ---------------------------
-        final_eval = evaluate(acc, model, data, cfg, plan.total_steps)
-    if main:
-        with acc.autocast():
+        with gathered(acc, scorer):
+            final_eval = evaluate(acc, model, data, cfg, plan.total_steps)
+    norm = weights = None
+    if main or is_fsdp(acc):  # under FSDP a forward pass is collective: every process fits (the same result)
+        with acc.autocast(), gathered(acc, scorer):
             norm = fit_normalisation(cfg, model, data, acc.device)
+    if is_fsdp(acc):
+        weights = full_state_dict(acc, model)  # every process: the gather is collective
+    if main:
         summary = {"steps": plan.total_steps, "rankings": len(data.train), "skipped": data.skipped,
                    "trainable_parameters": trainable, "parameters": total, "resumed_at": start,
                    "train_loop_seconds": round(train_seconds, 3)}
@@ -229,7 +236,8 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
             summary["tied_only"] = data.tied_only
         if final_eval is not None:
             summary["eval"] = {k: v for k, v in final_eval.items() if k != "scores"}
-        final = save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary})
+        final = save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary},
+                           state_dict=weights)
         if norm is not None:
             norm.save(final)
         if final_eval is not None:
@@ -320,10 +328,11 @@ def evaluate(acc, model, data: RewardData, cfg: RewardTrainConfig, step: int) ->
     if data.eval_set is None:
         return None
     m = None
-    if acc.is_main_process:
+    if acc.is_main_process or is_fsdp(acc):  # FSDP: every process evaluates (a forward pass is collective)
         with acc.autocast():  # the unprepared model: autocast as in training (a no-op in float32)
             raw = score_encoded(model, data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, acc.device)
         m = ranking_metrics(raw, [e.ranks for e in data.eval_set], [e.text_class for e in data.eval_set])
+    if acc.is_main_process:
         acc.log({"step": step, "eval/pairwise_accuracy": m["pairwise_accuracy"],
                  "eval/exact_ranking_accuracy": m["exact_ranking_accuracy"], "eval/kendall_tau": m["kendall_tau"],
                  "eval/margin": m["mean_margin"]}, step=step)

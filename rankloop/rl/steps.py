@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rankloop.config import ConfigError, save_config, weights_dtype
+from rankloop.generate import KVCacheGenerator, SamplingParams
 from rankloop.io import read_prompts, write_json
 from rankloop.models import (adamw, apply_lora, enable_gradient_checkpointing, freeze_bottom, load_causal_lm,
                              load_tokenizer, prefer_cpu_attention)
@@ -23,7 +24,7 @@ from rankloop.rl.kl import AdaptiveKLController, FixedKLController
 from rankloop.rl.rewards import RewardError, RewardFn, WeightedReward, call_reward, check_reward_meta, load_rewards
 from rankloop.rl.rollout import PolicyWithValue, Reference, Rollout, forward_in_chunks, gather_rollout, make_critic
 from rankloop.runtime import FiniteGuard, NonFiniteError, RunDir, rng_state, set_rng_state
-from rankloop.sampling import SampleBatch, default_stop_ids, encode_prompts, generate, prompt_text
+from rankloop.sampling import SampleBatch, default_stop_ids, encode_prompts, prompt_text
 
 RESUME_SAFE = {"iterations", "resume", "progress", "tensorboard", "save_every", "keep_checkpoints"}
 
@@ -231,14 +232,15 @@ def sample_responses(learner: Learner, prompts: list[str], rows: list[int], cfg:
     """``k`` responses per prompt from the current policy (prompt-major: the k of a prompt are
     adjacent); response j of prompt row r of iteration it draws from its own seeded stream, so the
     samples do not depend on the batch's split over processes."""
+    params = SamplingParams(k=k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            stop_token_ids=tuple(learner.stop_ids),
+                            max_prompt_tokens=cfg.max_prompt_tokens, truncate_prompts=cfg.truncate_prompts,
+                            row_seeds=tuple(_row_seed(cfg.seed, it, r * k + j) for r in rows for j in range(k)),
+                            logprobs=cfg.old_logprobs == "sampler")
     try:
         with learner.amp():
-            return generate(learner.policy.lm, learner.tokenizer, prompts, k=k, max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature, stop_token_ids=learner.stop_ids,
-                            batch_size=cfg.generation_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                            truncate_prompts=cfg.truncate_prompts,
-                            row_seeds=[_row_seed(cfg.seed, it, r * k + j) for r in rows for j in range(k)],
-                            policy_stats=cfg.old_logprobs == "sampler")
+            return KVCacheGenerator(learner.policy.lm, learner.tokenizer, cfg.generation_batch_size).generate(
+                prompts, params)
     except FloatingPointError as e:  # the sampler's own non-finite-logits check
         raise guard.error(str(e).removeprefix("non-finite "), it + 1, "rollout") from None
 

@@ -41,8 +41,9 @@ from rankloop.models import (apply_lora, backbone_of, count_parameters, enable_g
                              load_causal_lm, load_tokenizer, model_max_positions, unwrap_model)
 from rankloop.packing import pack_segments, supports_packing, worth_packing
 from rankloop.records import Demonstration
-from rankloop.runtime import (EpochCache, RunDir, StepPlan, build_training, open_supervised_run, optimizer_step,
-                              plan_steps, progress_bar, save_checkpoint, save_final, split_batch, tracking)
+from rankloop.runtime import (EpochCache, RunDir, StepPlan, build_training, full_state_dict, is_fsdp,
+                              open_supervised_run, optimizer_step, plan_steps, progress_bar, save_checkpoint,
+                              save_final, split_batch, tracking)
 from rankloop.sft.config import SFTConfig
 from rankloop.sft.data import (EncodedDemo, NoChatTemplateError, encode_rows, needs_template, read_demonstrations,
                                resolve_chat_template, row_summary)
@@ -156,7 +157,7 @@ class NextTokenLogits(nn.Module):
 
 def train_sft(cfg: SFTConfig) -> Path:
     """Fine-tune, checkpoint and save; returns the output directory (``from_pretrained`` loads it)."""
-    acc, console, run, guard = open_supervised_run(cfg)
+    acc, console, run, guard = open_supervised_run(cfg, fsdp=True)
     main = acc.is_main_process
 
     # 1. Set-up: where to start ---------------------------------------------------------------
@@ -225,6 +226,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
         # 5. Evaluate and save ----------------------------------------------------------------------
         final_eval = evaluate(acc, net, data, cfg, plan.total_steps, pack, dtype)
+    weights = full_state_dict(acc, model) if is_fsdp(acc) else None  # FSDP: gathered by every process
     if main:
         summary = {"steps": plan.total_steps, "demonstrations": len(data.train), "skipped": data.skipped,
                    "rejected": data.rejected, "trained_tokens_per_epoch": sum(e.n_targets for e in data.train),
@@ -235,7 +237,8 @@ def train_sft(cfg: SFTConfig) -> Path:
             summary["eval"] = final_eval
             console.print(f"eval loss {final_eval['loss']:.4f}, perplexity {final_eval['perplexity']:.3f} "
                           f"on {len(data.eval_set)} demonstrations")
-        save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary})
+        save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary},
+                   state_dict=weights)
         console.print(f"saved the fine-tuned model to {run.out}")
     acc.wait_for_everyone()
     return run.out
@@ -400,10 +403,12 @@ def evaluate(acc, net, data: SFTData, cfg: SFTConfig, step: int, pack: int | Non
     if data.eval_set is None:
         return None
     m = None
-    if acc.is_main_process:
+    # Under FSDP a forward pass is collective: every process evaluates (the same rows, the same result).
+    if acc.is_main_process or is_fsdp(acc):
         with acc.autocast():  # the unwrapped module: autocast as in training (a no-op in float32)
             m = eval_loss(acc.unwrap_model(net), data.eval_set, data.tokenizer.pad_token_id, cfg.eval_batch_size, pack,
                           dtype, acc.device)
+    if acc.is_main_process:
         acc.log({"step": step, "eval/loss": m["loss"], "eval/perplexity": m["perplexity"]}, step=step)
     acc.wait_for_everyone()
     return m
