@@ -357,3 +357,70 @@ def test_stage_configs_take_the_loop_defaults_then_the_round_settings(tmp_path):
     assert saved["reward"] == {"lr": 5e-4, "epochs": 2} and saved["ppo"] == {"iterations": 3, "kl_coef": 0.3,
                                                                             "save_every": 2}
     assert LoopConfig.model_validate(saved).ppo.given() == cfg.ppo.given()
+
+
+# ---------------------------------------------------------------- every learner, and round 0 (issues 12-14)
+
+LEARNER_SETTINGS = {
+    "rloo": {"iterations": 2, "batch_size": 2, "samples_per_prompt": 2, "minibatch_size": 2, "save_every": 1,
+             "learning_rate": 1e-3},
+    "grpo": {"iterations": 2, "batch_size": 2, "samples_per_prompt": 2, "minibatch_size": 2, "save_every": 1,
+             "learning_rate": 1e-3},
+    "dpo": {"epochs": 1, "batch_size": 4, "max_length": 64, "lr": 1e-3, "kl_prompts": 2, "kl_max_new_tokens": 8},
+}
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "dpo"])
+def test_each_learner_runs_two_rounds_and_resumes(tmp_path, base_model, algorithm):
+    from rankloop.loop import DPOResult, GroupResult, LoopConfig, read_rounds, run_loop
+    from rankloop.report import summarise
+
+    cfg = LoopConfig(**_config(tmp_path, base_model, rounds=2, algorithm=algorithm,
+                               **{algorithm: LEARNER_SETTINGS[algorithm]}))
+    timings: list[dict] = []
+    run = run_loop(cfg, timings)
+    rounds = read_rounds(run)
+    assert [r.algorithm for r in rounds] == [algorithm, algorithm]
+    for r in rounds:
+        assert r.ppo is None and r.eval is not None and r.reward is not None
+        rec = json.loads((run / f"round-{r.round}" / "policy.stage.json").read_text())
+        assert rec["config"]["algorithm"] == algorithm and rec["stage"] == f"round {r.round}: {algorithm.upper()}"
+        assert (run / f"round-{r.round}" / "policy" / "model.safetensors").exists()
+        if algorithm == "dpo":
+            assert isinstance(r.learner, DPOResult)
+            # every ranking so far: round 1 trains on both rounds' rankings
+            assert r.learner.train_rankings == len(read_preferences(run / f"round-{r.round}" / "rm_data.jsonl"))
+            assert r.learner.eval_accuracy is not None and r.learner.final_loss is not None
+        else:
+            assert isinstance(r.learner, GroupResult) and r.learner.iterations == 2
+            assert r.learner.final_kl_ref is not None and r.learner.final_kl_ref >= 0
+            assert len((run / f"round-{r.round}" / "policy" / "gold.jsonl").read_text().splitlines()) == 2
+    # round 1 continued from round 0's policy
+    r1 = json.loads((run / "round-1" / "policy.stage.json").read_text())
+    assert r1["inputs"]["policy"] == str(run / "round-0" / "policy")
+    assert rounds[1].learner.train_rankings > rounds[0].learner.train_rankings if algorithm == "dpo" else True
+    # the report has a row per round naming the learner
+    s = summarise(run)
+    assert [row["algorithm"] for row in s["rounds"]] == [algorithm, algorithm]
+    # a second run skips every finished stage
+    again: list[dict] = []
+    run_loop(cfg, again)
+    assert again and all(t["skipped"] for t in again), [t["stage"] for t in again if not t["skipped"]]
+
+
+def test_dpo_without_a_reward_model(tmp_path, base_model):
+    from rankloop.loop import LoopConfig, read_rounds, run_loop
+
+    cfg = LoopConfig(**_config(tmp_path, base_model, algorithm="dpo", train_reward_model=False,
+                               dpo=LEARNER_SETTINGS["dpo"]))
+    run = run_loop(cfg)
+    (r0,) = read_rounds(run)
+    assert r0.reward is None and not (run / "round-0" / "rm").exists()
+    assert r0.eval is not None and r0.eval.proxy is None and r0.eval.gold is not None
+
+
+def test_train_reward_model_off_needs_dpo(tmp_path, base_model):
+    from rankloop.loop import LoopConfig
+
+    with pytest.raises(ValueError, match="train_reward_model: false needs algorithm dpo"):
+        LoopConfig(**_config(tmp_path, base_model, train_reward_model=False))

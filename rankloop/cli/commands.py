@@ -352,6 +352,7 @@ LOOP_GROUPS = {  # the nested sampling: and labeling: get a panel each
     "Inputs and outputs": ("output", "policy", "prompts", "eval_prompts", "reward_model"),
     "Rounds and selection": ("rounds", "k", "prompts_per_round", "pool_per_round", "selection", "seed"),
     "Evaluation": ("eval_samples", "gold", "rm_eval_data"),
+    "Learner": ("algorithm", "train_reward_model"),  # its rloo:/grpo:/dpo: and demonstrations: get a panel each
     "Run": ("threads", "progress"),
 }
 
