@@ -36,7 +36,14 @@ class QuickstartConfig(Config):
     train_prompts: int = Field(96, ge=1, description="Training prompts (each gets K candidates in a round).")
     eval_prompts: int = Field(48, ge=1, description="Held-out prompts for the evaluation.")
     k: int = Field(4, ge=2, description="Candidates per prompt.")
-    ppo_iterations: int = Field(40, ge=1, description="PPO iterations per round.")
+    ppo_iterations: int = Field(40, ge=1, description="RL iterations per round (PPO, RLOO or GRPO).")
+    algorithm: Literal["ppo", "rloo", "grpo", "dpo"] = Field("ppo", description="The policy's learner each round "
+                                                             "(see rankloop.loop.LoopConfig.algorithm).")
+    demonstrations: bool = Field(False, description="Round 0: simulated demonstrators write answers through the "
+                                 "labeling app, SFT on them; the SFT model then starts the policy and is the "
+                                 "reference.")
+    demo_prompts: int = Field(48, ge=1, description="Training prompts sent for demonstrations.")
+    sft_epochs: float = Field(3, gt=0, description="SFT epochs on the demonstrations.")
     rm_epochs: float = Field(4, gt=0, description="Reward-model epochs per round.")
     port: int = Field(8000, description="Port of the labeling app with --labelers human.")
     seed: int = Field(0, description="Seed of prompts, sampling, labelers and training.")
@@ -49,6 +56,7 @@ class QuickstartConfig(Config):
         return self.model_copy(update=dict(train_prompts=min(self.train_prompts, 48),
                                            eval_prompts=min(self.eval_prompts, 24),
                                            ppo_iterations=min(self.ppo_iterations, 10), rm_epochs=min(self.rm_epochs, 4),
+                                           demo_prompts=min(self.demo_prompts, 24),
                                            # tiny matrices gain nothing from a second thread, and lose
                                            # much when the cores are shared
                                            threads=self.threads or 1))
@@ -62,9 +70,38 @@ def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "LoopConfig":
     they equal the loop's defaults (``rankloop.loop.REWARD_DEFAULTS`` / ``PPO_DEFAULTS``): the
     quickstart's results are recorded (tests/golden/quickstart.json) and must not move when those
     defaults do."""
-    from rankloop.loop import LabelingSettings, LoopConfig, PPOStage, RewardStage, SamplingSettings
+    from rankloop.loop import (
+        DemonstrationSettings,
+        DPOStage,
+        GRPOStage,
+        LabelingSettings,
+        LoopConfig,
+        PPOStage,
+        RewardStage,
+        RLOOStage,
+        SamplingSettings,
+        SFTStage,
+    )
 
     tiny = qs.tiny
+    # The other learners, pinned as PPO is: the same responses per iteration as PPO's batch (prompts
+    # × 4 samples), one pass over them, PPO's learning rate and EOS penalty; their own KL defaults.
+    group = dict(iterations=qs.ppo_iterations, batch_size=4 if tiny else 8, samples_per_prompt=4, minibatch_size=8,
+                 epochs=1, learning_rate=3e-4 if tiny else 1e-4, missing_eos_penalty=1.0, save_every=5)
+    extra: dict = {}
+    if qs.algorithm == "rloo":
+        extra["rloo"] = RLOOStage(**group, kl_coef=0.1)
+    elif qs.algorithm == "grpo":
+        extra["grpo"] = GRPOStage(**group, kl_coef=0.04)
+    elif qs.algorithm == "dpo":
+        extra["dpo"] = DPOStage(epochs=2, lr=3e-4 if tiny else 1e-4, batch_size=8, max_length=128, loss="dpo",
+                                beta=0.1, kl_prompts=16)
+    if qs.demonstrations:
+        extra["demonstrations"] = DemonstrationSettings(
+            enabled=True, prompts=qs.demo_prompts, mode=qs.labelers, demonstrators=2, overlap=1, drafts=4, sigma=0.3,
+            project_prefix="quickstart",
+            sft=SFTStage(epochs=qs.sft_epochs, lr=3e-4, batch_size=8, max_length=128, scheduler="cosine",
+                         warmup_steps=2))
     return LoopConfig(
         output=str(run), policy=str(policy), prompts=str(run / "prompts.jsonl"),
         eval_prompts=str(run / "eval_prompts.jsonl"), rounds=qs.rounds, k=qs.k,
@@ -79,7 +116,7 @@ def loop_config(qs: QuickstartConfig, policy: Path, run: Path) -> "LoopConfig":
         ppo=PPOStage(iterations=qs.ppo_iterations, batch_size=16 if tiny else 32, minibatch_size=8, ppo_epochs=4,
                      learning_rate=3e-4 if tiny else 1e-4, kl_control="adaptive", kl_coef=0.2, kl_target=3.0,
                      kl_horizon=200, missing_eos_penalty=1.0, save_every=5),
-        eval_samples=2, seed=qs.seed, threads=qs.threads, progress=qs.progress,
+        eval_samples=2, seed=qs.seed, threads=qs.threads, progress=qs.progress, algorithm=qs.algorithm, **extra,
     )
 
 

@@ -424,3 +424,73 @@ def test_train_reward_model_off_needs_dpo(tmp_path, base_model):
 
     with pytest.raises(ValueError, match="train_reward_model: false needs algorithm dpo"):
         LoopConfig(**_config(tmp_path, base_model, train_reward_model=False))
+
+
+def _demonstrations_file(path: Path, prompts_path: Path) -> Path:
+    """What a demonstration project's export holds: one accepted answer per prompt, written by a
+    simulated demonstrator (``rankloop.simulate``)."""
+    from rankloop.corpus import gold_scores, write_answer
+    from rankloop.io import read_prompts
+    from rankloop.records import Demonstration
+    from rankloop.simulate import SimulatedDemonstrator
+
+    d = SimulatedDemonstrator("sim-demonstrator-0", 0.3, gold_scores, write_answer, seed=0)
+    rows = [Demonstration(prompt_id=p.id, prompt=p.text, response=d.demonstrate(p.text), labeler=d.name,
+                          review="accepted").to_row() for p in read_prompts(prompts_path)]
+    write_jsonl(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
+def test_demonstrations_train_sft_which_starts_the_policy_and_is_the_reference(tmp_path, base_model, algorithm):
+    from rankloop.loop import LoopConfig, SFTResult, read_demonstrations_stage, run_loop
+    from rankloop.report import summarise
+
+    data = _config(tmp_path, base_model, algorithm=algorithm, dpo=LEARNER_SETTINGS["dpo"])
+    demos = _demonstrations_file(tmp_path / "demos.jsonl", tmp_path / "prompts.jsonl")
+    data["demonstrations"] = {"enabled": True, "data": str(demos),
+                              "sft": {"epochs": 2, "batch_size": 4, "max_length": 128, "lr": 1e-3}}
+    cfg = LoopConfig(**data)
+    run = run_loop(cfg)
+    sft = run / "demonstrations" / "policy"
+    demo_res, sft_res, sft_eval = read_demonstrations_stage(run)
+    assert demo_res is not None and demo_res.demonstrations == 8
+    assert isinstance(sft_res, SFTResult) and sft_res.demonstrations == 8 and sft_res.steps == 4
+    assert (sft / "model.safetensors").exists() and sft_eval is not None and sft_eval.gold is not None
+    # the SFT model is where round 0's learner starts, and its reference
+    rec = json.loads((run / "round-0" / "policy.stage.json").read_text())
+    assert rec["inputs"]["policy"] == str(sft) and rec["inputs"]["reference"] == str(sft)
+    saved = json.loads((run / "round-0" / "policy" / ("ppo_config.json" if algorithm == "ppo"
+                                                       else "train_config.json")).read_text())
+    if algorithm == "ppo":
+        assert saved["policy"] == str(sft) and saved["reference"] == str(sft)
+    else:
+        assert saved["model"] == str(sft) and saved["reference"] is None  # None: the starting model = SFT
+    ev = json.loads((run / "round-0" / "eval.json.stage.json").read_text())
+    assert ev["inputs"]["reference"] == str(sft)
+    s = summarise(run)
+    assert s["sft"]["demonstrations"] == 8 and s["sft"]["gold"] == sft_eval.gold
+    # rerun: every stage, round 0's included, is done before
+    again: list[dict] = []
+    run_loop(cfg, again)
+    assert all(t["skipped"] for t in again), [t["stage"] for t in again if not t["skipped"]]
+    # a changed SFT setting re-runs SFT and everything it feeds
+    cfg2 = LoopConfig(**{**data, "demonstrations": {**data["demonstrations"], "sft": {
+        **data["demonstrations"]["sft"], "epochs": 1}}})
+    third: list[dict] = []
+    run_loop(cfg2, third)
+    redone = {t["stage"] for t in third if not t["skipped"]}
+    assert {"round 0: SFT", f"round 0: {algorithm.upper()}", "round 0: sample"} <= redone, redone
+    assert "round 0: demonstrations (from file)" not in redone
+
+
+def test_bad_demonstrations_file_is_a_clear_error(tmp_path, base_model):
+    from rankloop.loop import LoopConfig, run_loop
+
+    bad = tmp_path / "demos.jsonl"
+    bad.write_text('{"prompt_id": "p0", "prompt": "Q: hi\\nA:", "response": "ok.", "review": "accepted"}\n'
+                   '{"prompt_id": "p1", "prompt": "Q: hi\\nA:"}\n')
+    data = _config(tmp_path, base_model)
+    data["demonstrations"] = {"enabled": True, "data": str(bad)}
+    with pytest.raises(Exception, match=r"demos.jsonl.*2|line 2"):
+        run_loop(LoopConfig(**data))
