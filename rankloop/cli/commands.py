@@ -136,22 +136,31 @@ class ExportConfig(Config):
                                         "this much (pairwise).")
     min_gold_accuracy: float | None = Field(None, ge=0, le=1, description="Leave out labelers below this gold "
                                             "accuracy.")
+    # demonstration projects (issue 12)
+    demonstrations: str | None = Field(None, description="Write this demonstrations.jsonl (what train-sft --data "
+                                       "reads) instead of rankings: the project's accepted demonstrations.")
+    include_pending: bool = Field(False, description="With --demonstrations: also those not reviewed yet "
+                                  "(rejected ones never).")
 
 
 EXPORT_GROUPS = {
     "Project and files": ("project", "out", "trl", "database_url"),
     "Filters": ("min_agreement", "min_gold_accuracy"),
+    "Demonstrations": ("demonstrations", "include_pending"),
 }
 
 
 def export(cfg: ExportConfig) -> None:
-    """Export a project's rankings from the labeling database."""
+    """Export a project's rankings (or, with --demonstrations, its demonstrations) from the labeling database."""
     from rankloop.labeling.db import resolve_url
-    from rankloop.labeling.export import ExportError, export_project
+    from rankloop.labeling.export import ExportError, export_demonstrations, export_project
 
     try:
-        info = export_project(resolve_url(cfg.database_url), cfg.project, cfg.out, cfg.trl, cfg.min_agreement,
-                              cfg.min_gold_accuracy)
+        if cfg.demonstrations is not None:
+            info = export_demonstrations(resolve_url(cfg.database_url), cfg.project, cfg.demonstrations, cfg.include_pending)
+        else:
+            info = export_project(resolve_url(cfg.database_url), cfg.project, cfg.out, cfg.trl, cfg.min_agreement,
+                                  cfg.min_gold_accuracy)
     except ExportError as e:
         fail(str(e))
     typer.echo(json.dumps(info, indent=2, default=str))

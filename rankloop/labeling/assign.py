@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
-from rankloop.labeling.schemas import CandidateView, SubmitIn, SubmitOut, TaskOut
+from rankloop.labeling.schemas import CandidateView, SavedDraft, SubmitIn, SubmitOut, TaskOut
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
 
@@ -105,7 +105,10 @@ SQL = {
     "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
             "FROM items i JOIN prompts p ON p.id = i.prompt_row_id WHERE i.id = :iid",
     "texts": "SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow",
+    # demonstration tasks: the autosaved text, only ever the asking labeler's
+    "saved_draft": "SELECT text, edited_from, updated_at FROM demo_drafts WHERE slot_id = :sid AND labeler_id = :uid",
 }
+DEMONSTRATION = "demonstration"
 
 
 class Queue:
@@ -230,12 +233,29 @@ class Queue:
             self._items[item_id] = v
         return v
 
-    def _task(self, cur: Any, item_id: int, slot_id: int, pid: int, until: datetime) -> TaskOut:
+    def _task(self, cur: Any, item_id: int, slot_id: int, pid: int, until: datetime, uid: int | None = None) -> TaskOut:
         view, st = self.item(cur, item_id), self.settings(cur, pid)
         cands = list(view.candidates)
+        if st.mode == DEMONSTRATION:
+            return self._demo_task(cur, view, st, slot_id, pid, until, uid)
         random.Random(slot_id).shuffle(cands)  # each labeler sees their own order: no shared position bias
-        return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, instructions=st.instructions, prompt_id=view.prompt_id,
-                       prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands], lease_expires=until)
+        return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, kind=st.mode, instructions=st.instructions,
+                       prompt_id=view.prompt_id, prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands],
+                       lease_expires=until)
+
+    def _demo_task(self, cur: Any, view: ItemView, st: Settings, slot_id: int, pid: int, until: datetime,
+                   uid: int | None) -> TaskOut:
+        """A demonstration task: the drafts in import order (nothing is ranked, so no position
+        bias to break) and the asking labeler's autosaved text, if any (``uid`` None: nobody's)."""
+        drafts = [CandidateView(id=c, text=t) for c, t in view.candidates]
+        saved = None
+        if uid is not None:
+            row = self.q(cur, "saved_draft", sid=slot_id, uid=uid).fetchone()
+            if row is not None:
+                saved = SavedDraft(text=row[0], edited_from=row[1], updated_at=self.read_ts(row[2]))
+        return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, kind=st.mode, instructions=st.instructions,
+                       prompt_id=view.prompt_id, prompt=view.prompt, candidates=drafts, lease_expires=until,
+                       draft=drafts[0] if drafts else None, saved=saved)
 
     # ------------------------------------------------------------ assignment
     def _reap(self, cur: Any, now: datetime) -> None:
@@ -279,12 +299,12 @@ class Queue:
                         until = now + timedelta(seconds=self.settings(cur, pid).lease_seconds)
                         # (0 rows: another process reaped the expired lease meanwhile; claim afresh)
                         if self.q(cur, "renew", until=self.ts(until), sid=sid, uid=uid).rowcount == 1:
-                            return self._task(cur, iid, sid, pid, until)
+                            return self._task(cur, iid, sid, pid, until, uid)
                     self._reap(cur, now)
                     for pid in pids:
                         got = self._claim(cur, pid, uid, now)
                         if got is not None:
-                            return self._task(cur, got[1], got[0], pid, got[2])
+                            return self._task(cur, got[1], got[0], pid, got[2], uid)
                     return None
             except self.integrity_error:  # a concurrent claim by the same labeler: start over
                 if attempt == RETRIES - 1:
@@ -296,7 +316,8 @@ class Queue:
             s = self.q(cur, "slot", sid=task_id).fetchone()
             if s is None or (s[1] != uid and not is_admin):
                 raise NotFound(f"task {task_id} not found among your tasks")
-            return self._task(cur, s[0], task_id, s[2], self.read_ts(s[4]) or now_utc())
+            # an admin looking at someone else's task does not see their unsent text
+            return self._task(cur, s[0], task_id, s[2], self.read_ts(s[4]) or now_utc(), uid if s[1] == uid else None)
 
     # ------------------------------------------------------------ submission
     def submit(self, task_id: int, uid: int, body: SubmitIn) -> SubmitOut:
@@ -317,6 +338,9 @@ class Queue:
                         if done_key == body.idempotency_key:
                             return SubmitOut(ranking_id=done_id, task_id=task_id, duplicate=True)
                         raise Conflict(f"task {task_id} was already submitted (with another idempotency key)")
+                    if self.settings(cur, pid).mode == DEMONSTRATION:
+                        raise Invalid(f"task {task_id} is a demonstration task: send the response you wrote to "
+                                      f"/api/tasks/{task_id}/demonstration, not a ranking")
                     if conflict:
                         other = self.q(cur, "key_used", pid=pid, uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:

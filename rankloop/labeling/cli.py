@@ -62,7 +62,8 @@ def create_user(
 @labeling.command("create-project")
 def create_project(
     name: str,
-    k: int = typer.Option(4), mode: str = typer.Option("ranking"), overlap: int = typer.Option(1),
+    k: int = typer.Option(4), mode: str = typer.Option("ranking", help="ranking, pairwise or demonstration"),
+    overlap: int = typer.Option(1),
     gold_rate: float = typer.Option(0.0), instructions: str = typer.Option(""),
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
@@ -80,7 +81,8 @@ def create_project(
 @labeling.command("import")
 def import_cmd(
     project: str = typer.Argument(..., help="project name or id"),
-    candidates: Path = typer.Argument(..., help="candidates.jsonl from `rankloop sample`, or combined rows"),
+    candidates: Path = typer.Argument(..., help="candidates.jsonl from `rankloop sample`, or combined rows (for a "
+                                      "demonstration project: prompts, with optional 'candidates' drafts)"),
     prompts: Optional[Path] = typer.Option(None, help="prompts.jsonl (with candidates.jsonl)"),
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
@@ -89,8 +91,9 @@ def import_cmd(
     from rankloop.labeling.services import projects
 
     with _clear_errors(), _session(database_url) as db:
-        ps, cs, gold = read_files(candidates, prompts)
-        out = import_items(db, projects.find_project(db, project), ps, cs, gold)
+        p = projects.find_project(db, project)
+        ps, cs, gold = read_files(candidates, prompts, drafts_optional=p.mode == "demonstration")
+        out = import_items(db, p, ps, cs, gold)
     typer.echo(out.model_dump_json())
 
 

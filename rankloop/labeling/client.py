@@ -129,8 +129,12 @@ class LabelingClient:
     def rankings(self, project_id: int) -> list[dict]:
         return self._call("GET", f"/api/projects/{project_id}/rankings")
 
-    def export(self, project_id: int, format: str = "rankings", **filters: float) -> str:
+    def export(self, project_id: int, format: str = "rankings", include_pending: bool = False, **filters: float) -> str:
+        """The export as text (JSONL). ``format="demonstrations"``: accepted demonstrations, with
+        ``include_pending`` the not yet reviewed ones too (rejected ones never)."""
         params = {"format": format, **{k: v for k, v in filters.items() if v is not None}}
+        if include_pending:
+            params["include_pending"] = "true"
         return self._call("GET", f"/api/projects/{project_id}/export", params=params)
 
     # ------------------------------------------------------------ labeling
@@ -149,3 +153,32 @@ class LabelingClient:
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
                 "unsafe": unsafe, "rationale": rationale}
         return self._call("POST", f"/api/tasks/{task_id}/submit", json=body)
+
+    # ------------------------------------------------------------ demonstrations (issue 12 item 1)
+    # A project made with ``create_project(name, mode="demonstration", overlap=…)``; its tasks come
+    # from ``next_task`` like rankings, with ``kind == "demonstration"``, the ``prompt``, the first
+    # model ``draft`` (or None), every draft in ``candidates`` and the caller's autosaved text in
+    # ``saved`` (or None).
+    def import_prompts(self, project_id: int, prompts: Iterable[Prompt], drafts: Iterable[Candidate] = ()) -> dict:
+        """Import prompts for a demonstration project, with optional model drafts (``Candidate``
+        records naming their prompt) that a labeler may start from."""
+        return self.import_candidates(project_id, prompts, drafts)
+
+    def save_draft(self, task_id: int, text: str, edited_from: str | None = None) -> dict:
+        """Autosave what is written so far for a task (only this user ever sees it); renews the lease."""
+        return self._call("PUT", f"/api/tasks/{task_id}/draft", json={"text": text, "edited_from": edited_from})
+
+    def submit_demonstration(self, task_id: int, response: str, edited_from: str | None = None,
+                             idempotency_key: str | None = None) -> dict:
+        """Submit the response written for a demonstration task; ``edited_from`` names the draft
+        (candidate id) it was edited from. Retrying with the same ``idempotency_key`` stores it once."""
+        body = {"response": response, "edited_from": edited_from, "idempotency_key": idempotency_key or uuid.uuid4().hex}
+        return self._call("POST", f"/api/tasks/{task_id}/demonstration", json=body)
+
+    def demonstrations(self, project_id: int, review: str | None = None) -> list[dict]:
+        """A project's submitted demonstrations (admins); ``review``: only pending/accepted/rejected."""
+        return self._call("GET", f"/api/projects/{project_id}/demonstrations", params={"review": review} if review else None)
+
+    def review_demonstration(self, demo_id: int, verdict: str, text: str | None = None) -> dict:
+        """Accept (``text``: an edit kept as the accepted text; the original stays) or reject."""
+        return self._call("POST", f"/api/demonstrations/{demo_id}/review", json={"verdict": verdict, "text": text})

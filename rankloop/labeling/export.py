@@ -96,3 +96,40 @@ def export_project(database_url: str, project: int | str, rankings_out: str | Pa
         info["comparisons"] = write_trl(trl_out, examples)
         info["trl_path"] = str(trl_out)
     return info
+
+
+# ---------------------------------------------------------------- demonstrations (issue 12 item 1)
+
+
+def export_demonstrations(database_url: str, project: int | str, out: str | Path, include_pending: bool = False
+                          ) -> dict[str, Any]:
+    """Write ``out`` (``demonstrations.jsonl``, what ``rankloop train-sft --data`` reads) for
+    ``project``: its accepted demonstrations, and the not yet reviewed ones with
+    ``include_pending``; rejected ones never. Returns the counts."""
+    import json
+
+    from rankloop.labeling.db import make_engine
+    from rankloop.labeling.services import demonstrations
+
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as db:
+            p = find_project(db, project)
+            rows = demonstrations.export_rows(db, p.id, include_pending)
+            by_review = stats_reviews(db, p.id)
+    finally:
+        engine.dispose()
+    Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return {"project": p.name, "demonstrations_in_db": by_review, "include_pending": include_pending,
+            "demonstrations_exported": len(rows), "demonstrations_path": str(out)}
+
+
+def stats_reviews(db: Session, project_id: int) -> dict[str, int]:
+    """How many of a project's demonstrations are in each review state."""
+    from sqlalchemy import func, select
+
+    from rankloop.labeling.models import DemonstrationRow
+
+    q = (select(DemonstrationRow.review, func.count()).where(DemonstrationRow.project_id == project_id)
+         .group_by(DemonstrationRow.review))
+    return {"pending": 0, "accepted": 0, "rejected": 0, **dict(db.execute(q).all())}

@@ -3,6 +3,10 @@
 Ranking mode: a prompt's candidates in this import form one item, and there must be exactly K of
 them. Pairwise mode: every pair of a prompt's new candidates is an item. A prompt id seen before
 in the project (a later round of the loop) is reused if its content is the same.
+
+Demonstration mode: a prompt is one item, with its model drafts (any number, none included) as
+the candidates a labeler may start from; a conversation must end with the user's turn (the
+labeler writes the reply), and gold rankings have no meaning there (review takes their place).
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
         dup = set(db.execute(select(CandidateRow.external_id).where(
             CandidateRow.project_id == project.id, CandidateRow.external_id.in_(cids))).scalars()) if cids else set()
         _fail("candidate ids already imported into this project", sorted(dup))
-        if project.mode == "ranking":
+        if project.mode == "demonstration":
+            check_demonstration_prompts(prompts, gold_by)
+        elif project.mode == "ranking":
             _fail(f"each prompt needs exactly K = {project.k} candidates in ranking mode",
                   [f"{p.id!r} has {len(by_prompt[p.id])}" for p in prompts if len(by_prompt[p.id]) != project.k])
         else:
@@ -103,7 +109,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
         item_rows: list[dict[str, Any]] = []
         for p in prompts:
             ids = [c.id for c in by_prompt[p.id]]
-            groups = [ids] if project.mode == "ranking" else [list(pair) for pair in combinations(ids, 2)]
+            groups = [ids] if project.mode in ("ranking", "demonstration") else [list(pair) for pair in combinations(ids, 2)]
             for g in groups:
                 gold_order = None
                 if p.id in gold_by:
@@ -122,6 +128,16 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
                 db.execute(insert(Slot), slot_rows)
             slots = len(slot_rows)
     return ImportOut(prompts=len(new), candidates=len(candidates), items=len(item_rows), gold_items=gold_items, slots=slots)
+
+
+def check_demonstration_prompts(prompts: list[Prompt], gold_by: dict) -> None:
+    """What a demonstration project refuses at import, so no labeler is given a task that cannot be
+    answered (and every submission makes a valid ``records.Demonstration``)."""
+    _fail("gold rankings do not apply to a demonstration project (submitted demonstrations are reviewed "
+          "instead); leave 'gold' out", sorted(gold_by))
+    _fail("prompts with empty text", [p.id for p in prompts if p.text is not None and not p.text.strip()])
+    _fail("conversations must end with the user's turn (the labeler writes the reply); these end with another's",
+          [f"{p.id!r} ends with {p.messages[-1]['role']!r}" for p in prompts if p.messages and p.messages[-1]["role"] != "user"])
 
 
 def parse_jsonl_bytes(data: bytes, name: str) -> list[dict]:
@@ -158,21 +174,24 @@ def _combined_prompt_id(r: dict, row: int) -> str:
     return str(pid)
 
 
-def _combined_candidates(r: dict) -> list:
-    cands = r.get("candidates")
+def _combined_candidates(r: dict, optional: bool = False) -> list:
+    cands = r.get("candidates", r.get("drafts") if optional else None)
+    if cands is None and optional:
+        return []
     if not isinstance(cands, list):
         got = "missing" if cands is None else f"a {type(cands).__name__}"
         raise Invalid(f"'candidates' must be a list of texts or {{\"id\", \"text\"}} objects ({got})")
     return cands
 
 
-def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload", prompts_name: str = "prompts"
-               ) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
+def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name: str = "upload", prompts_name: str = "prompts",
+               drafts_optional: bool = False) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
     """Validate uploaded rows into records.
 
     With a prompts file: candidates rows are ``Candidate`` records. Without one, each row is
     combined: ``{"prompt_id", "prompt" (text or messages), "candidates": [{"id", "text", …}],
-    "gold": [[…], …]?}``."""
+    "gold": [[…], …]?}``. ``drafts_optional`` (demonstration projects): a combined row's candidates
+    (or ``drafts``) may be left out, so a plain prompts file imports as it is."""
     from pydantic import ValidationError
 
     prompts: list[Prompt] = []
@@ -196,7 +215,7 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
                 pid = _combined_prompt_id(r, i)
                 p = r.get("prompt", r.get("text", r.get("messages")))
                 prompts.append(Prompt(id=pid, **({"messages": p} if isinstance(p, list) else {"text": p}), meta=r.get("meta", {})))
-                for j, c in enumerate(_combined_candidates(r)):
+                for j, c in enumerate(_combined_candidates(r, drafts_optional)):
                     c = dict(c) if isinstance(c, dict) else {"text": c}
                     c.setdefault("id", f"{pid}-{j}")
                     c["prompt_id"] = pid
@@ -210,8 +229,9 @@ def split_rows(candidate_rows: list[dict], prompt_rows: list[dict] | None, name:
     return prompts, cands, gold
 
 
-def read_files(candidates: str | Path, prompts: str | Path | None = None) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
+def read_files(candidates: str | Path, prompts: str | Path | None = None, drafts_optional: bool = False
+               ) -> tuple[list[Prompt], list[Candidate], list[GoldIn]]:
     cp = Path(candidates)
     rows = parse_jsonl_bytes(cp.read_bytes(), cp.name)
     prow = parse_jsonl_bytes(Path(prompts).read_bytes(), Path(prompts).name) if prompts else None
-    return split_rows(rows, prow, cp.name, Path(prompts).name if prompts else "prompts")
+    return split_rows(rows, prow, cp.name, Path(prompts).name if prompts else "prompts", drafts_optional)

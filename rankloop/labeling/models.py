@@ -147,3 +147,42 @@ class RankingRow(Base):
     idempotency_key: Mapped[str] = mapped_column(String(128))
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---------------------------------------------------------------- demonstrations (issue 12 item 1)
+# A demonstration project's item is one prompt with its model drafts (``Item.candidate_ids``, maybe
+# none); its slots are claimed like a ranking item's. What the labeler is writing is autosaved per
+# (slot, labeler) in ``DemoDraftRow``, so nobody else's page ever sees it; what they submit is a
+# ``DemonstrationRow``, kept as given: a reviewer's edit goes in ``accepted_text`` beside it.
+
+
+class DemoDraftRow(Base):
+    __tablename__ = "demo_drafts"
+    __table_args__ = (UniqueConstraint("slot_id", "labeler_id", name="uq_demo_drafts_slot_labeler"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot_id: Mapped[int] = mapped_column(ForeignKey("slots.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    edited_from: Mapped[Optional[str]] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DemonstrationRow(Base):
+    __tablename__ = "demonstrations"
+    __table_args__ = (
+        UniqueConstraint("project_id", "labeler_id", "idempotency_key", name="uq_demonstrations_project_labeler_key"),
+        Index("ix_demonstrations_project", "project_id", "review", "id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot_id: Mapped[int] = mapped_column(ForeignKey("slots.id", ondelete="CASCADE"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    response: Mapped[str] = mapped_column(Text)  # as the labeler wrote it, never edited
+    edited_from: Mapped[Optional[str]] = mapped_column(String(255))  # the draft's candidate id, None: from scratch
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    review: Mapped[str] = mapped_column(String(16), default="pending")  # pending | accepted | rejected
+    accepted_text: Mapped[Optional[str]] = mapped_column(Text)  # the reviewer's edit, when they made one
+    reviewer_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[Optional[datetime]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

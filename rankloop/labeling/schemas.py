@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rankloop.records import Candidate, Prompt, PromptContent
 
 Role = Literal["admin", "labeler"]
-Mode = Literal["ranking", "pairwise"]
+Mode = Literal["ranking", "pairwise", "demonstration"]  # demonstration: people write the response
 
 # Bounds on every string and list a client sends (issue 11 item 1): the database columns' sizes,
 # and room for real use (a long chat prompt, K = 16 candidates), never unbounded.
@@ -92,7 +92,8 @@ def _printable(v: str) -> str:
 class ProjectCreate(_Body):
     name: str = Field(min_length=1, max_length=128)
     instructions: str = Field("", max_length=MAX_INSTRUCTIONS)
-    k: int = Field(4, ge=2, le=16, description="candidates shown per item (2 in pairwise mode)")
+    k: int = Field(4, ge=2, le=16, description="candidates shown per item (2 in pairwise mode; unused, stored as 0, "
+                   "in demonstration mode, where a prompt has any number of drafts)")
     mode: Mode = "ranking"
     overlap: int = Field(1, ge=1, le=100, description="distinct labelers per item")
     gold_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of served tasks that are gold items")
@@ -157,8 +158,14 @@ class TaskOut(BaseModel):
     instructions: str
     prompt_id: str
     prompt: PromptContent
-    candidates: list[CandidateView]
+    candidates: list[CandidateView] = Field(description="ranking: the K candidates, shuffled per labeler; "
+                                            "demonstration: the model drafts, in import order (maybe none)")
     lease_expires: datetime
+    # demonstration tasks (issue 12): ``kind`` is ``mode`` under the name clients dispatch on
+    kind: Mode = "ranking"
+    draft: Optional[CandidateView] = Field(None, description="demonstration: the first model draft, or none")
+    saved: Optional["SavedDraft"] = Field(None, description="demonstration: your autosaved text for this task "
+                                          "(only ever yours)")
 
 
 class SubmitIn(_Body):
@@ -228,4 +235,65 @@ class Message(BaseModel):
     detail: str
 
 
+# ---------------------------------------------------------------- demonstrations (issue 12 item 1)
+
+Review = Literal["pending", "accepted", "rejected"]
+
+
+class SavedDraft(BaseModel):
+    text: str
+    edited_from: Optional[str] = None
+    updated_at: datetime
+
+
+class DraftIn(_Body):
+    """An autosave of what the labeler is writing (empty is fine: they may have deleted it all)."""
+
+    text: str = Field(max_length=MAX_TEXT)
+    edited_from: Optional[ExternalId] = Field(None, description="the draft (candidate id) this text started from")
+
+
+class DraftOut(BaseModel):
+    task_id: int
+    saved: SavedDraft
+    lease_expires: datetime = Field(description="autosaving renews the task's lease: a labeler still writing keeps it")
+
+
+class DemonstrationIn(_Body):
+    response: str = Field(max_length=MAX_TEXT, description="the response the labeler wrote; not empty or only whitespace")
+    edited_from: Optional[ExternalId] = Field(None, description="the draft (candidate id) it was edited from; "
+                                              "null when written from scratch")
+    idempotency_key: str = Field(min_length=1, max_length=128)
+
+
+class DemonstrationSubmitOut(BaseModel):
+    demonstration_id: int
+    task_id: int
+    duplicate: bool = Field(description="true when this idempotency key was already stored (nothing new written)")
+
+
+class ReviewIn(_Body):
+    verdict: Literal["accepted", "rejected"]
+    text: Optional[str] = Field(None, max_length=MAX_TEXT, description="with accepted: the reviewer's edit, kept as the "
+                                "accepted text (the labeler's original stays as it was)")
+
+
+class DemonstrationOut(BaseModel):
+    id: int
+    task_id: int
+    item_id: int
+    project_id: int
+    prompt_id: str
+    prompt: PromptContent
+    labeler: str
+    response: str = Field(description="as the labeler wrote it")
+    edited_from: Optional[str]
+    review: Review
+    accepted_text: Optional[str] = Field(description="the reviewer's edit, if they made one (exported instead of response)")
+    reviewer: Optional[str]
+    reviewed_at: Optional[datetime]
+    created_at: datetime
+
+
 TokenOut.model_rebuild()
+TaskOut.model_rebuild()

@@ -23,9 +23,10 @@ from starlette.datastructures import UploadFile  # what request.form() gives (fa
 from rankloop.labeling import importer, stats
 from rankloop.labeling.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, PathId, QueryId,
                                     SessionDep, client_address, cookie_name, status_of)
-from rankloop.labeling.schemas import ProjectCreate, SubmitIn, UserCreate
+from rankloop.labeling.schemas import MAX_TEXT, DemonstrationIn, ProjectCreate, ReviewIn, SubmitIn, UserCreate
 from rankloop.labeling.security import SESSION_DAYS, Principal, same
-from rankloop.labeling.services import Conflict, DomainError, Invalid, NotFound, Throttled, auth, parse, projects, users
+from rankloop.labeling.services import (Conflict, DomainError, Invalid, NotFound, Throttled, auth, demonstrations, parse,
+                                        projects, users)
 
 router = APIRouter(include_in_schema=False)
 
@@ -33,6 +34,7 @@ NOTICES = {
     "user-created": "User created.",
     "token-revoked": "Token revoked.",
     "tokens-revoked": "Every session and token of that user is revoked.",
+    "demo-reviewed": "Review saved.",
 }
 MAX_ORDER_CHARS = 64 * 1024  # the ranking form field: K ≤ 16 ids of ≤ 255 characters fit many times over
 TOKENS_SHOWN = 200
@@ -130,6 +132,9 @@ def label_next(user: CurrentUser, request: Request, project_id: QueryId = None) 
 def _task_page(request: Request, user: Principal, task_id: int, project_id: int | None, error: str | None = None,
                status_code: int = 200) -> HTMLResponse:
     task = request.app.state.queue.get_task(task_id, user.user_id, user.is_admin)
+    if task.kind == "demonstration":
+        return render(request, "demo.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
+                      project_id=project_id, max_text=MAX_TEXT, status_code=status_code)
     return render(request, "rank.html", user, task=task, csrf=user.csrf, idempotency_key=uuid.uuid4().hex, error=error,
                   project_id=project_id, status_code=status_code)
 
@@ -247,9 +252,10 @@ async def admin_import(project_id: PathId, user: AdminUser, request: Request, db
         crow = importer.parse_jsonl_bytes(await cands.read(), cands.filename)
         prow = (importer.parse_jsonl_bytes(await prompts.read(), prompts.filename)
                 if isinstance(prompts, UploadFile) and prompts.filename else None)
-        ps, cs, gold = importer.split_rows(crow, prow, cands.filename,
-                                           prompts.filename if prow is not None else "prompts")
-        out = importer.import_items(db, projects.get_project(db, project_id), ps, cs, gold)
+        project = projects.get_project(db, project_id)
+        ps, cs, gold = importer.split_rows(crow, prow, cands.filename, prompts.filename if prow is not None else "prompts",
+                                           drafts_optional=project.mode == "demonstration")
+        out = importer.import_items(db, project, ps, cs, gold)
     except DomainError as e:
         return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
     return project_page(request, user, db, project_id,
@@ -266,3 +272,60 @@ def admin_invite(project_id: PathId, user: AdminUser, request: Request, db: Sess
     except DomainError as e:
         return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
     return see_other(f"/admin/projects/{project_id}")
+
+
+# ---------------------------------------------------------------- demonstrations (issue 12 item 1)
+# The task page (demo.html) sends its work with fetch to the REST API (so an error keeps the text);
+# this form route is its fallback without JavaScript. Review is admins' and server-rendered.
+
+REVIEW_FILTERS = ("pending", "accepted", "rejected")
+
+
+@router.post("/label/{task_id}/demonstration")
+def demo_submit(task_id: PathId, user: CurrentUser, request: Request, db: SessionDep, response: Annotated[str, Form()] = "",
+                edited_from: Annotated[str, Form(max_length=255)] = "", idempotency_key: Annotated[str, Form()] = "",
+                project_id: Annotated[str, Form(max_length=12)] = "") -> Response:
+    pid = int(project_id) if project_id.isdigit() and len(project_id) <= 10 else None
+    try:
+        # a browser sends a textarea's line breaks as CRLF; the page's script (and the API) send LF
+        body = parse(DemonstrationIn, response=response.replace("\r\n", "\n"), edited_from=edited_from or None, idempotency_key=idempotency_key)
+        demonstrations.submit(db, task_id, user.user_id, body)
+    except NotFound:
+        raise
+    except DomainError as e:
+        return _task_page(request, user, task_id, pid, error=str(e), status_code=status_of(e))
+    return see_other("/label" + (f"?project_id={pid}" if pid is not None else ""))
+
+
+def review_page(request: Request, user: Principal, db: SessionDep, project_id: int, review: str | None,
+                error: str | None = None, notice: str | None = None, status_code: int = 200) -> HTMLResponse:
+    p = projects.get_project(db, project_id)
+    shown = review if review in REVIEW_FILTERS else None
+    return render(request, "demo_review.html", user, project=p, demos=demonstrations.list_demonstrations(db, project_id, shown),
+                  review=shown, filters=REVIEW_FILTERS, csrf=user.csrf, error=error, notice=notice, max_text=MAX_TEXT,
+                  status_code=status_code)
+
+
+@router.get("/admin/projects/{project_id}/demonstrations")
+def admin_demonstrations(project_id: PathId, user: AdminUser, request: Request, db: SessionDep, review: str | None = None,
+                         notice: str | None = None) -> HTMLResponse:
+    return review_page(request, user, db, project_id, review, notice=NOTICES.get(notice or ""))
+
+
+@router.post("/admin/demonstrations/{demo_id}/review")
+def admin_review(demo_id: PathId, user: AdminUser, request: Request, db: SessionDep, verdict: Annotated[str, Form()],
+                 text: Annotated[str, Form()] = "", project_id: Annotated[int, Form()] = 0,
+                 review: Annotated[str, Form(max_length=16)] = "") -> Response:
+    back = review if review in REVIEW_FILTERS else None
+    try:
+        # a rejection ignores the text box (it holds the response, prefilled for an edit)
+        body = parse(ReviewIn, verdict=verdict, text=text.replace("\r\n", "\n") if verdict == "accepted" else None)
+        out = demonstrations.review(db, demo_id, user.user_id, body)
+    except NotFound:
+        raise
+    except DomainError as e:
+        if not project_id:
+            raise
+        return review_page(request, user, db, project_id, back, error=f"demonstration {demo_id}: {e}", status_code=status_of(e))
+    q = "?notice=demo-reviewed" + (f"&review={back}" if back else "")
+    return see_other(f"/admin/projects/{out.project_id}/demonstrations{q}#d{demo_id}")

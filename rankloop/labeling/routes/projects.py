@@ -14,7 +14,7 @@ from rankloop.labeling import export as export_mod
 from rankloop.labeling import importer, stats
 from rankloop.labeling.deps import AdminUser, CurrentUser, PathId, SessionDep
 from rankloop.labeling.models import Project, User
-from rankloop.labeling.services import projects
+from rankloop.labeling.services import demonstrations, projects
 from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, MemberIn, ProgressOut, ProjectCreate,
                                        ProjectOut, ProjectUpdate, RankingOut, UserOut)
 
@@ -55,9 +55,11 @@ async def import_files(project_id: PathId, _: AdminUser, db: SessionDep,
                        prompts: Annotated[UploadFile | None, File(description="prompts.jsonl")] = None) -> ImportOut:
     crow = importer.parse_jsonl_bytes(await candidates.read(), candidates.filename or "candidates")
     prow = importer.parse_jsonl_bytes(await prompts.read(), prompts.filename or "prompts") if prompts is not None and prompts.filename else None
+    project = projects.get_project(db, project_id)
     ps, cs, gold = importer.split_rows(crow, prow, candidates.filename or "candidates",
-                                       prompts.filename if prow is not None else "prompts")
-    return importer.import_items(db, projects.get_project(db, project_id), ps, cs, gold)
+                                       prompts.filename if prow is not None else "prompts",
+                                       drafts_optional=project.mode == "demonstration")
+    return importer.import_items(db, project, ps, cs, gold)
 
 
 @router.get("/{project_id}/members", response_model=list[UserOut])
@@ -107,13 +109,19 @@ def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOu
 
 
 @router.get("/{project_id}/export", response_class=PlainTextResponse,
-            summary="Download rankings.jsonl (format=rankings) or TRL comparisons (format=trl)")
-def export(project_id: PathId, _: AdminUser, db: SessionDep, format: Literal["rankings", "trl"] = "rankings",
+            summary="Download rankings.jsonl (format=rankings), TRL comparisons (format=trl) or "
+                    "demonstrations.jsonl (format=demonstrations: accepted ones; include_pending=true adds pending)")
+def export(project_id: PathId, _: AdminUser, db: SessionDep,
+           format: Literal["rankings", "trl", "demonstrations"] = "rankings",
            min_agreement: Annotated[float | None, Query(ge=0, le=1)] = None,
-           min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None) -> PlainTextResponse:
+           min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
+           include_pending: bool = False) -> PlainTextResponse:
     p = projects.get_project(db, project_id)
-    examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy)
-    rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
+    if format == "demonstrations":
+        rows = demonstrations.export_rows(db, p.id, include_pending)
+    else:
+        examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy)
+        rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",
                              headers={"Content-Disposition": attachment(f"{p.name}-{format}.jsonl")})

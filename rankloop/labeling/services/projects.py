@@ -51,6 +51,8 @@ def create_project(db: Session, new: ProjectCreate) -> Project:
     data = new.model_dump()
     if data["mode"] == "pairwise":
         data["k"] = 2
+    elif data["mode"] == "demonstration":
+        data["k"] = 0  # nothing is ranked; a prompt has any number of drafts
     p = Project(**data)
     try:
         with writing(db):
