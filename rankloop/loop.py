@@ -1373,9 +1373,9 @@ def step_demonstrations(cfg: LoopConfig, prompts: list[Prompt], out: Path) -> De
     """Import the prompts into a demonstration project of the labeling app, get answers written
     (simulated demonstrators through its API, or people), review them, export the accepted ones.
 
-    Written against the demonstration API's pinned client contract (``create_project(…,
+    Through the demonstration API of the labeling client (``create_project(…,
     mode="demonstration")``, ``import_prompts``, ``next_task`` → ``kind: "demonstration"``,
-    ``submit_demonstration``, ``review_demonstration``, ``export(format="demonstrations")``)."""
+    ``submit_demonstration``, ``demonstrations``, ``review_demonstration``, ``export(format="demonstrations")``)."""
     from fastapi.testclient import TestClient
 
     from rankloop.labeling.app import create_app
@@ -1436,8 +1436,7 @@ def step_demonstrations(cfg: LoopConfig, prompts: list[Prompt], out: Path) -> De
                     while True:
                         prog = admin.progress(pid)
                         bar.update(task, completed=prog["slots_done"])
-                        pending = admin.export(pid, format="demonstrations", include_pending=True)
-                        if prog["slots_done"] >= prog["slots"] and '"pending"' not in pending:
+                        if prog["slots_done"] >= prog["slots"] and not admin.demonstrations(pid, review="pending"):
                             break
                         time.sleep(lab.poll_seconds)
                 n = export(admin, pid)

@@ -271,24 +271,10 @@ def demonstrate_project(admin, project_id: int, demonstrators: Sequence[Simulate
 def review_demonstrations(admin, project_id: int, gold: GoldFn, min_gold: float | None = None) -> dict:
     """The simulated reviewer: accept every pending demonstration, or (``min_gold`` set) reject
     those whose gold score is below it. Through the app's review API, as an admin would."""
-    import json
-
-    from rankloop.records import Demonstration
-
     accepted = rejected = 0
-    for line in admin.export(project_id, format="demonstrations", include_pending=True).splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        demo = Demonstration.model_validate({k: v for k, v in row.items() if k != "id"})
-        if demo.review != "pending":
-            continue
-        demo_id = row.get("id", demo.meta.get("id"))
-        if demo_id is None:
-            raise ValueError(f"project {project_id}: an exported demonstration has no id to review it by: {row}")
-        ok = min_gold is None or demo.response is None or \
-            list(gold([_prompt_text(demo.prompt)], [demo.response]))[0] >= min_gold
-        admin.review_demonstration(demo_id, "accepted" if ok else "rejected")
+    for demo in admin.demonstrations(project_id, review="pending"):
+        ok = min_gold is None or next(iter(gold([_prompt_text(demo["prompt"])], [demo["response"]]))) >= min_gold
+        admin.review_demonstration(demo["id"], "accepted" if ok else "rejected")
         accepted += ok
         rejected += not ok
     return {"reviewed_accepted": accepted, "reviewed_rejected": rejected}

@@ -277,6 +277,9 @@ def test_examples_loop_yaml_is_a_valid_loop_config():
 
     cfg = LoopConfig.from_file(ROOT / "examples" / "loop.yaml")
     assert cfg.ppo.iterations == 20 and cfg.ppo.kl_target == 3.0 and cfg.reward.lr == 2e-4
+    cfg = LoopConfig.from_file(ROOT / "examples" / "loop-instructgpt.yaml")
+    assert cfg.algorithm == "rloo" and cfg.rloo.samples_per_prompt == 4 and cfg.dpo.loss == "dpo"
+    assert cfg.demonstrations.enabled and cfg.demonstrations.sft.epochs == 3
 
 
 @pytest.mark.parametrize("section, setting, message", [
@@ -289,6 +292,11 @@ def test_examples_loop_yaml_is_a_valid_loop_config():
     # fields the loop sets every round (ppo.reference used to pass and fail at PPO with a TypeError)
     ("ppo", {"reference": "gpt2", "output": "x"}, r"ppo: the loop sets \['output', 'reference'\] itself"),
     ("reward", {"model": "gpt2"}, r"reward: the loop sets \['model'\] itself"),
+    ("rloo", {"reference": "gpt2"}, r"rloo: the loop sets \['reference'\] itself"),
+    ("grpo", {"advantage": "grup"}, r"grpo\.advantage: Input should be"),
+    ("dpo", {"beta": 0}, r"dpo\.beta: Input should be greater than 0"),
+    ("dpo", {"data": "x.jsonl"}, r"dpo: the loop sets \['data'\] itself"),
+    ("demonstrations", {"sft": {"model": "gpt2"}}, r"demonstrations\.sft: the loop sets \['model'\] itself"),
 ])
 def test_bad_stage_setting_is_a_config_error_on_load(tmp_path, section, setting, message):
     """A misspelt or invalid `ppo:` / `reward:` setting in the YAML stops the load, naming the field."""
@@ -296,7 +304,7 @@ def test_bad_stage_setting_is_a_config_error_on_load(tmp_path, section, setting,
     from rankloop.loop import LoopConfig
 
     data = yaml.safe_load((ROOT / "examples" / "loop.yaml").read_text())
-    data[section].update(setting)
+    data.setdefault(section, {}).update(setting)
     path = _write_yaml(tmp_path / "loop.yaml", data)
     with pytest.raises(ConfigError, match=rf"{path}: invalid LoopConfig: {message}"):
         LoopConfig.from_file(path)
@@ -441,20 +449,43 @@ def _demonstrations_file(path: Path, prompts_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
-def test_demonstrations_train_sft_which_starts_the_policy_and_is_the_reference(tmp_path, base_model, algorithm):
+@pytest.mark.parametrize("algorithm,source", [("ppo", "file"), ("dpo", "app")])
+def test_demonstrations_train_sft_which_starts_the_policy_and_is_the_reference(tmp_path, base_model, algorithm,
+                                                                               source):
+    """Round 0: demonstrations — from a file, or written by simulated demonstrators through the
+    labeling app's API and out through its export — then SFT, which the learner starts from and
+    is held to."""
+    from rankloop.labeling.client import LabelingClient
     from rankloop.loop import LoopConfig, SFTResult, read_demonstrations_stage, run_loop
     from rankloop.report import summarise
 
     data = _config(tmp_path, base_model, algorithm=algorithm, dpo=LEARNER_SETTINGS["dpo"])
-    demos = _demonstrations_file(tmp_path / "demos.jsonl", tmp_path / "prompts.jsonl")
-    data["demonstrations"] = {"enabled": True, "data": str(demos),
+    data["demonstrations"] = {"enabled": True, "min_gold": -10.0,
                               "sft": {"epochs": 2, "batch_size": 4, "max_length": 128, "lr": 1e-3}}
+    if source == "file":
+        data["demonstrations"]["data"] = str(_demonstrations_file(tmp_path / "demos.jsonl", tmp_path / "prompts.jsonl"))
     cfg = LoopConfig(**data)
     run = run_loop(cfg)
     sft = run / "demonstrations" / "policy"
     demo_res, sft_res, sft_eval = read_demonstrations_stage(run)
     assert demo_res is not None and demo_res.demonstrations == 8
+    if source == "app":
+        from fastapi.testclient import TestClient
+
+        from rankloop.labeling.app import create_app
+
+        assert demo_res.source == "simulated" and demo_res.figures["submitted"] == 8
+        assert demo_res.figures["reviewed_accepted"] == 8
+        pw = (run / ".admin-password").read_text().strip()
+        with TestClient(create_app(f"sqlite:///{run / 'labels.db'}", admin=("admin", pw))) as http:
+            admin = LabelingClient(http)
+            admin.login("admin", pw)
+            (proj,) = [p for p in admin.projects() if p["name"] == "rankloop-demonstrations"]
+            stored = admin.demonstrations(proj["id"])
+        assert len(stored) == 8 and {d["review"] for d in stored} == {"accepted"}
+        assert {d["labeler"] for d in stored} == {"sim-demonstrator-0", "sim-demonstrator-1"}
+        exported = [json.loads(x) for x in (run / "demonstrations" / "demonstrations.jsonl").read_text().splitlines()]
+        assert sorted(r["response"] for r in exported) == sorted(d["response"] for d in stored)
     assert isinstance(sft_res, SFTResult) and sft_res.demonstrations == 8 and sft_res.steps == 4
     assert (sft / "model.safetensors").exists() and sft_eval is not None and sft_eval.gold is not None
     # the SFT model is where round 0's learner starts, and its reference
@@ -481,7 +512,7 @@ def test_demonstrations_train_sft_which_starts_the_policy_and_is_the_reference(t
     run_loop(cfg2, third)
     redone = {t["stage"] for t in third if not t["skipped"]}
     assert {"round 0: SFT", f"round 0: {algorithm.upper()}", "round 0: sample"} <= redone, redone
-    assert "round 0: demonstrations (from file)" not in redone
+    assert not any(st.startswith("round 0: demonstrations") for st in redone), redone
 
 
 def test_bad_demonstrations_file_is_a_clear_error(tmp_path, base_model):
