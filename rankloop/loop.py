@@ -280,7 +280,8 @@ class LoopConfig(Config):
     policy: str = Field(description="Initial policy: a Hugging Face causal LM id or local path.")
     prompts: str = Field(description="Training prompts JSONL (rankloop's prompt format).")
     eval_prompts: str | None = Field(None, description="Held-out prompts for the evaluation step (none: no eval).")
-    rounds: int = Field(1, ge=1, description="Rounds of sample → label → reward model → PPO.")
+    rounds: int = Field(1, ge=0, description="Rounds of sample → label → reward model → learner (0: only round 0, "
+                        "demonstrations → SFT, and the evaluations).")
     k: int = Field(4, ge=2, description="Candidates per prompt (K).")
     prompts_per_round: int | None = Field(None, ge=1, description="Label budget: prompts sent to labelers per "
                                           "round (None: every training prompt).")
@@ -355,6 +356,8 @@ class LoopConfig(Config):
 
     @model_validator(mode="after")
     def _learner_needs_rm(self) -> "LoopConfig":
+        if self.rounds == 0 and not self.demonstrations.enabled:
+            raise ValueError("rounds: 0 runs only round 0, demonstrations → SFT: enable demonstrations")
         if not self.train_reward_model and self.algorithm != "dpo":
             raise ValueError(f"train_reward_model: false needs algorithm dpo ({self.algorithm} learns against the "
                              "reward model)")

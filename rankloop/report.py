@@ -291,6 +291,23 @@ def _stage_table_html(summary: dict) -> str:
     return f"<table><tr><th>policy</th><th>gold score</th><th>KL from its start</th></tr>{rows}</table>"
 
 
+def _budget_html(b: dict | None) -> str:
+    """The label-budget comparison (``rankloop.quickstart.compare_sft_budget``), when it ran."""
+    if not b:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(a['arm'])}</td><td>{_fmt(a['demonstrations'])}</td><td>{_fmt(a['rankings'])}</td>"
+        f"<td>{_fmt(a['labeler_seconds'], '.0f')}</td><td>{_fmt(a.get('gold'))}</td>"
+        f"<td>{_fmt(a.get('win_rate_vs_pretrained'))}</td><td>{_fmt(a.get('kl_from_reference'))}</td></tr>"
+        for a in b["arms"])
+    return (f"<h2>Same label budget: {_fmt(b['budget_labeler_seconds'], '.0f')} labeler-seconds</h2>"
+            f"<p>Assumed costs: one demonstration {_fmt(b['demonstration_seconds'], '.0f')} s, one ranking of K = "
+            f"{b['k']} {_fmt(b['ranking_seconds'], '.0f')} s (see rankloop.quickstart.DEMO_SECONDS). Held-out "
+            "prompts, by the gold preference; each arm one round.</p>"
+            "<table><tr><th>policy</th><th>demonstrations</th><th>rankings</th><th>labeler-seconds</th>"
+            f"<th>gold score</th><th>win rate vs pre-trained</th><th>KL from its reference</th></tr>{rows}</table>")
+
+
 def write_report(run: str | Path, summary: dict, print_table: bool = True) -> Path:
     """Write ``report.html`` in the run directory and print the summary table."""
     run = Path(run)
@@ -317,6 +334,7 @@ Total time {_fmt(summary.get('total_seconds'), '.0f')} s.</p>
 <h2>Gold score per stage and round (held-out prompts)</h2>{_stage_table_html(summary)}
 <table><tr><th>round</th><th>rankings</th><th>labeler agreement</th><th>RM accuracy</th><th>learner steps</th>
 <th>KL from initial</th><th>proxy reward</th><th>gold score</th><th>win rate vs initial</th></tr>{rows}</table>
+{_budget_html(summary.get("sft_budget"))}
 {imgs}
 <h2>Samples before and after (held-out prompts)</h2>{_samples_html(run, summary)}
 <h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak RSS MiB</th><th>resumed</th></tr>{timing_rows}</table>
@@ -362,5 +380,16 @@ def print_summary(summary: dict, report: Path | None = None) -> None:
         if summary.get("total_seconds") is not None:
             tt.add_row("[bold]total[/]", _fmt(summary["total_seconds"], ".1f"), "")
         console.print(tt)
+    if summary.get("sft_budget"):
+        b = summary["sft_budget"]
+        tb = Table(title=f"same label budget: {b['budget_labeler_seconds']:.0f} labeler-seconds "
+                         f"(demonstration {b['demonstration_seconds']:.0f} s, ranking of {b['k']} "
+                         f"{b['ranking_seconds']:.0f} s)", title_justify="left")
+        for col in ("policy", "demos", "rankings", "gold", "win", "KL"):
+            tb.add_column(col, justify="right")
+        for a in b["arms"]:
+            tb.add_row(a["arm"], _fmt(a["demonstrations"]), _fmt(a["rankings"]), _fmt(a.get("gold")),
+                       _fmt(a.get("win_rate_vs_pretrained")), _fmt(a.get("kl_from_reference")))
+        console.print(tb)
     if report is not None:
         console.print(f"report: [bold]{report}[/]")
