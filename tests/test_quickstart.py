@@ -101,3 +101,24 @@ def test_quickstart_before_the_recipe_reproduces_its_recorded_results(tmp_path, 
     assert s["final_gold"] > s["initial_gold"], s
     diffs = _golden(out, "quickstart")
     assert not diffs, f"{len(diffs)} differences from tests/golden/quickstart.json, first: {diffs[:8]}"
+
+
+def test_budget_arms_spend_the_same_labeler_seconds():
+    from rankloop.quickstart import budget_arms
+
+    arms = {a["arm"]: a for a in budget_arms(2880, demo_s=60, rank_s=30, overlap=2)}
+    assert arms["pre-trained"]["labeler_seconds"] == 0
+    assert (arms["SFT"]["demonstrations"], arms["SFT"]["rankings"]) == (48, 0)
+    assert (arms["SFT+PPO"]["demonstrations"], arms["SFT+PPO"]["rankings"]) == (24, 48)
+    assert (arms["PPO without SFT"]["demonstrations"], arms["PPO without SFT"]["rankings"]) == (0, 96)
+    assert {a["labeler_seconds"] for n, a in arms.items() if n != "pre-trained"} == {2880}
+    # rankings come two per labeled prompt: an odd count is rounded down to whole prompts
+    assert budget_arms(100, demo_s=60, rank_s=30, overlap=2)[3]["rankings"] == 2
+
+
+def test_zero_rounds_is_sft_only_and_needs_demonstrations():
+    from rankloop.loop import LoopConfig
+
+    with pytest.raises(ValueError, match="rounds: 0 runs only round 0"):
+        LoopConfig(output="x", policy="p", prompts="q", rounds=0)
+    assert LoopConfig(output="x", policy="p", prompts="q", rounds=0, demonstrations={"enabled": True}).rounds == 0

@@ -343,16 +343,18 @@ def grpo(cfg: GRPOConfig) -> None:
 QUICKSTART_GROUPS = {
     "Run": ("output", "tiny", "labelers", "port", "seed", "threads", "progress"),
     "Sizes": ("rounds", "train_prompts", "eval_prompts", "k", "ppo_iterations", "rm_epochs"),
-    "Recipe": ("algorithm", "demonstrations", "demo_prompts", "sft_epochs"),
+    "Recipe": ("algorithm", "demonstrations", "demo_prompts", "sft_epochs", "compare_sft"),
 }
 
 
 def quickstart(cfg: QuickstartConfig) -> None:
-    """The whole RLHF loop on an embedded default, offline, on a CPU.
+    """InstructGPT's whole recipe on an embedded default, offline, on a CPU.
 
-    Pre-train a small LM on a generated corpus (cached), sample K=4 candidates, simulated labelers
-    rank them through the labeling app, train the reward model, PPO with adaptive KL, and a report
-    (report.html + a summary table)."""
+    Pre-train a small LM on a generated corpus (cached); simulated demonstrators write answers
+    through the labeling app and SFT trains on them; then two rounds of: sample K=4 candidates from
+    the latest policy, simulated labelers rank them through the app, train the reward model, PPO
+    with adaptive KL (or --algorithm rloo|grpo|dpo); and a report (report.html + a summary table
+    with the gold score per stage and round)."""
     from rankloop.quickstart import run_quickstart
 
     run_quickstart(cfg)
