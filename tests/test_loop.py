@@ -523,5 +523,7 @@ def test_bad_demonstrations_file_is_a_clear_error(tmp_path, base_model):
                    '{"prompt_id": "p1", "prompt": "Q: hi\\nA:"}\n')
     data = _config(tmp_path, base_model)
     data["demonstrations"] = {"enabled": True, "data": str(bad)}
-    with pytest.raises(Exception, match=r"demos.jsonl.*2|line 2"):
+    from rankloop.io import DataError
+
+    with pytest.raises(DataError, match=r"demos.jsonl:2: "):
         run_loop(LoopConfig(**data))
