@@ -24,7 +24,7 @@ def _quickstart(cache: Path, out: Path, *extra: str) -> tuple[subprocess.Complet
     env = {**os.environ, "RANKLOOP_CACHE": str(cache)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "rankloop.cli", "quickstart", "--tiny", "-o", str(out),
-                           "--no-progress", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                           "--no-progress", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc, time.perf_counter() - t0
 
