@@ -18,7 +18,7 @@ from pathlib import Path
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PROMPT_TEXTS = ["the cat sat", "a dog ran", "once upon a time", "good morning", "she likes", "i hate rain",
                 "this is great", "the little bird"]
-_TIMING = ("time/", "seconds", "steps_per_s", "peak_rss", "wall")
+_TIMING = ("time/", "seconds", "steps_per_s", "tokens_per_s", "peak_rss", "wall")
 
 
 def machine() -> dict:
@@ -124,9 +124,11 @@ def run_quickstart_golden(out: Path) -> dict:
         res[str(m.relative_to(out))] = read_metrics(m)
     for w in sorted([*out.glob("round-*/*/model.safetensors"), *out.glob("demonstrations/*/model.safetensors")]):
         res[str(w.relative_to(out))] = file_sha256(w)
-    if (out / "demonstrations" / "demonstrations.jsonl").exists():  # what the simulated demonstrators wrote
-        res["demonstrations"] = hashlib.sha256((out / "demonstrations" / "demonstrations.jsonl").read_bytes()
-                                               ).hexdigest()
+    demos = out / "demonstrations" / "demonstrations.jsonl"
+    if demos.exists():  # what the simulated demonstrators wrote, less the app's timestamps
+        rows = [{k: v for k, v in json.loads(x).items() if not k.endswith("_at")}
+                for x in demos.read_text(encoding="utf-8").splitlines() if x.strip()]
+        res["demonstrations"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     return res
 
 
