@@ -23,8 +23,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rankloop.loop import (DPOResult, GroupResult, RoundResult, read_demonstrations_stage, read_eval, read_rounds,
-                           round_dir)
+from rankloop.loop import (
+    DPOResult,
+    GroupResult,
+    RoundResult,
+    read_demonstrations_stage,
+    read_eval,
+    read_rounds,
+    round_dir,
+)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
