@@ -175,6 +175,16 @@ def generate_response(rng: random.Random, topic: str, tone: str | None = None) -
     return " " + " ".join(sentences), tone
 
 
+def write_answer(rng: random.Random, prompt: str) -> str:
+    """An answer a simulated demonstrator could write to ``prompt`` (``rankloop.simulate``): one of
+    the corpus's own, about the prompt's topic."""
+    topic = topic_of(prompt)
+    if topic is None:
+        raise ValueError(f"write_answer: the prompt names none of the corpus's topics ({', '.join(TOPICS)}): "
+                         f"{prompt[:80]!r}")
+    return generate_response(rng, topic)[0]
+
+
 def generate_corpus(n: int, seed: int = 0) -> list[Example]:
     """``n`` prompt/response examples over every question of the world."""
     rng = random.Random(seed)

@@ -206,6 +206,72 @@ def stage_settings(name: str, trainer: type[Config], owned: frozenset[str], defa
 RewardStage = stage_settings("RewardStage", RewardTrainConfig, REWARD_OWNED, REWARD_DEFAULTS, REWARD_FROM_LOOP)
 PPOStage = stage_settings("PPOStage", PPOConfig, PPO_OWNED, PPO_DEFAULTS, PPO_FROM_LOOP)
 
+# ---- the other learners (issues 13.3, 14.3) and SFT (issue 12.4): the same pattern as PPO's.
+# RLOO / GRPO: the same rollout budget as PPO's defaults (8 prompts × K = 4 samples = 32 responses
+# per iteration), one pass over the rows (both papers' μ = 1), the same learning rate and EOS penalty.
+RLOO_DEFAULTS: dict[str, Any] = {"iterations": 20, "batch_size": 8, "samples_per_prompt": 4, "minibatch_size": 8,
+                                 "epochs": 1, "learning_rate": 3e-4, "missing_eos_penalty": 1.0}
+GRPO_DEFAULTS: dict[str, Any] = dict(RLOO_DEFAULTS)
+# DPO on every ranking so far: pairwise over all C(K,2) pairs, β = 0.1 (the DPO paper's); a learning
+# rate far above the paper's 1e-6, which is for billion-parameter models, as the reward model's is.
+DPO_DEFAULTS: dict[str, Any] = {"epochs": 2, "lr": 1e-4, "batch_size": 8, "max_length": 128, "loss": "dpo",
+                                "beta": 0.1, "kl_prompts": 16}
+# SFT on the round-0 demonstrations (InstructGPT's step 1).
+SFT_DEFAULTS: dict[str, Any] = {"epochs": 3, "lr": 3e-4, "batch_size": 8, "max_length": 128}
+GROUP_OWNED = PPO_OWNED
+GROUP_FROM_LOOP = PPO_FROM_LOOP
+DPO_OWNED = frozenset({"data", "model", "output", "reference", "eval_data", "resume", "progress"})
+SFT_OWNED = frozenset({"data", "model", "output", "eval_data", "resume", "progress"})
+SEED_FROM_LOOP = {"seed": "seed"}
+
+
+def _learner_stages() -> dict[str, type[StageSettings]]:
+    from rankloop.dpo.config import DPOConfig
+    from rankloop.rl.config import GRPOConfig, RLOOConfig
+    from rankloop.sft.config import SFTConfig
+
+    return {"RLOOStage": stage_settings("RLOOStage", RLOOConfig, GROUP_OWNED, RLOO_DEFAULTS, GROUP_FROM_LOOP),
+            "GRPOStage": stage_settings("GRPOStage", GRPOConfig, GROUP_OWNED, GRPO_DEFAULTS, GROUP_FROM_LOOP),
+            "DPOStage": stage_settings("DPOStage", DPOConfig, DPO_OWNED, DPO_DEFAULTS, SEED_FROM_LOOP),
+            "SFTStage": stage_settings("SFTStage", SFTConfig, SFT_OWNED, SFT_DEFAULTS, SEED_FROM_LOOP)}
+
+
+_stages = _learner_stages()
+RLOOStage, GRPOStage, DPOStage, SFTStage = (_stages[n] for n in ("RLOOStage", "GRPOStage", "DPOStage", "SFTStage"))
+Algorithm = Literal["ppo", "rloo", "grpo", "dpo"]
+ALGORITHMS: tuple[str, ...] = ("ppo", "rloo", "grpo", "dpo")
+
+
+class DemonstrationSettings(Config):
+    """Round 0 of InstructGPT (Ouyang et al. 2022, step 1): people write answers to prompts, the
+    policy is fine-tuned on them (SFT), and from then on the SFT model is the policy's start and
+    the KL (or DPO) reference."""
+
+    enabled: bool = Field(False, description="Collect demonstrations and train SFT before the first round.")
+    prompts: int | None = Field(None, ge=1, description="Training prompts sent for demonstrations (None: all).")
+    mode: Literal["simulated", "human"] = Field("simulated", description="'simulated': demonstrators write through "
+                                                "the app's API (see rankloop.simulate.SimulatedDemonstrator); "
+                                                "'human': the app is started with the project loaded and the "
+                                                "loop waits for people.")
+    data: str | None = Field(None, description="A demonstrations file to train SFT on instead of collecting "
+                             "them (rankloop's demonstrations.jsonl or TRL's SFT formats).")
+    demonstrators: int = Field(2, ge=1, description="Simulated demonstrators.")
+    overlap: int = Field(1, ge=1, description="Demonstrations written per prompt.")
+    drafts: int = Field(4, ge=1, description="Simulated demonstrators: answers each could write to a prompt, of "
+                        "which it submits the one it judges best.")
+    sigma: float = Field(0.3, ge=0, description="Simulated demonstrators: noise σ of their judgment of the gold "
+                         "score when picking among their drafts.")
+    min_gold: float | None = Field(None, description="Simulated review: reject demonstrations whose gold score "
+                                   "is below this (None: accept every one).")
+    project_prefix: str = Field("rankloop", description="The project is named '<prefix>-demonstrations'.")
+    sft: SFTStage = Field(default_factory=SFTStage, description="The SFT step: any SFTConfig field but "  # type: ignore[valid-type]
+                          f"{', '.join(sorted(SFT_OWNED))}, which the loop sets. The loop's defaults: "
+                          "rankloop.loop.SFT_DEFAULTS.")
+
+    @field_serializer("sft")
+    def _as_written(self, stage: StageSettings) -> dict[str, Any]:
+        return stage.given()
+
 
 class LoopConfig(Config):
     """``rankloop loop``: every field can come from ``--config FILE.yaml``."""
@@ -214,7 +280,8 @@ class LoopConfig(Config):
     policy: str = Field(description="Initial policy: a Hugging Face causal LM id or local path.")
     prompts: str = Field(description="Training prompts JSONL (rankloop's prompt format).")
     eval_prompts: str | None = Field(None, description="Held-out prompts for the evaluation step (none: no eval).")
-    rounds: int = Field(1, ge=1, description="Rounds of sample → label → reward model → PPO.")
+    rounds: int = Field(1, ge=0, description="Rounds of sample → label → reward model → learner (0: only round 0, "
+                        "demonstrations → SFT, and the evaluations).")
     k: int = Field(4, ge=2, description="Candidates per prompt (K).")
     prompts_per_round: int | None = Field(None, ge=1, description="Label budget: prompts sent to labelers per "
                                           "round (None: every training prompt).")
@@ -234,6 +301,22 @@ class LoopConfig(Config):
                           "batch_size, kl_control, kl_target, learning_rate, …) but "
                           f"{', '.join(sorted(PPO_OWNED))}, which the loop sets. The loop's defaults: "
                           "rankloop.loop.PPO_DEFAULTS.")
+    # --- the learner of each round (issues 13.3, 14.3) and the demonstrations before them (12.4)
+    algorithm: Algorithm = Field("ppo", description="The policy's learner each round: 'ppo', 'rloo', 'grpo' (against "
+                                 "the round's reward model) or 'dpo' (on every ranking so far: iterative DPO; the "
+                                 "reward model is still trained, for evaluation and selection).")
+    rloo: RLOOStage = Field(default_factory=RLOOStage, description="The RLOO step (algorithm: rloo): any "  # type: ignore[valid-type]
+                            f"RLOOConfig field but {', '.join(sorted(GROUP_OWNED))}. Defaults: "
+                            "rankloop.loop.RLOO_DEFAULTS.")
+    grpo: GRPOStage = Field(default_factory=GRPOStage, description="The GRPO step (algorithm: grpo): any "  # type: ignore[valid-type]
+                            f"GRPOConfig field but {', '.join(sorted(GROUP_OWNED))}. Defaults: "
+                            "rankloop.loop.GRPO_DEFAULTS.")
+    dpo: DPOStage = Field(default_factory=DPOStage, description="The DPO step (algorithm: dpo): any DPOConfig "  # type: ignore[valid-type]
+                          f"field but {', '.join(sorted(DPO_OWNED))}. Defaults: rankloop.loop.DPO_DEFAULTS.")
+    demonstrations: DemonstrationSettings = Field(default_factory=DemonstrationSettings,
+                                                  description="Round 0: demonstrations → SFT.")
+    train_reward_model: bool = Field(True, description="Train the reward model each round. algorithm dpo only may "
+                                     "turn it off (then no proxy figures, and selection stays random).")
     eval_samples: int = Field(2, ge=1, description="Responses per held-out prompt in the evaluation.")
     gold: str | None = Field(None, description="A 'module:function' gold preference for the evaluation "
                              "(default: labeling.gold in simulated mode, none in human mode).")
@@ -244,7 +327,7 @@ class LoopConfig(Config):
                                 "busy machine 1 can be several times faster than oversubscribed cores.")
     progress: bool = Field(True, description="Show progress bars.")
 
-    @field_serializer("reward", "ppo")
+    @field_serializer("reward", "ppo", "rloo", "grpo", "dpo")
     def _as_written(self, stage: StageSettings) -> dict[str, Any]:
         return stage.given()  # loop_config.json keeps the settings as written (see StageSettings.given)
 
@@ -270,6 +353,18 @@ class LoopConfig(Config):
                if (v := getattr(cfg, key)) and not Path(v).is_absolute() and not Path(v).exists()
                and (base / v).exists()}
         return cfg.model_copy(update=fix) if fix else cfg
+
+    @model_validator(mode="after")
+    def _learner_needs_rm(self) -> "LoopConfig":
+        if self.rounds == 0 and not self.demonstrations.enabled:
+            raise ValueError("rounds: 0 runs only round 0, demonstrations → SFT: enable demonstrations")
+        if not self.train_reward_model and self.algorithm != "dpo":
+            raise ValueError(f"train_reward_model: false needs algorithm dpo ({self.algorithm} learns against the "
+                             "reward model)")
+        if self.demonstrations.enabled and self.demonstrations.mode == "simulated" and not self.demonstrations.data \
+                and self.labeling.mode == "simulated" and not self.labeling.gold:
+            raise ValueError("demonstrations: simulated demonstrators need labeling.gold")
+        return self
 
     def gold_spec(self) -> str | None:
         if self.gold is not None:
@@ -297,12 +392,37 @@ def reward_train_config(cfg: LoopConfig, data: Path, eval_data: Path | None, out
     return rcfg  # type: ignore[return-value]
 
 
-def ppo_config(cfg: LoopConfig, policy: str, prompts: Path, out: Path, resume: bool) -> PPOConfig:
+def ppo_config(cfg: LoopConfig, policy: str, prompts: Path, out: Path, resume: bool,
+               reference: str | None = None) -> PPOConfig:
     """The PPO step's config of a round, continuing from ``policy``. The KL is always against the
-    original model (``reference``), however many rounds the policy has moved."""
-    pcfg = cfg.ppo.build(cfg, policy=str(policy), reference=cfg.policy, prompts=str(prompts), output=str(out),
-                         resume=resume, progress=cfg.progress)
+    original model (``reference``: the initial policy, or the SFT model when there are
+    demonstrations), however many rounds the policy has moved."""
+    pcfg = cfg.ppo.build(cfg, policy=str(policy), reference=str(reference or cfg.policy), prompts=str(prompts),
+                         output=str(out), resume=resume, progress=cfg.progress)
     return pcfg  # type: ignore[return-value]
+
+
+def group_config(cfg: LoopConfig, algorithm: str, policy: str, reference: str, prompts: Path, out: Path,
+                 resume: bool) -> Config:
+    """The RLOO / GRPO step's config of a round: as ``ppo_config``, from ``cfg.rloo`` / ``cfg.grpo``."""
+    stage: StageSettings = getattr(cfg, algorithm)
+    return stage.build(cfg, policy=str(policy), reference=str(reference), prompts=str(prompts), output=str(out),
+                       resume=resume, progress=cfg.progress)
+
+
+def dpo_config(cfg: LoopConfig, policy: str, reference: str, data: Path, eval_data: Path | None, out: Path,
+               resume: bool) -> Config:
+    """The DPO step's config of a round: from the current ``policy`` on every ranking so far, the
+    reference the initial (or SFT) model — iterative DPO."""
+    return cfg.dpo.build(cfg, data=str(data), model=str(policy),
+                         reference=None if str(reference) == str(policy) else str(reference), output=str(out),
+                         eval_data=str(eval_data) if eval_data else None, resume=resume, progress=cfg.progress)
+
+
+def sft_config(cfg: LoopConfig, data: Path, out: Path, resume: bool) -> Config:
+    """The SFT step's config: the initial policy fine-tuned on the demonstrations."""
+    return cfg.demonstrations.sft.build(cfg, data=str(data), model=cfg.policy, output=str(out), eval_data=None,
+                                        resume=resume, progress=cfg.progress)
 
 
 # ---------------------------------------------------------------- stage results
@@ -400,6 +520,55 @@ class PPOResult(StageResult):
 
 
 @dataclass(frozen=True)
+class GroupResult(StageResult):
+    """An RLOO or GRPO round (``rankloop.rl.rloo`` / ``grpo``): PPOResult's figures, from its own metrics."""
+
+    algorithm: str  # "rloo" or "grpo"
+    iterations: int
+    final_reward: float | None  # the last iteration's objective/reward (None: no iteration logged)
+    final_kl_ref: float | None  # its <algorithm>/kl_ref (k3, nats per response, to the reference)
+
+
+@dataclass(frozen=True)
+class DPOResult(StageResult):
+    """A DPO round (``rankloop.dpo``) on every ranking so far."""
+
+    steps: int
+    train_rankings: int
+    final_loss: float | None  # the last logged training loss
+    final_accuracy: float | None  # its implicit-reward pairwise accuracy on the training batches
+    eval_accuracy: float | None = None  # implicit-reward pairwise accuracy on the held-out gold rankings
+    eval_chosen_logp: float | None = None  # the policy's log-prob of the held-out chosen responses (DPO's
+    # known failure is that it falls: compare eval_chosen_logp_ref)
+    eval_chosen_logp_ref: float | None = None
+    kl_ref: float | None = None  # KL to the reference on held-out prompts (rankloop.dpo's estimate)
+
+    optional: ClassVar[frozenset[str]] = frozenset({"eval_accuracy", "eval_chosen_logp", "eval_chosen_logp_ref",
+                                                    "kl_ref"})
+
+
+@dataclass(frozen=True)
+class DemonstrationResult(StageResult):
+    """The demonstrations of round 0, out of the labeling app's export (or read from a file)."""
+
+    source: str  # "simulated", "human" or the file they were read from
+    demonstrations: int  # exported (accepted) demonstrations
+    prompts: int  # prompts sent for demonstrations
+    figures: dict[str, Any]  # the simulated demonstrators' and reviewer's counts, the export's
+
+    rest: ClassVar[str | None] = "figures"
+
+
+@dataclass(frozen=True)
+class SFTResult(StageResult):
+    """The SFT step (``rankloop.sft``) on the demonstrations."""
+
+    steps: int
+    demonstrations: int
+    final_loss: float | None  # the last logged training loss
+
+
+@dataclass(frozen=True)
 class EvalResult(StageResult):
     """A policy on the held-out prompts; also the artifact itself (``eval.json``)."""
 
@@ -475,8 +644,14 @@ class RoundResult:
     select: SelectResult | None
     label: LabelResult | None
     reward: RewardResult | None
-    ppo: PPOResult | None
+    ppo: PPOResult | None  # algorithm ppo only
     eval: EvalResult | None
+    learner: "PPOResult | GroupResult | DPOResult | None" = None  # whichever learner the round ran
+    algorithm: str = "ppo"
+
+
+LEARNER_RESULTS: dict[str, type[StageResult]] = {"ppo": PPOResult, "rloo": GroupResult, "grpo": GroupResult,
+                                                 "dpo": DPOResult}
 
 
 def read_stage_result(artifact: Path, kind: type[R]) -> R | None:
@@ -498,11 +673,30 @@ def read_rounds(run: str | Path) -> list[RoundResult]:
     out = []
     for rnd in sorted(int(p.name.split("-")[1]) for p in run.glob("round-*") if p.is_dir()):
         d = round_dir(run, rnd)
+        algorithm = learner_algorithm(d.policy)
+        learner = read_stage_result(d.policy, LEARNER_RESULTS[algorithm])
         out.append(RoundResult(rnd, read_stage_result(d.candidates, SampleResult),
                                read_stage_result(d.selected, SelectResult),
                                read_stage_result(d.rankings, LabelResult), read_stage_result(d.rm, RewardResult),
-                               read_stage_result(d.policy, PPOResult), read_eval(d.eval)))
+                               learner if algorithm == "ppo" else None, read_eval(d.eval), learner, algorithm))
     return out
+
+
+def learner_algorithm(artifact: Path) -> str:
+    """Which learner made a round's policy: its stage record says (``algorithm``; none: PPO, as the
+    records before there was a choice)."""
+    rec = _record_path(artifact)
+    if not rec.exists():
+        return "ppo"
+    return json.loads(rec.read_text()).get("config", {}).get("algorithm", "ppo")
+
+
+def read_demonstrations_stage(run: str | Path) -> tuple[DemonstrationResult | None, SFTResult | None,
+                                                        EvalResult | None]:
+    """Round 0's results (None each where it did not run or has not finished)."""
+    d = Path(run) / "demonstrations"
+    return (read_stage_result(d / "demonstrations.jsonl", DemonstrationResult),
+            read_stage_result(d / "policy", SFTResult), read_eval(Path(run) / "eval" / "sft.json"))
 
 
 # ---------------------------------------------------------------- stage records
@@ -821,15 +1015,16 @@ def step_reward(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path) 
                         rm_eval={k: v for k, v in m.items() if isinstance(v, (int, float))})
 
 
-def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out: Path) -> PPOResult:
-    """PPO from ``policy`` against the reward model; the gold score of every rollout is logged
-    beside PPO's own metrics (``gold.jsonl``) when the task has one."""
+def _iter_checkpoints(ckpts: Path) -> bool:
+    return ckpts.exists() and any(p.name.startswith("iter-") for p in ckpts.iterdir())
+
+
+def _proxy_reward(cfg: LoopConfig, rm_dir: Path, out: Path, resume: bool, batch_size: int) -> Callable:
+    """The round's reward model as the RL learner's reward; the gold score of every rollout is
+    logged beside the learner's own metrics (``gold.jsonl``) when the task has one."""
     from rankloop.reward.model import RewardScorer
-    from rankloop.rl.ppo import run_ppo
 
     ckpts = out / "checkpoints"
-    resume = ckpts.exists() and any(p.name.startswith("iter-") for p in ckpts.iterdir())
-    pcfg = ppo_config(cfg, policy, prompts_path, out, resume)
     scorer = RewardScorer.from_pretrained(rm_dir)
     gold_spec = cfg.gold_spec()
     gold = load_fn(gold_spec) if gold_spec else None
@@ -843,18 +1038,86 @@ def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out
         log.write_text("")
 
     def reward_fn(prompts: list[str], responses: list[str]) -> list[float]:
-        proxy = scorer.score(prompts, responses, batch_size=pcfg.reward_batch_size, normalise=True).tolist()
+        proxy = scorer.score(prompts, responses, batch_size=batch_size, normalise=True).tolist()
         if gold is not None:
             g = list(gold(prompts, responses))
             with open(log, "a") as f:
                 f.write(json.dumps({"gold": sum(g) / len(g), "proxy": sum(proxy) / len(proxy)}) + "\n")
         return proxy
 
-    run_ppo(pcfg, reward_fn=reward_fn)
+    return reward_fn
+
+
+def _metric_rows(out: Path, key: str) -> list[dict]:
+    path = out / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return [r for r in rows if key in r]
+
+
+def step_ppo(cfg: LoopConfig, policy: str, rm_dir: Path, prompts_path: Path, out: Path,
+             reference: str | None = None) -> PPOResult:
+    """PPO from ``policy`` against the reward model; the gold score of every rollout is logged
+    beside PPO's own metrics (``gold.jsonl``) when the task has one."""
+    from rankloop.rl.ppo import run_ppo
+
+    resume = _iter_checkpoints(out / "checkpoints")
+    pcfg = ppo_config(cfg, policy, prompts_path, out, resume, reference)
+    run_ppo(pcfg, reward_fn=_proxy_reward(cfg, rm_dir, out, resume, pcfg.reward_batch_size))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last = rows[-1] if rows else {}
     return PPOResult(iterations=len(rows), final_reward=last.get("objective/reward"),
                      final_kl_ref=last.get("ppo/kl_ref"), final_kl_coef=last.get("kl_coef_next"))
+
+
+def step_group(cfg: LoopConfig, algorithm: str, policy: str, reference: str, rm_dir: Path, prompts_path: Path,
+               out: Path) -> GroupResult:
+    """RLOO or GRPO from ``policy`` against the round's reward model, KL to ``reference``."""
+    resume = _iter_checkpoints(out / "checkpoints")
+    gcfg = group_config(cfg, algorithm, policy, reference, prompts_path, out, resume)
+    reward_fn = _proxy_reward(cfg, rm_dir, out, resume, gcfg.reward_batch_size)  # type: ignore[attr-defined]
+    if algorithm == "rloo":
+        from rankloop.rl.rloo import run_rloo
+
+        run_rloo(gcfg, reward_fn=reward_fn)  # type: ignore[arg-type]
+    else:
+        from rankloop.rl.grpo import run_grpo
+
+        run_grpo(gcfg, reward_fn=reward_fn)  # type: ignore[arg-type]
+    rows = _metric_rows(out, "iteration")
+    last = rows[-1] if rows else {}
+    return GroupResult(algorithm=algorithm, iterations=len(rows), final_reward=last.get("objective/reward"),
+                       final_kl_ref=last.get(f"{algorithm}/kl_ref"))
+
+
+def step_dpo(cfg: LoopConfig, policy: str, reference: str, data: Path, eval_data: Path | None,
+             out: Path) -> DPOResult:
+    """DPO from ``policy`` on every ranking so far (``data``), reference the initial (or SFT) model."""
+    from rankloop.dpo.train import train_dpo
+
+    ckpts = out / "checkpoints"
+    resume = ckpts.exists() and any(ckpts.iterdir())
+    train_dpo(dpo_config(cfg, policy, reference, data, eval_data, out, resume))  # type: ignore[arg-type]
+    summary = json.loads((out / "train_summary.json").read_text())
+    rows = _metric_rows(out, "loss")
+    last = rows[-1] if rows else {}
+    ev = summary.get("eval") or {}
+    return DPOResult(steps=summary["steps"], train_rankings=summary["rankings"], final_loss=last.get("loss"),
+                     final_accuracy=last.get("reward/accuracy"), eval_accuracy=ev.get("pairwise_accuracy"),
+                     eval_chosen_logp=ev.get("logps_chosen"), eval_chosen_logp_ref=ev.get("logps_chosen_ref"),
+                     kl_ref=ev.get("kl_ref"))
+
+
+def step_sft(cfg: LoopConfig, data: Path, out: Path) -> SFTResult:
+    """SFT of the initial policy on round 0's demonstrations."""
+    from rankloop.sft.train import train_sft
+
+    ckpts = out / "checkpoints"
+    resume = ckpts.exists() and any(ckpts.iterdir())
+    train_sft(sft_config(cfg, data, out, resume))  # type: ignore[arg-type]
+    summary = json.loads((out / "train_summary.json").read_text())
+    rows = _metric_rows(out, "loss")
+    return SFTResult(steps=summary["steps"], demonstrations=summary["demonstrations"],
+                     final_loss=rows[-1]["loss"] if rows else None)
 
 
 def step_eval(cfg: LoopConfig, policy: str, base: str, rm_dir: Path | None, eval_prompts: list[Prompt],
@@ -979,7 +1242,13 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
                   timings)
     base_samples_rows = base_samples.with_suffix(".samples.jsonl")
 
-    policy: str = cfg.policy
+    # 0b. demonstrations → SFT (InstructGPT's step 1): the SFT model is then the policy's start and
+    # the KL / DPO reference
+    reference: str = cfg.policy
+    if cfg.demonstrations.enabled:
+        reference = run_demonstrations(cfg, prompts, eval_prompts, base_samples_rows, timings)
+
+    policy: str = reference
     rankings_so_far: list[Path] = []
     prev_rm: Path | None = None
     for rnd in range(cfg.rounds):
@@ -1014,29 +1283,172 @@ def run_loop(cfg: LoopConfig, timings: list[dict] | None = None) -> Path:
         rows = [json.loads(x) for p in rankings_so_far for x in p.read_text().splitlines() if x.strip()]
         write_jsonl(d.rm_data, rows)
         backbone = cfg.reward_model or cfg.policy
-        run_stage(f"round {rnd}: reward model", d.rm, RewardResult, {"reward": cfg.reward.given(), "backbone": backbone},
-                  {"data": d.rm_data, "eval": rm_eval or "-", "backbone": backbone},
-                  lambda: step_reward(cfg, d.rm_data, rm_eval, d.rm), timings)
+        rm: Path | None = None
+        if cfg.train_reward_model:
+            rm = d.rm
+            run_stage(f"round {rnd}: reward model", d.rm, RewardResult,
+                      {"reward": cfg.reward.given(), "backbone": backbone},
+                      {"data": d.rm_data, "eval": rm_eval or "-", "backbone": backbone},
+                      lambda: step_reward(cfg, d.rm_data, rm_eval, d.rm), timings)
 
-        # 5. continue PPO from the current policy against the new reward model
+        # 5. the learner, from the current policy: PPO / RLOO / GRPO against the new reward model,
+        # or DPO on every ranking so far
         ppo_prompts = run / "train_prompts.jsonl"
         write_jsonl(ppo_prompts, prompts)
-        run_stage(f"round {rnd}: PPO", d.policy, PPOResult,
-                  {"ppo": cfg.ppo.given(), "sampling": cfgd["sampling"], "seed": cfg.seed},
-                  {"policy": policy, "rm": d.rm, "prompts": ppo_prompts},
-                  lambda: step_ppo(cfg, policy, d.rm, ppo_prompts, d.policy), timings)
+        # The reference is an input only where it is not the initial policy: the records of runs
+        # before there were demonstrations stay valid.
+        ref_input = {} if reference == cfg.policy else {"reference": reference}
+        if cfg.algorithm == "ppo":
+            run_stage(f"round {rnd}: PPO", d.policy, PPOResult,
+                      {"ppo": cfg.ppo.given(), "sampling": cfgd["sampling"], "seed": cfg.seed},
+                      {"policy": policy, "rm": d.rm, "prompts": ppo_prompts, **ref_input},
+                      lambda: step_ppo(cfg, policy, d.rm, ppo_prompts, d.policy, reference), timings)
+        elif cfg.algorithm in ("rloo", "grpo"):
+            a = cfg.algorithm
+            run_stage(f"round {rnd}: {a.upper()}", d.policy, GroupResult,
+                      {"algorithm": a, a: getattr(cfg, a).given(), "sampling": cfgd["sampling"], "seed": cfg.seed},
+                      {"policy": policy, "rm": d.rm, "prompts": ppo_prompts, **ref_input},
+                      lambda: step_group(cfg, a, policy, reference, d.rm, ppo_prompts, d.policy), timings)
+        else:
+            run_stage(f"round {rnd}: DPO", d.policy, DPOResult,
+                      {"algorithm": "dpo", "dpo": cfg.dpo.given(), "seed": cfg.seed},
+                      {"policy": policy, "data": d.rm_data, "eval": rm_eval or "-", **ref_input},
+                      lambda: step_dpo(cfg, policy, reference, d.rm_data, rm_eval, d.policy), timings)
 
         # 6. evaluate on held-out prompts
         if eval_prompts:
             run_stage(f"round {rnd}: evaluate", d.eval, EvalResult,
                       {"sampling": cfgd["sampling"], "eval_samples": cfg.eval_samples, "gold": gold_spec},
-                      {"policy": d.policy, "rm": d.rm, "base": base_samples_rows},
-                      lambda: step_eval(cfg, str(d.policy), cfg.policy, d.rm, eval_prompts, base_samples_rows, d.eval),
+                      {"policy": d.policy, "rm": rm or "-", "base": base_samples_rows, **ref_input},
+                      lambda: step_eval(cfg, str(d.policy), reference, rm, eval_prompts, base_samples_rows, d.eval),
                       timings)
-        policy, prev_rm = str(d.policy), d.rm
+        policy, prev_rm = str(d.policy), rm
 
     write_json(run / "timings.json", timings)
     return run
+
+
+def run_demonstrations(cfg: LoopConfig, prompts: list[Prompt], eval_prompts: list[Prompt], base_samples: Path,
+                       timings: list[dict]) -> str:
+    """Round 0 (InstructGPT's step 1): demonstrations collected through the labeling app (or read
+    from ``demonstrations.data``), SFT of the initial policy on them, its evaluation. Returns the
+    SFT model: the policy's start and the reference from then on. Artifacts in
+    ``<run>/demonstrations/``."""
+    run = Path(cfg.output)
+    dm = cfg.demonstrations
+    d = run / "demonstrations"
+    d.mkdir(parents=True, exist_ok=True)
+    demos = d / "demonstrations.jsonl"
+    asked = prompts[:dm.prompts] if dm.prompts else list(prompts)
+    dmd = dm.model_dump()
+    dmd.pop("sft")
+    if dm.data:
+        run_stage("round 0: demonstrations (from file)", demos, DemonstrationResult, {"data": dm.data},
+                  {"data": dm.data}, lambda: _copy_demonstrations(Path(dm.data), demos), timings)  # type: ignore[arg-type]
+    else:
+        write_jsonl(d / "prompts.jsonl", asked)
+        run_stage(f"round 0: demonstrations ({dm.mode})", demos, DemonstrationResult,
+                  {"demonstrations": dmd, "gold": cfg.labeling.gold, "seed": cfg.seed},
+                  {"prompts": d / "prompts.jsonl"}, lambda: step_demonstrations(cfg, asked, demos), timings)
+    sft = d / "policy"
+    run_stage("round 0: SFT", sft, SFTResult, {"sft": dm.sft.given(), "seed": cfg.seed},
+              {"model": cfg.policy, "data": demos}, lambda: step_sft(cfg, demos, sft), timings)
+    if eval_prompts:
+        out = run / "eval" / "sft.json"
+        run_stage("round 0: evaluate the SFT policy", out, EvalResult,
+                  {"sampling": cfg.model_dump()["sampling"], "eval_samples": cfg.eval_samples, "gold": cfg.gold_spec()},
+                  {"policy": sft, "base": base_samples},
+                  lambda: step_eval(cfg, str(sft), cfg.policy, None, eval_prompts, base_samples, out), timings)
+    return str(sft)
+
+
+def _copy_demonstrations(src: Path, out: Path) -> DemonstrationResult:
+    from rankloop.sft.data import read_demonstrations
+
+    rows = read_demonstrations(src)  # a bad row: a clear error naming the file and line, here, not in SFT
+    out.write_bytes(src.read_bytes())
+    return DemonstrationResult(source=str(src), demonstrations=len(rows), prompts=len({getattr(r, "prompt_id", i)
+                                                                                      for i, r in enumerate(rows)}),
+                               figures={})
+
+
+def step_demonstrations(cfg: LoopConfig, prompts: list[Prompt], out: Path) -> DemonstrationResult:
+    """Import the prompts into a demonstration project of the labeling app, get answers written
+    (simulated demonstrators through its API, or people), review them, export the accepted ones.
+
+    Through the demonstration API of the labeling client (``create_project(…,
+    mode="demonstration")``, ``import_prompts``, ``next_task`` → ``kind: "demonstration"``,
+    ``submit_demonstration``, ``demonstrations``, ``review_demonstration``, ``export(format="demonstrations")``)."""
+    from fastapi.testclient import TestClient
+
+    from rankloop.labeling.app import create_app
+    from rankloop.labeling.client import LabelingClient
+
+    dm, lab = cfg.demonstrations, cfg.labeling
+    url = database_url(cfg)
+    name = f"{dm.project_prefix}-demonstrations"
+    admin_pw = lab.admin_password or os.environ.get("RANKLOOP_ADMIN_PASSWORD") or _admin_password(cfg)
+    app = create_app(url, admin=(lab.admin_user, admin_pw))
+    figures: dict[str, Any] = {}
+
+    def load(admin: LabelingClient) -> int:
+        existing = {p["name"]: p for p in admin.projects()}
+        if name in existing:  # resumed: the project and its prompts are there already
+            pid = existing[name]["id"]
+            if admin.progress(pid)["items"] > 0:
+                return pid
+        else:
+            pid = admin.create_project(name, mode="demonstration", overlap=dm.overlap,
+                                       instructions="Write the answer you would want: kind and polite, about the "
+                                       "asked topic, about 18 words, no repetition, finished sentences.")["id"]
+        admin.import_prompts(pid, prompts)
+        return pid
+
+    def export(admin: LabelingClient, pid: int) -> int:
+        text = admin.export(pid, format="demonstrations", include_pending=False)
+        out.write_text(text if text.endswith("\n") or not text else text + "\n")
+        return sum(1 for ln in text.splitlines() if ln.strip())
+
+    if dm.mode == "simulated":
+        from rankloop.corpus import write_answer
+        from rankloop.simulate import SimulatedDemonstrator, demonstrate_project, review_demonstrations
+
+        gold = load_fn(lab.gold)
+        writers = [SimulatedDemonstrator(f"sim-demonstrator-{i}", dm.sigma, gold, write_answer, drafts=dm.drafts,
+                                         seed=cfg.seed) for i in range(dm.demonstrators)]
+        with TestClient(app) as http:
+            admin = LabelingClient(http)
+            admin.login(lab.admin_user, admin_pw)
+            pid = load(admin)
+            with _bar(cfg, "simulated demonstrations", admin.progress(pid)["slots"]) as (bar, task):
+                figures.update(demonstrate_project(admin, pid, writers, lab.password,
+                                                   on_submit=lambda: bar.advance(task)))
+            figures.update(review_demonstrations(admin, pid, gold, dm.min_gold))
+            n = export(admin, pid)
+    else:
+        server, thread = _start_server(app, lab.host, lab.port)
+        try:
+            with LabelingClient(f"http://{lab.host}:{lab.port}") as admin:
+                admin.login(lab.admin_user, admin_pw)
+                pid = load(admin)
+                console.print(f"\n[bold]Labeling app:[/] http://{lab.host}:{lab.port}/login  "
+                              f"admin [bold]{lab.admin_user}[/] / [bold]{admin_pw}[/]\n"
+                              f"Project [bold]{name}[/] (id {pid}) is loaded: write an answer to each prompt, "
+                              "then review them; the loop continues when every answer is in and reviewed.\n")
+                with _bar(cfg, "waiting for demonstrations", admin.progress(pid)["slots"]) as (bar, task):
+                    while True:
+                        prog = admin.progress(pid)
+                        bar.update(task, completed=prog["slots_done"])
+                        if prog["slots_done"] >= prog["slots"] and not admin.demonstrations(pid, review="pending"):
+                            break
+                        time.sleep(lab.poll_seconds)
+                n = export(admin, pid)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+    if n == 0:
+        raise RuntimeError(f"{name}: no accepted demonstrations to train SFT on")
+    return DemonstrationResult(source=dm.mode, demonstrations=n, prompts=len(prompts), figures=figures)
 
 
 def _pool(prompts: list[Prompt], cfg: LoopConfig, rnd: int) -> list[Prompt]:

@@ -23,7 +23,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rankloop.loop import RoundResult, read_eval, read_rounds, round_dir
+from rankloop.loop import (
+    DPOResult,
+    GroupResult,
+    RoundResult,
+    read_demonstrations_stage,
+    read_eval,
+    read_rounds,
+    round_dir,
+)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -49,7 +57,43 @@ def _round_row(r: RoundResult) -> dict:
         "proxy": None if ev is None else ev.proxy,
         "proxy_initial": None if ev is None else ev.proxy_initial,
         "win_rate_vs_initial": None if ev is None else ev.win_rate_vs_initial,
+        **_learner_fields(r),
     }
+
+
+def _learner_fields(r: RoundResult) -> dict:
+    """A round's learner figures beyond PPO's (none for a PPO round: its line is as it always was)."""
+    if r.algorithm == "ppo":
+        return {}
+    x = r.learner
+    out: dict[str, Any] = {"algorithm": r.algorithm}
+    if isinstance(x, GroupResult):
+        out.update(learner_steps=x.iterations, learner_final_reward=x.final_reward,
+                   learner_final_kl_ref=x.final_kl_ref)
+    elif isinstance(x, DPOResult):
+        out.update(learner_steps=x.steps, learner_final_kl_ref=x.kl_ref, dpo_train_rankings=x.train_rankings,
+                   dpo_final_loss=x.final_loss, dpo_eval_accuracy=x.eval_accuracy,
+                   dpo_eval_chosen_logp=x.eval_chosen_logp, dpo_eval_chosen_logp_ref=x.eval_chosen_logp_ref)
+    else:
+        out["learner_steps"] = None
+    return out
+
+
+def _learner_cell(r: dict) -> str:
+    """The learner column: PPO's iterations, or '<algorithm> <steps>'."""
+    if "algorithm" not in r:
+        return _fmt(r["ppo_iterations"])
+    return f"{r['algorithm']} {_fmt(r.get('learner_steps'))}"
+
+
+def _stage_golds(summary: dict) -> list[tuple[str, Any, Any]]:
+    """(stage, gold score, KL) for every policy the run made: pre-trained, SFT, each round."""
+    rows: list[tuple[str, Any, Any]] = [("pre-trained", summary.get("initial_gold"), 0.0)]
+    if summary.get("sft") is not None:
+        rows.append(("SFT (round 0)", summary["sft"].get("gold"), summary["sft"].get("kl_from_initial")))
+    for r in summary["rounds"]:
+        rows.append((f"round {r['round']} ({r.get('algorithm', 'ppo')})", r["gold"], r["kl_from_initial"]))
+    return rows
 
 
 def summarise(run: str | Path, timings: list[dict] | None = None, total_seconds: float | None = None) -> dict:
@@ -71,6 +115,14 @@ def summarise(run: str | Path, timings: list[dict] | None = None, total_seconds:
         "rm_accuracy": None if final_rm is None else final_rm.rm_accuracy,
         "rounds": [_round_row(r) for r in rounds],
     }
+    demos, sft, sft_eval = read_demonstrations_stage(run)
+    if sft is not None:  # round 0 ran: demonstrations → SFT (only then, so a PPO-only summary is as before)
+        out["sft"] = {"demonstrations": None if demos is None else demos.demonstrations,
+                      "demonstration_source": None if demos is None else demos.source,
+                      "steps": sft.steps, "final_loss": sft.final_loss,
+                      "gold": None if sft_eval is None else sft_eval.gold,
+                      "kl_from_initial": None if sft_eval is None else sft_eval.kl_from_initial,
+                      "win_rate_vs_initial": None if sft_eval is None else sft_eval.win_rate_vs_initial}
     if timings is not None:
         out["timings"] = timings
     if total_seconds is not None:
@@ -136,9 +188,10 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
         metrics = _read_jsonl(d / "metrics.jsonl")
         gold = _read_jsonl(d / "gold.jsonl")
         n = min(len(metrics), len(gold))
-        if n == 0:
+        if n == 0:  # not run yet, or DPO (no rollouts)
             continue
-        x = [math.sqrt(max(m["ppo/kl_ref"], 0.0)) for m in metrics[:n]]
+        kl_key = f"{r.get('algorithm', 'ppo')}/kl_ref"
+        x = [math.sqrt(max(m[kl_key], 0.0)) for m in metrics[:n]]
         g0, p0 = gold[0]["gold"], gold[0]["proxy"]
         c = colours[r["round"] % len(colours)]
         dp = [g["proxy"] - p0 for g in gold[:n]]
@@ -181,11 +234,15 @@ def _plots(run: Path, summary: dict) -> list[tuple[str, str]]:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     off = 0
     for r in rounds:
+        if r.get("algorithm") == "dpo":
+            continue  # no rollouts: its curves are DPO's own (round-R/policy/metrics.jsonl)
         metrics = _read_jsonl(round_dir(run, r["round"]).policy / "metrics.jsonl")
+        metrics = [m for m in metrics if "iteration" in m]
+        kl_key = f"{r.get('algorithm', 'ppo')}/kl_ref"
         it = [off + m["iteration"] for m in metrics]
         c = colours[r["round"] % len(colours)]
         axes[0].plot(it, [m["objective/reward"] for m in metrics], color=c, label=f"round {r['round']}")
-        axes[1].plot(it, [m["ppo/kl_ref"] for m in metrics], color=c)
+        axes[1].plot(it, [m[kl_key] for m in metrics], color=c)
         axes[2].plot(it, [m.get("kl_coef", float("nan")) for m in metrics], color=c)
         off += len(metrics)
     titles = ("proxy reward (RM score)", "KL to the reference, the initial policy (k3)", "β (adaptive KL coefficient)")
@@ -235,13 +292,36 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return str(v)
 
 
+def _stage_table_html(summary: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_fmt(g)}</td><td>{_fmt(kl)}</td></tr>"
+                   for name, g, kl in _stage_golds(summary))
+    return f"<table><tr><th>policy</th><th>gold score</th><th>KL from its start</th></tr>{rows}</table>"
+
+
+def _budget_html(b: dict | None) -> str:
+    """The label-budget comparison (``rankloop.quickstart.compare_sft_budget``), when it ran."""
+    if not b:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(a['arm'])}</td><td>{_fmt(a['demonstrations'])}</td><td>{_fmt(a['rankings'])}</td>"
+        f"<td>{_fmt(a['labeler_seconds'], '.0f')}</td><td>{_fmt(a.get('gold'))}</td>"
+        f"<td>{_fmt(a.get('win_rate_vs_pretrained'))}</td><td>{_fmt(a.get('kl_from_reference'))}</td></tr>"
+        for a in b["arms"])
+    return (f"<h2>Same label budget: {_fmt(b['budget_labeler_seconds'], '.0f')} labeler-seconds</h2>"
+            f"<p>Assumed costs: one demonstration {_fmt(b['demonstration_seconds'], '.0f')} s, one ranking of K = "
+            f"{b['k']} {_fmt(b['ranking_seconds'], '.0f')} s (see rankloop.quickstart.DEMO_SECONDS). Held-out "
+            "prompts, by the gold preference; each arm one round.</p>"
+            "<table><tr><th>policy</th><th>demonstrations</th><th>rankings</th><th>labeler-seconds</th>"
+            f"<th>gold score</th><th>win rate vs pre-trained</th><th>KL from its reference</th></tr>{rows}</table>")
+
+
 def write_report(run: str | Path, summary: dict, print_table: bool = True) -> Path:
     """Write ``report.html`` in the run directory and print the summary table."""
     run = Path(run)
     figs = _plots(run, summary)
     rows = "".join(
         f"<tr><td>{r['round']}</td><td>{_fmt(r['rankings'])}</td><td>{_fmt(r['agreement'])}</td>"
-        f"<td>{_fmt(r['rm_accuracy'])}</td><td>{_fmt(r['ppo_iterations'])}</td><td>{_fmt(r['kl_from_initial'])}</td>"
+        f"<td>{_fmt(r['rm_accuracy'])}</td><td>{html.escape(_learner_cell(r))}</td><td>{_fmt(r['kl_from_initial'])}</td>"
         f"<td>{_fmt(r['proxy'])}</td><td>{_fmt(r['gold'])}</td><td>{_fmt(r['win_rate_vs_initial'])}</td></tr>"
         for r in summary["rounds"])
     timing_rows = "".join(
@@ -258,8 +338,10 @@ pre{{white-space:pre-wrap;margin:0;font-size:0.9em}}img{{max-width:100%}}.sample
 win rate of the final policy against the initial one by the gold preference on held-out prompts
 <b>{_fmt(summary.get('win_rate_vs_initial'))}</b>; KL from the initial policy <b>{_fmt(summary.get('final_kl'))}</b> nats per response.
 Total time {_fmt(summary.get('total_seconds'), '.0f')} s.</p>
-<table><tr><th>round</th><th>rankings</th><th>labeler agreement</th><th>RM accuracy</th><th>PPO iterations</th>
+<h2>Gold score per stage and round (held-out prompts)</h2>{_stage_table_html(summary)}
+<table><tr><th>round</th><th>rankings</th><th>labeler agreement</th><th>RM accuracy</th><th>learner steps</th>
 <th>KL from initial</th><th>proxy reward</th><th>gold score</th><th>win rate vs initial</th></tr>{rows}</table>
+{_budget_html(summary.get("sft_budget"))}
 {imgs}
 <h2>Samples before and after (held-out prompts)</h2>{_samples_html(run, summary)}
 <h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak RSS MiB</th><th>resumed</th></tr>{timing_rows}</table>
@@ -281,13 +363,17 @@ def print_summary(summary: dict, report: Path | None = None) -> None:
     # Short headers so the table fits an 80-column terminal; the caption spells them out.
     t = Table(title="rankloop — summary", title_justify="left", caption_justify="left",
               caption="labels: rankings collected · agree: labelers' pairwise agreement · KL: nats per response "
-                      "from the initial policy · win: gold win rate against the initial policy")
-    for col in ("round", "labels", "agree", "RM acc", "PPO its", "KL", "proxy", "gold", "win"):
+                      "from the reference (the initial policy, or the SFT model) · win: gold win rate against the initial policy")
+    for col in ("round", "labels", "agree", "RM acc", "learner", "KL", "proxy", "gold", "win"):
         t.add_column(col, justify="right")
     t.add_row("initial", "", "", "", "", "0", "", _fmt(summary.get("initial_gold")), "")
+    if summary.get("sft") is not None:
+        sft = summary["sft"]
+        t.add_row("SFT", _fmt(sft.get("demonstrations")), "", "", f"sft {_fmt(sft.get('steps'))}",
+                  _fmt(sft.get("kl_from_initial")), "", _fmt(sft.get("gold")), _fmt(sft.get("win_rate_vs_initial")))
     for r in summary["rounds"]:
         t.add_row(str(r["round"]), _fmt(r["rankings"]), _fmt(r["agreement"]), _fmt(r["rm_accuracy"]),
-                  _fmt(r["ppo_iterations"]), _fmt(r["kl_from_initial"]), _fmt(r["proxy"]), _fmt(r["gold"]),
+                  _learner_cell(r), _fmt(r["kl_from_initial"]), _fmt(r["proxy"]), _fmt(r["gold"]),
                   _fmt(r["win_rate_vs_initial"]))
     console.print(t)
     if summary.get("timings"):
@@ -301,5 +387,16 @@ def print_summary(summary: dict, report: Path | None = None) -> None:
         if summary.get("total_seconds") is not None:
             tt.add_row("[bold]total[/]", _fmt(summary["total_seconds"], ".1f"), "")
         console.print(tt)
+    if summary.get("sft_budget"):
+        b = summary["sft_budget"]
+        tb = Table(title=f"same label budget: {b['budget_labeler_seconds']:.0f} labeler-seconds "
+                         f"(demonstration {b['demonstration_seconds']:.0f} s, ranking of {b['k']} "
+                         f"{b['ranking_seconds']:.0f} s)", title_justify="left")
+        for col in ("policy", "demos", "rankings", "gold", "win", "KL"):
+            tb.add_column(col, justify="right")
+        for a in b["arms"]:
+            tb.add_row(a["arm"], _fmt(a["demonstrations"]), _fmt(a["rankings"]), _fmt(a.get("gold")),
+                       _fmt(a.get("win_rate_vs_pretrained")), _fmt(a.get("kl_from_reference")))
+        console.print(tb)
     if report is not None:
         console.print(f"report: [bold]{report}[/]")

@@ -16,6 +16,15 @@ batch equal the target — 0.73 by default, the inter-labeler agreement Instruct
 Labelers work exactly as people do: each is a user of the labeling app, logs in, asks for its
 next task, submits a ranking with an idempotency key; the rankings come back out through
 ``rankloop.labeling.export`` like any others. Nothing here touches the database.
+
+Simulated demonstrators (round 0 of the loop, InstructGPT's step 1) write answers the same way,
+through the app's demonstration API. How one answer is made: the demonstrator drafts ``drafts``
+answers it could write — by default ``rankloop.corpus.write_answer``, the corpus's own writer
+(the text distribution the base model was pre-trained on) — perceives each draft's gold score with
+noise, ``g_i + ε_i`` with ``ε_i ~ N(0, σ²)`` as a labeler does, and submits the draft it perceives
+best. With ``σ = 0`` it always submits the gold-best of its drafts; as ``σ`` grows its choice tends
+to a random draft, i.e. to the pre-training distribution. A demonstration is thus better than a
+typical answer by the gold preference, as a person's is, but not the best possible one.
 """
 
 from __future__ import annotations
@@ -199,3 +208,73 @@ def label_project(admin, project_id: int, labelers: Sequence[SimulatedLabeler], 
     out: dict = {"submitted": submitted, "labelers": len(labelers)}
     out.update({f"app_{k}": v for k, v in admin.agreement(project_id).items()})
     return out
+
+
+# ---------------------------------------------------------------- demonstrators
+
+WriteFn = Callable[[random.Random, str], str]
+
+
+@dataclass
+class SimulatedDemonstrator:
+    """One noisy writer of answers: the perceived-best of ``drafts`` answers it could write (see
+    the module docstring)."""
+
+    name: str
+    sigma: float
+    gold: GoldFn
+    write: WriteFn
+    drafts: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.drafts < 1:
+            raise ValueError(f"{self.name}: drafts must be at least 1, got {self.drafts}")
+        self._rng = random.Random(f"{self.name}:{self.seed}")
+
+    def demonstrate(self, prompt: str) -> str:
+        """The answer this demonstrator submits for ``prompt``."""
+        drafts = [self.write(self._rng, prompt) for _ in range(self.drafts)]
+        gold = list(self.gold([prompt] * len(drafts), drafts))
+        perceived = [g + self._rng.gauss(0.0, self.sigma) for g in gold]
+        return drafts[max(range(len(drafts)), key=perceived.__getitem__)]
+
+
+def demonstrate_project(admin, project_id: int, demonstrators: Sequence[SimulatedDemonstrator], password: str,
+                        on_submit: Callable[[], None] | None = None) -> dict:
+    """Every simulated demonstrator works through its queue of a demonstration project until no
+    task is left, as ``label_project`` does for rankings (logged-in app users, one task each in
+    turn, an idempotency key per task)."""
+    clients = ensure_labelers(admin, project_id, [d.name for d in demonstrators], password)
+    active = list(range(len(demonstrators)))
+    submitted = 0
+    while active:
+        still = []
+        for i in active:
+            task = clients[i].next_task(project_id)
+            if task is None:
+                continue
+            if task.get("kind") != "demonstration":
+                raise ValueError(f"project {project_id}: expected demonstration tasks, got {task.get('kind')!r}")
+            text = demonstrators[i].demonstrate(_prompt_text(task["prompt"]))
+            key = uuid.uuid5(uuid.NAMESPACE_URL,
+                             f"rankloop-sim-demo/{project_id}/{task['task_id']}/{demonstrators[i].name}").hex
+            clients[i].submit_demonstration(task["task_id"], text, edited_from=None, idempotency_key=key)
+            submitted += 1
+            if on_submit is not None:
+                on_submit()
+            still.append(i)
+        active = still
+    return {"submitted": submitted, "demonstrators": len(demonstrators)}
+
+
+def review_demonstrations(admin, project_id: int, gold: GoldFn, min_gold: float | None = None) -> dict:
+    """The simulated reviewer: accept every pending demonstration, or (``min_gold`` set) reject
+    those whose gold score is below it. Through the app's review API, as an admin would."""
+    accepted = rejected = 0
+    for demo in admin.demonstrations(project_id, review="pending"):
+        ok = min_gold is None or next(iter(gold([_prompt_text(demo["prompt"])], [demo["response"]]))) >= min_gold
+        admin.review_demonstration(demo["id"], "accepted" if ok else "rejected")
+        accepted += ok
+        rejected += not ok
+    return {"reviewed_accepted": accepted, "reviewed_rejected": rejected}

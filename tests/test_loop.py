@@ -277,6 +277,9 @@ def test_examples_loop_yaml_is_a_valid_loop_config():
 
     cfg = LoopConfig.from_file(ROOT / "examples" / "loop.yaml")
     assert cfg.ppo.iterations == 20 and cfg.ppo.kl_target == 3.0 and cfg.reward.lr == 2e-4
+    cfg = LoopConfig.from_file(ROOT / "examples" / "loop-instructgpt.yaml")
+    assert cfg.algorithm == "rloo" and cfg.rloo.samples_per_prompt == 4 and cfg.dpo.loss == "dpo"
+    assert cfg.demonstrations.enabled and cfg.demonstrations.sft.epochs == 3
 
 
 @pytest.mark.parametrize("section, setting, message", [
@@ -289,6 +292,11 @@ def test_examples_loop_yaml_is_a_valid_loop_config():
     # fields the loop sets every round (ppo.reference used to pass and fail at PPO with a TypeError)
     ("ppo", {"reference": "gpt2", "output": "x"}, r"ppo: the loop sets \['output', 'reference'\] itself"),
     ("reward", {"model": "gpt2"}, r"reward: the loop sets \['model'\] itself"),
+    ("rloo", {"reference": "gpt2"}, r"rloo: the loop sets \['reference'\] itself"),
+    ("grpo", {"advantage": "grup"}, r"grpo\.advantage: Input should be"),
+    ("dpo", {"beta": 0}, r"dpo\.beta: Input should be greater than 0"),
+    ("dpo", {"data": "x.jsonl"}, r"dpo: the loop sets \['data'\] itself"),
+    ("demonstrations", {"sft": {"model": "gpt2"}}, r"demonstrations\.sft: the loop sets \['model'\] itself"),
 ])
 def test_bad_stage_setting_is_a_config_error_on_load(tmp_path, section, setting, message):
     """A misspelt or invalid `ppo:` / `reward:` setting in the YAML stops the load, naming the field."""
@@ -296,7 +304,7 @@ def test_bad_stage_setting_is_a_config_error_on_load(tmp_path, section, setting,
     from rankloop.loop import LoopConfig
 
     data = yaml.safe_load((ROOT / "examples" / "loop.yaml").read_text())
-    data[section].update(setting)
+    data.setdefault(section, {}).update(setting)
     path = _write_yaml(tmp_path / "loop.yaml", data)
     with pytest.raises(ConfigError, match=rf"{path}: invalid LoopConfig: {message}"):
         LoopConfig.from_file(path)
@@ -357,3 +365,165 @@ def test_stage_configs_take_the_loop_defaults_then_the_round_settings(tmp_path):
     assert saved["reward"] == {"lr": 5e-4, "epochs": 2} and saved["ppo"] == {"iterations": 3, "kl_coef": 0.3,
                                                                             "save_every": 2}
     assert LoopConfig.model_validate(saved).ppo.given() == cfg.ppo.given()
+
+
+# ---------------------------------------------------------------- every learner, and round 0 (issues 12-14)
+
+LEARNER_SETTINGS = {
+    "rloo": {"iterations": 2, "batch_size": 2, "samples_per_prompt": 2, "minibatch_size": 2, "save_every": 1,
+             "learning_rate": 1e-3},
+    "grpo": {"iterations": 2, "batch_size": 2, "samples_per_prompt": 2, "minibatch_size": 2, "save_every": 1,
+             "learning_rate": 1e-3},
+    "dpo": {"epochs": 1, "batch_size": 4, "max_length": 64, "lr": 1e-3, "kl_prompts": 2, "kl_max_new_tokens": 8},
+}
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "dpo"])
+def test_each_learner_runs_two_rounds_and_resumes(tmp_path, base_model, algorithm):
+    from rankloop.loop import DPOResult, GroupResult, LoopConfig, read_rounds, run_loop
+    from rankloop.report import summarise
+
+    cfg = LoopConfig(**_config(tmp_path, base_model, rounds=2, algorithm=algorithm,
+                               **{algorithm: LEARNER_SETTINGS[algorithm]}))
+    timings: list[dict] = []
+    run = run_loop(cfg, timings)
+    rounds = read_rounds(run)
+    assert [r.algorithm for r in rounds] == [algorithm, algorithm]
+    for r in rounds:
+        assert r.ppo is None and r.eval is not None and r.reward is not None
+        rec = json.loads((run / f"round-{r.round}" / "policy.stage.json").read_text())
+        assert rec["config"]["algorithm"] == algorithm and rec["stage"] == f"round {r.round}: {algorithm.upper()}"
+        assert (run / f"round-{r.round}" / "policy" / "model.safetensors").exists()
+        if algorithm == "dpo":
+            assert isinstance(r.learner, DPOResult)
+            # every ranking so far: round 1 trains on both rounds' rankings
+            assert r.learner.train_rankings == len(read_preferences(run / f"round-{r.round}" / "rm_data.jsonl"))
+            assert r.learner.eval_accuracy is not None and r.learner.final_loss is not None
+        else:
+            assert isinstance(r.learner, GroupResult) and r.learner.iterations == 2
+            assert r.learner.final_kl_ref is not None and r.learner.final_kl_ref >= 0
+            assert len((run / f"round-{r.round}" / "policy" / "gold.jsonl").read_text().splitlines()) == 2
+    # round 1 continued from round 0's policy
+    r1 = json.loads((run / "round-1" / "policy.stage.json").read_text())
+    assert r1["inputs"]["policy"] == str(run / "round-0" / "policy")
+    assert rounds[1].learner.train_rankings > rounds[0].learner.train_rankings if algorithm == "dpo" else True
+    # the report has a row per round naming the learner
+    s = summarise(run)
+    assert [row["algorithm"] for row in s["rounds"]] == [algorithm, algorithm]
+    # a second run skips every finished stage
+    again: list[dict] = []
+    run_loop(cfg, again)
+    assert again and all(t["skipped"] for t in again), [t["stage"] for t in again if not t["skipped"]]
+
+
+def test_dpo_without_a_reward_model(tmp_path, base_model):
+    from rankloop.loop import LoopConfig, read_rounds, run_loop
+
+    cfg = LoopConfig(**_config(tmp_path, base_model, algorithm="dpo", train_reward_model=False,
+                               dpo=LEARNER_SETTINGS["dpo"]))
+    run = run_loop(cfg)
+    (r0,) = read_rounds(run)
+    assert r0.reward is None and not (run / "round-0" / "rm").exists()
+    assert r0.eval is not None and r0.eval.proxy is None and r0.eval.gold is not None
+
+
+def test_train_reward_model_off_needs_dpo(tmp_path, base_model):
+    from rankloop.loop import LoopConfig
+
+    with pytest.raises(ValueError, match="train_reward_model: false needs algorithm dpo"):
+        LoopConfig(**_config(tmp_path, base_model, train_reward_model=False))
+
+
+def _demonstrations_file(path: Path, prompts_path: Path) -> Path:
+    """What a demonstration project's export holds: one accepted answer per prompt, written by a
+    simulated demonstrator (``rankloop.simulate``)."""
+    from rankloop.corpus import gold_scores, write_answer
+    from rankloop.io import read_prompts
+    from rankloop.records import Demonstration
+    from rankloop.simulate import SimulatedDemonstrator
+
+    d = SimulatedDemonstrator("sim-demonstrator-0", 0.3, gold_scores, write_answer, seed=0)
+    rows = [Demonstration(prompt_id=p.id, prompt=p.text, response=d.demonstrate(p.text), labeler=d.name,
+                          review="accepted").to_row() for p in read_prompts(prompts_path)]
+    write_jsonl(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("algorithm,source", [("ppo", "file"), ("dpo", "app")])
+def test_demonstrations_train_sft_which_starts_the_policy_and_is_the_reference(tmp_path, base_model, algorithm,
+                                                                               source):
+    """Round 0: demonstrations — from a file, or written by simulated demonstrators through the
+    labeling app's API and out through its export — then SFT, which the learner starts from and
+    is held to."""
+    from rankloop.labeling.client import LabelingClient
+    from rankloop.loop import LoopConfig, SFTResult, read_demonstrations_stage, run_loop
+    from rankloop.report import summarise
+
+    data = _config(tmp_path, base_model, algorithm=algorithm, dpo=LEARNER_SETTINGS["dpo"])
+    data["demonstrations"] = {"enabled": True, "min_gold": -10.0,
+                              "sft": {"epochs": 2, "batch_size": 4, "max_length": 128, "lr": 1e-3}}
+    if source == "file":
+        data["demonstrations"]["data"] = str(_demonstrations_file(tmp_path / "demos.jsonl", tmp_path / "prompts.jsonl"))
+    cfg = LoopConfig(**data)
+    run = run_loop(cfg)
+    sft = run / "demonstrations" / "policy"
+    demo_res, sft_res, sft_eval = read_demonstrations_stage(run)
+    assert demo_res is not None and demo_res.demonstrations == 8
+    if source == "app":
+        from fastapi.testclient import TestClient
+
+        from rankloop.labeling.app import create_app
+
+        assert demo_res.source == "simulated" and demo_res.figures["submitted"] == 8
+        assert demo_res.figures["reviewed_accepted"] == 8
+        pw = (run / ".admin-password").read_text().strip()
+        with TestClient(create_app(f"sqlite:///{run / 'labels.db'}", admin=("admin", pw))) as http:
+            admin = LabelingClient(http)
+            admin.login("admin", pw)
+            (proj,) = [p for p in admin.projects() if p["name"] == "rankloop-demonstrations"]
+            stored = admin.demonstrations(proj["id"])
+        assert len(stored) == 8 and {d["review"] for d in stored} == {"accepted"}
+        assert {d["labeler"] for d in stored} == {"sim-demonstrator-0", "sim-demonstrator-1"}
+        exported = [json.loads(x) for x in (run / "demonstrations" / "demonstrations.jsonl").read_text().splitlines()]
+        assert sorted(r["response"] for r in exported) == sorted(d["response"] for d in stored)
+    assert isinstance(sft_res, SFTResult) and sft_res.demonstrations == 8 and sft_res.steps == 4
+    assert (sft / "model.safetensors").exists() and sft_eval is not None and sft_eval.gold is not None
+    # the SFT model is where round 0's learner starts, and its reference
+    rec = json.loads((run / "round-0" / "policy.stage.json").read_text())
+    assert rec["inputs"]["policy"] == str(sft) and rec["inputs"]["reference"] == str(sft)
+    saved = json.loads((run / "round-0" / "policy" / ("ppo_config.json" if algorithm == "ppo"
+                                                       else "train_config.json")).read_text())
+    if algorithm == "ppo":
+        assert saved["policy"] == str(sft) and saved["reference"] == str(sft)
+    else:
+        assert saved["model"] == str(sft) and saved["reference"] is None  # None: the starting model = SFT
+    ev = json.loads((run / "round-0" / "eval.json.stage.json").read_text())
+    assert ev["inputs"]["reference"] == str(sft)
+    s = summarise(run)
+    assert s["sft"]["demonstrations"] == 8 and s["sft"]["gold"] == sft_eval.gold
+    # rerun: every stage, round 0's included, is done before
+    again: list[dict] = []
+    run_loop(cfg, again)
+    assert all(t["skipped"] for t in again), [t["stage"] for t in again if not t["skipped"]]
+    # a changed SFT setting re-runs SFT and everything it feeds
+    cfg2 = LoopConfig(**{**data, "demonstrations": {**data["demonstrations"], "sft": {
+        **data["demonstrations"]["sft"], "epochs": 1}}})
+    third: list[dict] = []
+    run_loop(cfg2, third)
+    redone = {t["stage"] for t in third if not t["skipped"]}
+    assert {"round 0: SFT", f"round 0: {algorithm.upper()}", "round 0: sample"} <= redone, redone
+    assert not any(st.startswith("round 0: demonstrations") for st in redone), redone
+
+
+def test_bad_demonstrations_file_is_a_clear_error(tmp_path, base_model):
+    from rankloop.loop import LoopConfig, run_loop
+
+    bad = tmp_path / "demos.jsonl"
+    bad.write_text('{"prompt_id": "p0", "prompt": "Q: hi\\nA:", "response": "ok.", "review": "accepted"}\n'
+                   '{"prompt_id": "p1", "prompt": "Q: hi\\nA:"}\n')
+    data = _config(tmp_path, base_model)
+    data["demonstrations"] = {"enabled": True, "data": str(bad)}
+    from rankloop.io import DataError
+
+    with pytest.raises(DataError, match=r"demos.jsonl:2: "):
+        run_loop(LoopConfig(**data))

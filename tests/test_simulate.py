@@ -147,3 +147,39 @@ def test_calibration_counts_copies_as_agreeing():
     assert sum(measured) / len(measured) == pytest.approx(0.73, abs=0.01)
     # Without the texts the copies count as coin flips and σ comes out too small.
     assert calibrate_sigma(groups, 0.73) < sigma
+
+
+# ---------------------------------------------------------------- simulated demonstrators (issue 12.4)
+
+
+def test_demonstrator_submits_its_perceived_best_draft():
+    from rankloop.corpus import write_answer
+    from rankloop.simulate import SimulatedDemonstrator
+
+    prompts = [format_prompt(f"tell me about the {t}.") for t in list(TOPICS)[:6]] * 10
+    exact = SimulatedDemonstrator("d0", 0.0, gold_scores, write_answer, drafts=4, seed=1)
+    # σ = 0: the gold-best of exactly the drafts it wrote (the same seeded stream, replayed)
+    replay = random.Random("d0:1")
+    for p in prompts[:12]:
+        drafts = [write_answer(replay, p) for _ in range(4)]
+        [replay.gauss(0.0, 0.0) for _ in drafts]  # the perception draws keep the streams in step
+        assert exact.demonstrate(p) == max(drafts, key=lambda d: gold_score(p, d))
+    # better than a typical corpus answer by the gold preference, and worse with more noise
+    rng = random.Random(7)
+    typical = sum(gold_score(p, write_answer(rng, p)) for p in prompts) / len(prompts)
+    mean = {}
+    for s in (0.0, 100.0):
+        d = SimulatedDemonstrator("d", s, gold_scores, write_answer, seed=2)
+        mean[s] = sum(gold_score(p, d.demonstrate(p)) for p in prompts) / len(prompts)
+    assert mean[0.0] > typical + 0.3, (mean, typical)
+    assert mean[100.0] < mean[0.0] - 0.3, mean
+
+
+def test_demonstrator_needs_a_corpus_topic_and_a_draft():
+    from rankloop.corpus import write_answer
+    from rankloop.simulate import SimulatedDemonstrator
+
+    with pytest.raises(ValueError, match="names none of the corpus's topics"):
+        SimulatedDemonstrator("d", 0.1, gold_scores, write_answer).demonstrate("Q: what is 2 + 2?\nA:")
+    with pytest.raises(ValueError, match="drafts must be at least 1"):
+        SimulatedDemonstrator("d", 0.1, gold_scores, write_answer, drafts=0)

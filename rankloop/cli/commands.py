@@ -348,15 +348,18 @@ def grpo(cfg: GRPOConfig) -> None:
 QUICKSTART_GROUPS = {
     "Run": ("output", "tiny", "labelers", "port", "seed", "threads", "progress"),
     "Sizes": ("rounds", "train_prompts", "eval_prompts", "k", "ppo_iterations", "rm_epochs"),
+    "Recipe": ("algorithm", "demonstrations", "demo_prompts", "sft_epochs", "compare_sft"),
 }
 
 
 def quickstart(cfg: QuickstartConfig) -> None:
-    """The whole RLHF loop on an embedded default, offline, on a CPU.
+    """InstructGPT's whole recipe on an embedded default, offline, on a CPU.
 
-    Pre-train a small LM on a generated corpus (cached), sample K=4 candidates, simulated labelers
-    rank them through the labeling app, train the reward model, PPO with adaptive KL, and a report
-    (report.html + a summary table)."""
+    Pre-train a small LM on a generated corpus (cached); simulated demonstrators write answers
+    through the labeling app and SFT trains on them; then two rounds of: sample K=4 candidates from
+    the latest policy, simulated labelers rank them through the app, train the reward model, PPO
+    with adaptive KL (or --algorithm rloo|grpo|dpo); and a report (report.html + a summary table
+    with the gold score per stage and round)."""
     from rankloop.quickstart import run_quickstart
 
     run_quickstart(cfg)
@@ -366,6 +369,7 @@ LOOP_GROUPS = {  # the nested sampling: and labeling: get a panel each
     "Inputs and outputs": ("output", "policy", "prompts", "eval_prompts", "reward_model"),
     "Rounds and selection": ("rounds", "k", "prompts_per_round", "pool_per_round", "selection", "seed"),
     "Evaluation": ("eval_samples", "gold", "rm_eval_data"),
+    "Learner": ("algorithm", "train_reward_model"),  # its rloo:/grpo:/dpo: and demonstrations: get a panel each
     "Run": ("threads", "progress"),
 }
 
