@@ -52,6 +52,10 @@ class QuickstartConfig(Config):
                                  "reference.")
     demo_prompts: int = Field(48, ge=1, description="Training prompts sent for demonstrations.")
     sft_epochs: float = Field(3, gt=0, description="SFT epochs on the demonstrations.")
+    compare: bool = Field(False, description="Also run the learners' comparison (PPO, RLOO, GRPO, offline and "
+                          "iterative DPO at three KL strengths, seeds seed and seed+1, from the same rankings and "
+                          "reward model; rankloop.compare) in <output>/compare; the report shows its table and "
+                          "gold-vs-KL plot. Long: bench/learners.py runs the same.")
     compare_sft: bool = Field(False, description="Also compare pre-trained vs SFT vs SFT+PPO vs PPO without SFT at "
                               "the same label budget in labeler-seconds (see compare_sft_budget); the report shows it.")
     rm_epochs: float = Field(4, gt=0, description="Reward-model epochs per round.")
@@ -250,6 +254,14 @@ def run_quickstart(qs: QuickstartConfig) -> dict:
     summary["tiny"] = qs.tiny
     if qs.compare_sft:
         summary["sft_budget"] = compare_sft_budget(qs, policy, run)
+    if qs.compare:
+        from rankloop.compare import CompareConfig, compare_learners, frontier_png
+
+        console.rule("the learners' comparison")
+        cmp = compare_learners(CompareConfig(output=str(run / "compare"), tiny=qs.tiny, seeds=[qs.seed, qs.seed + 1],
+                                             threads=qs.threads, progress=qs.progress))
+        frontier_png(cmp, run / "compare" / "frontier.png")
+        summary["learners"] = {k: v for k, v in cmp.items() if k != "arms"}
     write_json(run / "summary.json", summary)
     write_report(run, summary)
     return summary

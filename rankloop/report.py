@@ -315,6 +315,29 @@ def _budget_html(b: dict | None) -> str:
             f"<th>gold score</th><th>win rate vs pre-trained</th><th>KL from its reference</th></tr>{rows}</table>")
 
 
+def _learners_html(run: Path, c: dict | None) -> str:
+    """The learners' comparison (``rankloop.compare``), when it ran (``quickstart --compare``)."""
+    if not c:
+        return ""
+    import base64
+
+    from rankloop.compare import table
+
+    lines = table(c).splitlines()
+    head = "".join(f"<th>{html.escape(x.strip())}</th>" for x in lines[0].strip("|").split("|"))
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(x.strip())}</td>" for x in ln.strip("|").split("|")) + "</tr>"
+                   for ln in lines[2:])
+    png = run / "compare" / "frontier.png"
+    img = (f"<img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'/>"
+           if png.exists() else "")
+    v = c.get("verdict") or {}
+    verdict = (f"<p>Best: <b>{html.escape(str(v['best']))}</b> (β {v['best_kl_strength']:g}), win rate "
+               f"{_fmt(v['win_rate'])}, {v['lead']:+.3f} over {html.escape(str(v['runner_up']))}; "
+               f"{'outside' if v.get('outside_seed_spread') else 'inside'} the seeds' spread.</p>" if v else "")
+    return (f"<h2>The learners' comparison (same rankings and reward model; mean over seeds [min, max])</h2>"
+            f"{verdict}<table><tr>{head}</tr>{rows}</table>{img}")
+
+
 def write_report(run: str | Path, summary: dict, print_table: bool = True) -> Path:
     """Write ``report.html`` in the run directory and print the summary table."""
     run = Path(run)
@@ -342,6 +365,7 @@ Total time {_fmt(summary.get('total_seconds'), '.0f')} s.</p>
 <table><tr><th>round</th><th>rankings</th><th>labeler agreement</th><th>RM accuracy</th><th>learner steps</th>
 <th>KL from initial</th><th>proxy reward</th><th>gold score</th><th>win rate vs initial</th></tr>{rows}</table>
 {_budget_html(summary.get("sft_budget"))}
+{_learners_html(run, summary.get("learners"))}
 {imgs}
 <h2>Samples before and after (held-out prompts)</h2>{_samples_html(run, summary)}
 <h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak RSS MiB</th><th>resumed</th></tr>{timing_rows}</table>

@@ -288,7 +288,8 @@ def doc_command_lines() -> list[tuple[str, list[str], str]]:
     root = typer.main.get_command(app)
     names = set(root.commands)
     out = []
-    for path in [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*")]:
+    examples = [p for p in (ROOT / "examples").rglob("*") if p.is_file()]
+    for path in [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), *examples]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             for m in re.finditer(r"rankloop(?:\.cli)? ([a-z-]+)((?: [^`#&|]*)?)", line):
                 if m.group(1) not in names:

@@ -348,7 +348,7 @@ def grpo(cfg: GRPOConfig) -> None:
 QUICKSTART_GROUPS = {
     "Run": ("output", "tiny", "labelers", "port", "seed", "threads", "progress"),
     "Sizes": ("rounds", "train_prompts", "eval_prompts", "k", "ppo_iterations", "rm_epochs"),
-    "Recipe": ("algorithm", "demonstrations", "demo_prompts", "sft_epochs", "compare_sft"),
+    "Recipe": ("algorithm", "demonstrations", "demo_prompts", "sft_epochs", "compare_sft", "compare"),
 }
 
 
