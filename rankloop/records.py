@@ -120,6 +120,9 @@ class Ranking(_Record):
     all_bad: bool = False
     unsafe: bool = False
     rationale: str | None = None
+    # --- lead tools: "adjudicated" when a reviewer settled the item (labeler = the reviewer,
+    # rationale = their note); absent for a labeler's own ranking
+    provenance: str | None = None
 
     @field_validator("order", mode="before")
     @classmethod
@@ -223,7 +226,7 @@ class RankedExample(_Record):
         if isinstance(data, dict) and isinstance(data.get("ranking"), list):
             data = dict(data)
             ranking = {"prompt_id": data.get("prompt_id"), "order": data.pop("ranking")}
-            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale"):
+            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", "provenance"):
                 if key in data:
                     ranking[key] = data.pop(key)
             data["ranking"] = ranking
@@ -289,6 +292,8 @@ class RankedExample(_Record):
                 row[key] = True
         if self.ranking.rationale:
             row["rationale"] = self.ranking.rationale
+        if self.ranking.provenance is not None:
+            row["provenance"] = self.ranking.provenance
         if self.margin is not None:
             row["margin"] = self.margin
         return row

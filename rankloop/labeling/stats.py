@@ -29,13 +29,14 @@ class Raw:
     is_gold: bool
 
 
-def raw_rankings(db: Session, project_id: int) -> list[Raw]:
-    rows = db.execute(
-        select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
-               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold)
-        .join(User, User.id == RankingRow.labeler_id)
-        .where(RankingRow.project_id == project_id).order_by(RankingRow.id)
-    ).all()
+def raw_rankings(db: Session, project_id: int, item_id: int | None = None) -> list[Raw]:
+    q = (select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
+                RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold)
+         .join(User, User.id == RankingRow.labeler_id)
+         .where(RankingRow.project_id == project_id).order_by(RankingRow.id))
+    if item_id is not None:  # one item (the review page)
+        q = q.where(RankingRow.item_id == item_id)
+    rows = db.execute(q).all()
     return [Raw(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], as_utc(r[8]), bool(r[9])) for r in rows]
 
 
@@ -116,15 +117,82 @@ def consensus(db: Session, project_id: int) -> list[ConsensusOut]:
     return out
 
 
-def item_payloads(db: Session, project_id: int) -> dict[int, dict[str, Any]]:
-    """item id → prompt id, prompt content and candidate (id, text) list, for export."""
+def item_payloads(db: Session, project_id: int, item_id: int | None = None) -> dict[int, dict[str, Any]]:
+    """item id → prompt id, prompt content and candidate (id, text) list, for export (or for one item)."""
     from rankloop.labeling.models import CandidateRow
 
-    items = db.execute(select(Item.id, Item.prompt_row_id, Item.candidate_ids, PromptRow.external_id, PromptRow.content)
-                       .join(PromptRow, PromptRow.id == Item.prompt_row_id).where(Item.project_id == project_id)).all()
+    q = (select(Item.id, Item.prompt_row_id, Item.candidate_ids, PromptRow.external_id, PromptRow.content)
+         .join(PromptRow, PromptRow.id == Item.prompt_row_id).where(Item.project_id == project_id))
+    cq = select(CandidateRow.prompt_row_id, CandidateRow.external_id, CandidateRow.text).where(CandidateRow.project_id == project_id)
+    if item_id is not None:
+        q = q.where(Item.id == item_id)
+        cq = cq.where(CandidateRow.prompt_row_id == select(Item.prompt_row_id).where(Item.id == item_id).scalar_subquery())
+    items = db.execute(q).all()
     texts: dict[tuple[int, str], str] = {}
-    for prow, ext, text in db.execute(select(CandidateRow.prompt_row_id, CandidateRow.external_id, CandidateRow.text)
-                                      .where(CandidateRow.project_id == project_id)):
+    for prow, ext, text in db.execute(cq):
         texts[(prow, ext)] = text
     return {i.id: {"prompt_id": i.external_id, "prompt": i.content,
                    "candidates": [(c, texts[(i.prompt_row_id, c)]) for c in i.candidate_ids]} for i in items}
+
+
+# ---------------------------------------------------------------- lead tools: the per-labeler dashboard
+
+
+def prompt_ids(db: Session, project_id: int) -> dict[int, str]:
+    return dict(db.execute(select(Item.id, PromptRow.external_id).join(PromptRow, PromptRow.id == Item.prompt_row_id)
+                           .where(Item.project_id == project_id)).all())
+
+
+def median(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def agreement_with_consensus(raws: list[Raw]) -> dict[str, tuple[int, int]]:
+    """Labeler → (agreeing, total) pair judgements against the consensus (``quality.consensus``)
+    of the *other* labelers of each item they ranked with others: leaving oneself out keeps a
+    labeler from agreeing with their own vote."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rs in by_item(raws).values():
+        if len(rs) < 2 or rs[0].is_gold:
+            continue
+        for r in rs:
+            others = [o.order for o in rs if o is not r]
+            a, t = quality.pair_agreement_counts([r.order, quality.consensus(others)])
+            out[r.labeler][0] += a
+            out[r.labeler][1] += t
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def dashboard(db: Session, project_id: int, states: dict[str, str]):
+    """Per labeler: agreement with consensus, gold accuracy, median seconds from serving to
+    submitting (the slot's ``leased_at`` to the ranking's ``created_at``), rankings per UTC day."""
+    from rankloop.labeling.schemas import LabelerDashboard
+
+    raws = raw_rankings(db, project_id)
+    acc = gold_accuracy(raws, gold_orders(db, project_id))
+    agr = agreement_with_consensus(raws)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for name, served, done in db.execute(
+        select(User.username, Slot.leased_at, RankingRow.created_at).join(Slot, Slot.id == RankingRow.slot_id)
+        .join(User, User.id == RankingRow.labeler_id).where(RankingRow.project_id == project_id)
+    ):
+        if served is not None and done is not None:
+            seconds[name].append(max(0.0, (as_utc(done) - as_utc(served)).total_seconds()))
+    count: dict[str, int] = defaultdict(int)
+    days: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in raws:
+        count[r.labeler] += 1
+        days[r.labeler][r.created_at.strftime("%Y-%m-%d")] += 1
+    out = []
+    for name in sorted(set(count) | set(states)):
+        a = agr.get(name)
+        out.append(LabelerDashboard(
+            username=name, state=states.get(name, "qualified"), rankings=count.get(name, 0),
+            agreement_with_consensus=a[0] / a[1] if a and a[1] else None,
+            gold_answered=acc.get(name, (0, None))[0], gold_accuracy=acc.get(name, (0, None))[1],
+            median_seconds=median(seconds.get(name, [])), per_day=dict(sorted(days.get(name, {}).items()))))
+    return out
