@@ -26,7 +26,7 @@ from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolv
 from rankloop.labeling.deps import page_user, status_of, trusted_networks
 from rankloop.labeling.middleware import BodyLimit, SecurityHeaders
 from rankloop.labeling.models import User
-from rankloop.labeling.routes import auth, pages, projects, tasks, users
+from rankloop.labeling.routes import auth, invites, pages, projects, review, tasks, users
 from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
 from rankloop.labeling.services import DomainError, Throttled
 from rankloop.labeling.settings import LabelingSettings
@@ -122,6 +122,8 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
         bootstrap_admin(app.state.sessionmaker, *admin)
 
     for r in (tasks.router, auth.router, users.router, projects.router, pages.router):  # hot routes first
+        app.include_router(r)
+    for r in (invites.router, invites.pages, review.router, review.pages):  # lead tools
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
