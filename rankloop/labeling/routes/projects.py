@@ -110,9 +110,12 @@ def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOu
             summary="Download rankings.jsonl (format=rankings) or TRL comparisons (format=trl)")
 def export(project_id: PathId, _: AdminUser, db: SessionDep, format: Literal["rankings", "trl"] = "rankings",
            min_agreement: Annotated[float | None, Query(ge=0, le=1)] = None,
-           min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None) -> PlainTextResponse:
+           min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
+           prefer_adjudicated: Annotated[bool, Query(description="an adjudicated item as its reviewer's ranking "
+                                                     "(provenance: adjudicated) instead of its raw rankings")] = True
+           ) -> PlainTextResponse:
     p = projects.get_project(db, project_id)
-    examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy)
+    examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy, prefer_adjudicated)
     rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",
