@@ -94,7 +94,9 @@ def review_item_page(request: Request, user, db: SessionDep, project_id: int, it
         place_of = places
     # each labeler's place for each candidate: the side-by-side table reads across a row
     ranks = [{c: i + 1 for i, g in enumerate(r.order) for c in g} for r in view.rankings]
+    consensus_place = {c: i + 1 for i, g in enumerate(view.consensus) for c in g}
     return render(request, "review.html", user, view="item", project=p, item=view, ranks=ranks, place_of=place_of,
+                  consensus_place=consensus_place,
                   csrf=user.csrf, error=error, notice=notice, status_code=status_code)
 
 
@@ -156,7 +158,7 @@ def _number(v: str, what: str, cast=float):
 @pages.post("/admin/projects/{project_id}/settings")
 def settings_submit(project_id: PathId, user: AdminUser, request: Request, db: SessionDep,
                     overlap: Annotated[str, Form(max_length=12)] = "", gold_rate: Annotated[str, Form(max_length=24)] = "",
-                    instructions: Annotated[str, Form()] = "", qualify_items: Annotated[str, Form(max_length=12)] = "",
+                    instructions: Annotated[str | None, Form()] = None, qualify_items: Annotated[str, Form(max_length=12)] = "",
                     qualify_accuracy: Annotated[str, Form(max_length=24)] = "",
                     pause_below: Annotated[str, Form(max_length=24)] = "",
                     pause_window: Annotated[str, Form(max_length=12)] = "",
