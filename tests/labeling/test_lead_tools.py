@@ -468,3 +468,84 @@ def test_dashboard_and_review_pages_render_for_the_right_roles(tc, admin):
     assert tc.get("/review", headers={"authorization": f"Bearer {a.token}"}).status_code == 403
     q = tc.get(f"/review/{p['id']}", headers={"authorization": f"Bearer {admin.token}"})
     assert q.status_code == 200 and "review-queue" in q.text
+
+
+# ---------------------------------------------------------------- forms and the migration
+
+
+def page_login(tc, username, password):
+    page = tc.get("/login")
+    csrf = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+    r = tc.post("/login", data={"username": username, "password": password, "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    return r.headers["location"]
+
+
+def form_csrf(tc, url):
+    return tc.get(url).text.split('name="csrf_token" value="')[1].split('"')[0]
+
+
+def test_every_new_form_needs_the_session_csrf_token(tc, admin):
+    from labhelp import ADMIN
+
+    p, a, b = disputed(tc, admin)
+    item_id = admin.review_queue(p["id"])[0]["item_id"]
+    uid = next(s["user_id"] for s in admin.labeler_states(p["id"]) if s["username"] == "a")
+    tc.cookies.clear()
+    assert page_login(tc, *ADMIN) == "/admin"
+    csrf = form_csrf(tc, f"/admin/projects/{p['id']}")
+    ids = [c["id"] for c in admin.review_item(p["id"], item_id)["candidates"]]
+    forms = {
+        f"/admin/projects/{p['id']}/settings": {"overlap": "3"},
+        f"/admin/projects/{p['id']}/invite-links": {"role": "labeler", "days": "1"},
+        f"/review/{p['id']}/items/{item_id}": {f"place_{c}": str(i + 1) for i, c in enumerate(ids)},
+        f"/admin/projects/{p['id']}/labelers/{uid}/state": {"state": "qualified"},
+    }
+    for url, data in forms.items():
+        assert tc.post(url, data=data, follow_redirects=False).status_code == 403, url  # no token
+        assert tc.post(url, data={**data, "csrf_token": "forged"}, follow_redirects=False).status_code == 403, url
+        ok = tc.post(url, data={**data, "csrf_token": csrf}, follow_redirects=False)
+        assert ok.status_code in (200, 303), (url, ok.status_code, ok.text[:300])
+    assert admin.projects()[0]["overlap"] == 3
+    assert len(admin.invites(p["id"])) == 1
+    assert admin.review_queue(p["id"], include_done=True)[0]["adjudicated"] or \
+        admin.review_queue(p["id"], include_done=True)[1]["adjudicated"]
+    # the review form refuses a place that is not a number, and says which candidate
+    bad = tc.post(f"/review/{p['id']}/items/{item_id}", data={f"place_{ids[0]}": "x", "csrf_token": csrf})
+    assert bad.status_code == 422 and ids[0] in bad.text
+
+
+def test_reviewer_login_lands_on_the_review_page(tc, admin):
+    admin.create_user("rev", "rev-password", role="reviewer")
+    tc.cookies.clear()
+    assert page_login(tc, "rev", "rev-password") == "/review"
+    page = tc.get("/review")
+    assert page.status_code == 200 and 'href="/review"' in page.text and 'href="/admin"' not in page.text
+
+
+def test_migration_0005_upgrades_a_0002_database_with_a_project(db_url):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from rankloop.labeling.db import MIGRATIONS, resolve_url
+
+    url = resolve_url(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "0002")
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
+                       "VALUES (1, 'old', '', 2, 'ranking', 1, 0, 60, '2026-01-01 00:00:00')"))
+    command.upgrade(cfg, "0005")
+    with engine.begin() as c:
+        row = c.execute(text("SELECT qualify_items, qualify_accuracy, pause_below, pause_window, review_below FROM projects")).one()
+    assert tuple(row) == (0, 0.0, None, 10, 0.6)  # no qualification, no pausing: served as before
+    command.downgrade(cfg, "0002")
+    with engine.begin() as c:
+        assert c.execute(text("SELECT name FROM projects")).scalar_one() == "old"
+    command.upgrade(cfg, "head")
+    engine.dispose()
