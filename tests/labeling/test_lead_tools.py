@@ -549,3 +549,28 @@ def test_migration_0005_upgrades_a_0002_database_with_a_project(db_url):
         assert c.execute(text("SELECT name FROM projects")).scalar_one() == "old"
     command.upgrade(cfg, "head")
     engine.dispose()
+
+
+def test_one_link_opened_twice_at_once_makes_one_account(app, tc, admin):
+    from rankloop.labeling.services import DomainError, invites
+
+    p = project(admin, n=1, overlap=1)
+    secret = admin.create_invite(p["id"])["token"]
+    barrier, made, refused = threading.Barrier(4), [], []
+
+    def use(i):
+        with app.state.sessionmaker() as db:
+            barrier.wait()
+            try:
+                made.append(invites.accept(db, secret, f"racer{i}", "racer-password").username)
+            except DomainError as e:
+                refused.append(str(e))
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert len(made) == 1 and len(refused) == 3, (made, refused)
+    assert all("used" in m for m in refused)
+    with app.state.sessionmaker() as db:
+        names = set(db.execute(select(User.username).where(User.username.like("racer%"))).scalars())
+    assert names == set(made)
