@@ -382,6 +382,8 @@ def test_qualifying_labeler_without_gold_left_waits(tc, admin):
     assert t["prompt_id"] == "p0"
     a.submit(t["task_id"], right(t))
     assert a.next_task() is None  # one gold item, two needed: never a real item before qualifying
+    page = tc.get("/label", headers={"authorization": f"Bearer {a.token}"})
+    assert "you are qualifying (1 of 2 test items done)" in page.text
     assert admin.labeler_states(p["id"])[0] | {"user_id": 0} == {"user_id": 0, "username": "a", "state": "qualifying",
                                                                  "gold_answered": 1, "accuracy": None}
 
@@ -403,6 +405,8 @@ def test_rolling_gold_accuracy_pauses_and_the_lead_unpauses(tc, admin, app):
     (st,) = admin.labeler_states(p["id"])
     assert st["state"] == "paused" and st["accuracy"] == 0.0
     assert a.next_task() is None  # paused: nothing new
+    page = tc.get("/label", headers={"authorization": f"Bearer {a.token}"})
+    assert page.status_code == 200 and 'data-state="paused"' in page.text and "you are paused" in page.text
     admin.set_labeler_state(p["id"], st["user_id"], "qualified")
     t = a.next_task()
     assert t is not None

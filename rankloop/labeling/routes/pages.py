@@ -120,10 +120,13 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectRespo
 
 
 @router.get("/label")
-def label_next(user: CurrentUser, request: Request, project_id: QueryId = None) -> Response:
+def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: QueryId = None) -> Response:
     task = request.app.state.queue.next_task(user.user_id, user.is_admin, project_id)
     if task is None:
-        return render(request, "done.html", user, project_id=project_id)
+        from rankloop.labeling.services import qualification  # lead tools: say why, when it is a hold
+
+        return render(request, "done.html", user, project_id=project_id,
+                      holds=qualification.holds(db, user.user_id, project_id))
     q = f"?project_id={project_id}" if project_id is not None else ""
     return see_other(f"/label/{task.task_id}{q}")
 

@@ -108,3 +108,23 @@ def set_state(db: Session, project: Project, user_id: int, state: str, by: int |
         row.changed_at, row.changed_by = datetime.now(timezone.utc), by
     name = db.get(User, user_id).username
     return LabelerStateOut(user_id=user_id, username=name, state=state, gold_answered=0, accuracy=None)
+
+
+def holds(db: Session, user_id: int, project_id: int | None = None) -> list[dict]:
+    """Why a labeler with an empty queue is held in a project: paused, failed, or qualifying with
+    no gold item left (for the "nothing left" page; not on the hot path)."""
+    q = (select(Project).join(Member, Member.project_id == Project.id).where(Member.user_id == user_id)
+         .order_by(Project.id))
+    if project_id is not None:
+        q = q.where(Project.id == project_id)
+    out = []
+    for p in db.execute(q).scalars():
+        if not gated(p.qualify_items, p.pause_below):
+            continue
+        state, since, _ = state_of(db, p, user_id)
+        if state in ("paused", "failed"):
+            out.append({"project": p.name, "state": state})
+        elif state == "qualifying":
+            out.append({"project": p.name, "state": state, "answered": len(gold_answers(db, p.id, user_id, since)),
+                        "needed": p.qualify_items})
+    return out
