@@ -126,6 +126,9 @@ class Ranking(_Record):
     current: bool | None = None  # False: a later correction replaced it
     time_on_task: float | None = None  # seconds from serving the task to this submission (server clock)
     active_seconds: float | None = None  # the labeling page's count of seconds in view (client clock)
+    # --- lead tools: "adjudicated" when a reviewer settled the item (labeler = the reviewer,
+    # rationale = their note); absent for a labeler's own ranking
+    provenance: str | None = None
 
     @field_validator("order", mode="before")
     @classmethod
@@ -233,7 +236,7 @@ class RankedExample(_Record):
         if isinstance(data, dict) and isinstance(data.get("ranking"), list):
             data = dict(data)
             ranking = {"prompt_id": data.get("prompt_id"), "order": data.pop("ranking")}
-            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", *RANKING_APP_FIELDS):
+            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", "provenance", *RANKING_APP_FIELDS):
                 if key in data:
                     ranking[key] = data.pop(key)
             data["ranking"] = ranking
@@ -299,6 +302,8 @@ class RankedExample(_Record):
                 row[key] = True
         if self.ranking.rationale:
             row["rationale"] = self.ranking.rationale
+        if self.ranking.provenance is not None:
+            row["provenance"] = self.ranking.provenance
         if self.margin is not None:
             row["margin"] = self.margin
         for key in RANKING_APP_FIELDS:

@@ -211,3 +211,47 @@ class LabelingClient:
     def review_demonstration(self, demo_id: int, verdict: str, text: str | None = None) -> dict:
         """Accept (``text``: an edit kept as the accepted text; the original stays) or reject."""
         return self._call("POST", f"/api/demonstrations/{demo_id}/review", json={"verdict": verdict, "text": text})
+
+    # ------------------------------------------------------------ lead tools: invites, live settings, review,
+    # qualification, dashboard
+    def update_project(self, project_id: int, **changes: Any) -> dict:
+        """Live settings: overlap, gold_rate, instructions, lease_seconds, qualify_items,
+        qualify_accuracy, pause_below (``pause_off=True`` turns pausing off), pause_window, review_below."""
+        return self._call("PATCH", f"/api/projects/{project_id}", json=changes)
+
+    def create_invite(self, project_id: int, role: str = "labeler", days: float = 7.0, username: str | None = None) -> dict:
+        """A one-time link: the answer's ``token`` (and ``path``, ``/invite/<token>``) is shown only here."""
+        body: dict[str, Any] = {"role": role, "days": days, **({"username": username} if username else {})}
+        return self._call("POST", f"/api/projects/{project_id}/invites", json=body)
+
+    def invites(self, project_id: int) -> list[dict]:
+        return self._call("GET", f"/api/projects/{project_id}/invites")
+
+    def revoke_invite(self, project_id: int, invite_id: int) -> None:
+        self._call("DELETE", f"/api/projects/{project_id}/invites/{invite_id}")
+
+    def accept_invite(self, token: str, password: str, username: str | None = None) -> dict:
+        """Use an invite link's secret: makes the account; later calls carry its token."""
+        body: dict[str, Any] = {"password": password, **({"username": username} if username else {})}
+        out = self._call("POST", f"/api/invites/{token}/accept", json=body)
+        self.token = out["token"]
+        return out
+
+    def review_queue(self, project_id: int, include_done: bool = False) -> list[dict]:
+        return self._call("GET", f"/api/review/projects/{project_id}/queue", params={"include_done": include_done})
+
+    def review_item(self, project_id: int, item_id: int) -> dict:
+        return self._call("GET", f"/api/review/projects/{project_id}/items/{item_id}")
+
+    def adjudicate(self, project_id: int, item_id: int, order: list[list[str]] | list[str], note: str | None = None) -> dict:
+        return self._call("POST", f"/api/review/projects/{project_id}/items/{item_id}", json={"order": order, "note": note})
+
+    def labeler_states(self, project_id: int) -> list[dict]:
+        return self._call("GET", f"/api/projects/{project_id}/labelers")
+
+    def set_labeler_state(self, project_id: int, user_id: int, state: str) -> dict:
+        """``qualified`` (un-pause) or ``qualifying`` (start qualification over)."""
+        return self._call("PUT", f"/api/projects/{project_id}/labelers/{user_id}/state", json={"state": state})
+
+    def dashboard(self, project_id: int) -> list[dict]:
+        return self._call("GET", f"/api/projects/{project_id}/dashboard")

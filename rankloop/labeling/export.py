@@ -12,6 +12,12 @@ from serving the task to submitting, server clock) and ``active_seconds`` (the p
 Filters: ``min_gold_accuracy`` leaves out every ranking by a labeler whose gold accuracy is
 below it (labelers who have answered no gold item are kept and counted); ``min_agreement`` then
 keeps only items ranked by two or more labelers whose pairwise agreement reaches it.
+
+Adjudications (the review queue): an item a reviewer settled is exported as the reviewer's one
+ranking, marked ``"provenance": "adjudicated"`` (labeler: the reviewer; rationale: their note),
+instead of its labelers' rankings, and is kept whatever ``min_agreement`` says (its disagreement
+is what the reviewer settled). ``prefer_adjudicated=False`` exports the raw rankings only; the raw
+rankings are stored unchanged either way (``GET /api/projects/{id}/rankings``).
 """
 
 from __future__ import annotations
@@ -34,14 +40,19 @@ ExportError = DomainError
 
 
 def collect(db: Session, project_id: int, min_agreement: float | None = None,
-            min_gold_accuracy: float | None = None, history: bool = False) -> tuple[list[RankedExample], dict[str, Any]]:
+            min_gold_accuracy: float | None = None, history: bool = False,
+            prefer_adjudicated: bool = True) -> tuple[list[RankedExample], dict[str, Any]]:
     """The rows to export. Quality filters always judge the current rankings; ``history`` then adds
-    the superseded ones (``current: false``) of the items and labelers kept."""
+    the superseded ones (``current: false``) of the items and labelers kept (not of adjudicated items:
+    their reviewer's ranking stands for them)."""
     raws = stats.raw_rankings(db, project_id)
     old = [r for r in stats.raw_rankings(db, project_id, history=True) if not r.current] if history else []
+    adjudicated = _adjudications(db, project_id) if prefer_adjudicated else {}
+    settled = [r for r in raws if r.item_id in adjudicated]
+    raws = [r for r in raws if r.item_id not in adjudicated]
     payload = stats.item_payloads(db, project_id)
     acc = stats.gold_accuracy(raws, stats.gold_orders(db, project_id))
-    info: dict[str, Any] = {"rankings_in_db": len(raws), "labelers": len({r.labeler for r in raws})}
+    info: dict[str, Any] = {"rankings_in_db": len(raws) + len(settled), "labelers": len({r.labeler for r in raws + settled})}
     if min_gold_accuracy is not None:
         dropped = sorted(u for u, (_, a) in acc.items() if a is not None and a < min_gold_accuracy)
         info["labelers_below_gold_accuracy"] = dropped
@@ -64,6 +75,10 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
         kept = {(r.item_id, r.labeler) for r in raws}
         info["superseded_exported"] = sum((r.item_id, r.labeler) in kept for r in old)
         raws = sorted(raws + [r for r in old if (r.item_id, r.labeler) in kept], key=lambda r: r.id)
+    if adjudicated:  # one row per settled item, in the place of its first raw ranking
+        info["items_adjudicated"] = len(adjudicated)
+        info["raw_rankings_replaced"] = len(settled)
+        raws = sorted(raws + list(adjudicated.values()), key=lambda r: r.id)
     out = []
     for r in raws:
         p = payload[r.item_id]
@@ -71,9 +86,12 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
             prompt_id=p["prompt_id"], prompt=p["prompt"],
             candidates=[CandidateText(id=c, text=t) for c, t in p["candidates"]],
             ranking=Ranking(prompt_id=p["prompt_id"], order=r.order, labeler=r.labeler, created_at=r.created_at,
-                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale, ranking_id=r.id,
-                            supersedes=r.supersedes_id, current=r.current, time_on_task=_seconds(r.time_on_task),
-                            active_seconds=_seconds(r.active_seconds)),
+                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale,
+                            provenance=getattr(r, "provenance", None),
+                            # an adjudication is no app ranking row: no id, no chain, no timing
+                            **({} if isinstance(r, _Settled) else dict(
+                                ranking_id=r.id, supersedes=r.supersedes_id, current=r.current,
+                                time_on_task=_seconds(r.time_on_task), active_seconds=_seconds(r.active_seconds)))),
         ))
     info["rankings_exported"] = len(out)
     info["items_exported"] = len({r.item_id for r in raws})
@@ -82,6 +100,25 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
 
 def _seconds(v: float | None) -> float | None:
     return None if v is None else round(v, 3)  # milliseconds: the clocks' honest resolution
+
+
+class _Settled(stats.Raw):
+    provenance = "adjudicated"
+
+
+def _adjudications(db: Session, project_id: int) -> dict[int, stats.Raw]:
+    """item id → its adjudication in force, as a ``Raw`` row (sorted in at the item's first ranking)."""
+    from rankloop.labeling.services.review import latest_adjudications
+
+    adj = latest_adjudications(db, project_id)
+    if not adj:
+        return {}
+    first = {}
+    for r in stats.raw_rankings(db, project_id):
+        first.setdefault(r.item_id, r.id)
+    return {i: _Settled(id=first.get(i, 0), slot_id=0, item_id=i, labeler=a.reviewer, order=a.order, all_bad=False,
+                        unsafe=False, rationale=a.note, created_at=a.created_at, is_gold=False)
+            for i, a in adj.items()}
 
 
 def trl_rows(examples: list[RankedExample]) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler"
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler" | "reviewer"
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -69,6 +69,12 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # --- a labeler's day (issue 15 item 3, migration 0004): how long a submission may be corrected
     edit_window_seconds: Mapped[int] = mapped_column(Integer, default=600, server_default="600")
+    # --- lead tools (0005): qualification, pausing, review (see the block at the end)
+    qualify_items: Mapped[int] = mapped_column(Integer, default=0)  # gold items to pass first (0: none)
+    qualify_accuracy: Mapped[float] = mapped_column(Float, default=0.0)
+    pause_below: Mapped[Optional[float]] = mapped_column(Float)  # rolling gold accuracy floor (None: off)
+    pause_window: Mapped[int] = mapped_column(Integer, default=10)  # gold answers in the rolling window
+    review_below: Mapped[float] = mapped_column(Float, default=0.6)  # item agreement under this → review queue
 
 
 class Member(Base):
@@ -215,3 +221,56 @@ class DemonstrationRow(Base):
     reviewer_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reviewed_at: Mapped[Optional[datetime]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---------------------------------------------------------------- lead tools (migration 0005)
+# Invite links, adjudicated rankings (review), per-labeler qualification state; the project's
+# qualification and review settings are the ``projects`` columns marked "lead tools" above.
+
+
+class Invite(Base):
+    """A one-time, expiring link that lets someone make their own account in a project. Only the
+    SHA-256 of the link's secret is stored (as for ``AuthToken``)."""
+
+    __tablename__ = "invites"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # "labeler" | "reviewer"
+    username: Mapped[Optional[str]] = mapped_column(String(64))  # preset, or chosen by the invitee
+    created_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[Optional[datetime]] = mapped_column()
+    used_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class Adjudication(Base):
+    """A reviewer's ranking of an item whose labelers disagreed. Append-only: the newest row of an
+    item is the one in force; the labelers' raw rankings are never changed."""
+
+    __tablename__ = "adjudications"
+    __table_args__ = (Index("ix_adjudications_item", "project_id", "item_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    order: Mapped[list[Any]] = mapped_column("ranking", JSON)  # tie groups, best → worst
+    note: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelerState(Base):
+    """Where a labeler stands in a project's qualification: ``qualifying`` (served gold only),
+    ``qualified``, ``failed`` or ``paused`` (served nothing new). No row: ``qualifying`` when the
+    project asks for qualification, else ``qualified``. ``since_ranking_id``: gold answers up to
+    this ranking id no longer count (set when the lead un-pauses or restarts qualification)."""
+
+    __tablename__ = "labeler_states"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    since_ranking_id: Mapped[int] = mapped_column(Integer, default=0)
+    accuracy: Mapped[Optional[float]] = mapped_column(Float)  # the figure the state was decided on
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    changed_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

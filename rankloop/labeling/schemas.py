@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rankloop.records import Candidate, Prompt, PromptContent
 
-Role = Literal["admin", "labeler"]
+Role = Literal["admin", "labeler", "reviewer"]  # reviewer: reviews disputed items, administers nothing
 Mode = Literal["ranking", "pairwise", "demonstration"]  # demonstration: people write the response
 
 # Bounds on every string and list a client sends (issue 11 item 1): the database columns' sizes,
@@ -110,6 +110,16 @@ class ProjectUpdate(_Body):
     gold_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
     lease_seconds: Optional[int] = Field(None, ge=5, le=7 * 24 * 3600)
     edit_window_seconds: Optional[int] = Field(None, ge=0, le=30 * 24 * 3600)
+    # --- lead tools: live settings (services.projects.update_project re-plans the slots for overlap)
+    overlap: Optional[int] = Field(None, ge=1, le=100, description="distinct labelers per item: raising it makes the "
+                                   "new slots for every item; lowering it retires open slots, never done or leased ones")
+    qualify_items: Optional[int] = Field(None, ge=0, le=1000, description="gold items a labeler must answer first (0: none)")
+    qualify_accuracy: Optional[float] = Field(None, ge=0.0, le=1.0, description="gold accuracy needed to qualify")
+    pause_below: Optional[float] = Field(None, ge=0.0, le=1.0, description="pause a labeler whose rolling gold accuracy "
+                                         "falls below this (send pause_off=true to turn pausing off)")
+    pause_off: Optional[bool] = Field(None, description="true: turn pausing off")
+    pause_window: Optional[int] = Field(None, ge=1, le=1000, description="gold answers in the rolling window")
+    review_below: Optional[float] = Field(None, ge=0.0, le=1.0, description="items whose agreement is below this are reviewed")
 
 
 class ProjectOut(BaseModel):
@@ -123,6 +133,12 @@ class ProjectOut(BaseModel):
     gold_rate: float
     lease_seconds: int
     edit_window_seconds: int = 600
+    # --- lead tools
+    qualify_items: int = 0
+    qualify_accuracy: float = 0.0
+    pause_below: Optional[float] = None
+    pause_window: int = 10
+    review_below: float = 0.6
 
 
 class GoldIn(_Body):
@@ -380,6 +396,108 @@ class DemonstrationOut(BaseModel):
     reviewer: Optional[str]
     reviewed_at: Optional[datetime]
     created_at: datetime
+
+
+# ---------------------------------------------------------------- lead tools (invites, review, qualification, dashboard)
+
+InviteRole = Literal["labeler", "reviewer"]  # an admin is never made through a link
+LabelerStateName = Literal["qualifying", "qualified", "failed", "paused"]
+MAX_NOTE = 10_000
+
+
+class InviteCreate(_Body):
+    role: InviteRole = "labeler"
+    days: float = Field(7.0, gt=0, le=90, description="the link expires after this many days")
+    username: Optional[str] = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$",
+                                    description="preset the username (else the invitee chooses one)")
+
+
+class InviteOut(BaseModel):
+    id: int
+    project_id: int
+    role: InviteRole
+    username: Optional[str]
+    created_at: datetime
+    expires_at: datetime
+    used_at: Optional[datetime]
+    used_by: Optional[str]
+    status: Literal["open", "used", "expired"]
+
+
+class InviteCreated(InviteOut):
+    token: str = Field(description="the link's secret: shown once, only its hash is stored")
+    path: str = Field(description="the link, relative to the server: /invite/<token>")
+
+
+class InviteAccept(_Body):
+    username: Optional[str] = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class AdjudicationIn(_Body):
+    order: Order = Field(description="the adjudicated ranking, best → worst; inner lists are ties")
+    note: Optional[str] = Field(None, max_length=MAX_NOTE)
+
+
+class AdjudicationOut(BaseModel):
+    id: int
+    item_id: int
+    reviewer: str
+    order: list[list[str]]
+    note: Optional[str]
+    created_at: datetime
+
+
+class ReviewRanking(BaseModel):
+    labeler: str
+    order: list[list[str]]
+    all_bad: bool
+    unsafe: bool
+    rationale: Optional[str]
+    created_at: datetime
+
+
+class ReviewQueueEntry(BaseModel):
+    item_id: int
+    prompt_id: str
+    rankings: int
+    agreement: float
+    adjudicated: bool
+
+
+class ReviewItem(BaseModel):
+    item_id: int
+    project_id: int
+    prompt_id: str
+    prompt: PromptContent
+    candidates: list[CandidateView]
+    rankings: list[ReviewRanking]
+    consensus: list[list[str]]
+    agreement: Optional[float]
+    adjudication: Optional[AdjudicationOut]
+
+
+class LabelerStateOut(BaseModel):
+    user_id: int
+    username: str
+    state: LabelerStateName
+    gold_answered: int = Field(description="gold answers that count (since the last reset)")
+    accuracy: Optional[float] = Field(description="the accuracy the state was decided on")
+
+
+class LabelerStateIn(_Body):
+    state: Literal["qualified", "qualifying"] = Field(description="qualified: un-pause (or pass); qualifying: start over")
+
+
+class LabelerDashboard(BaseModel):
+    username: str
+    state: LabelerStateName
+    rankings: int
+    agreement_with_consensus: Optional[float] = Field(description="pairwise agreement with the other labelers' consensus")
+    gold_answered: int
+    gold_accuracy: Optional[float]
+    median_seconds: Optional[float] = Field(description="median seconds from serving a task to its submission")
+    per_day: dict[str, int] = Field(description="rankings per UTC day, YYYY-MM-DD")
 
 
 TokenOut.model_rebuild()

@@ -34,16 +34,18 @@ class Raw:
     active_seconds: float | None = None  # the page's own count (client clock), when it sent one
 
 
-def raw_rankings(db: Session, project_id: int, history: bool = False) -> list[Raw]:
-    """The project's rankings, oldest first: the current ones (what agreement, consensus and export
-    use), or with ``history`` every row, superseded corrections included (``current`` says which)."""
-    rows = db.execute(
-        select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
-               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold, RankingRow.supersedes_id,
-               RankingRow.served_at, RankingRow.active_seconds)
-        .join(User, User.id == RankingRow.labeler_id)
-        .where(RankingRow.project_id == project_id).order_by(RankingRow.id)
-    ).all()
+def raw_rankings(db: Session, project_id: int, history: bool = False, item_id: int | None = None) -> list[Raw]:
+    """The project's rankings, oldest first: the current ones (what agreement, consensus, review,
+    the dashboard and export use), or with ``history`` every row, superseded corrections included
+    (``current`` says which). ``item_id``: one item's only (the review page)."""
+    q = (select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
+                RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold, RankingRow.supersedes_id,
+                RankingRow.served_at, RankingRow.active_seconds)
+         .join(User, User.id == RankingRow.labeler_id)
+         .where(RankingRow.project_id == project_id).order_by(RankingRow.id))
+    if item_id is not None:  # a correction chain stays within its item, so filtering keeps it whole
+        q = q.where(RankingRow.item_id == item_id)
+    rows = db.execute(q).all()
     superseded = {r[10] for r in rows if r[10] is not None}
     slot_of: dict[int, int] = {}
     out = []
@@ -146,15 +148,80 @@ def consensus(db: Session, project_id: int) -> list[ConsensusOut]:
     return out
 
 
-def item_payloads(db: Session, project_id: int) -> dict[int, dict[str, Any]]:
-    """item id → prompt id, prompt content and candidate (id, text) list, for export."""
+def item_payloads(db: Session, project_id: int, item_id: int | None = None) -> dict[int, dict[str, Any]]:
+    """item id → prompt id, prompt content and candidate (id, text) list, for export (or for one item)."""
     from rankloop.labeling.models import CandidateRow
 
-    items = db.execute(select(Item.id, Item.prompt_row_id, Item.candidate_ids, PromptRow.external_id, PromptRow.content)
-                       .join(PromptRow, PromptRow.id == Item.prompt_row_id).where(Item.project_id == project_id)).all()
+    q = (select(Item.id, Item.prompt_row_id, Item.candidate_ids, PromptRow.external_id, PromptRow.content)
+         .join(PromptRow, PromptRow.id == Item.prompt_row_id).where(Item.project_id == project_id))
+    cq = select(CandidateRow.prompt_row_id, CandidateRow.external_id, CandidateRow.text).where(CandidateRow.project_id == project_id)
+    if item_id is not None:
+        q = q.where(Item.id == item_id)
+        cq = cq.where(CandidateRow.prompt_row_id == select(Item.prompt_row_id).where(Item.id == item_id).scalar_subquery())
+    items = db.execute(q).all()
     texts: dict[tuple[int, str], str] = {}
-    for prow, ext, text in db.execute(select(CandidateRow.prompt_row_id, CandidateRow.external_id, CandidateRow.text)
-                                      .where(CandidateRow.project_id == project_id)):
+    for prow, ext, text in db.execute(cq):
         texts[(prow, ext)] = text
     return {i.id: {"prompt_id": i.external_id, "prompt": i.content,
                    "candidates": [(c, texts[(i.prompt_row_id, c)]) for c in i.candidate_ids]} for i in items}
+
+
+# ---------------------------------------------------------------- lead tools: the per-labeler dashboard
+
+
+def prompt_ids(db: Session, project_id: int) -> dict[int, str]:
+    return dict(db.execute(select(Item.id, PromptRow.external_id).join(PromptRow, PromptRow.id == Item.prompt_row_id)
+                           .where(Item.project_id == project_id)).all())
+
+
+def median(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def agreement_with_consensus(raws: list[Raw]) -> dict[str, tuple[int, int]]:
+    """Labeler → (agreeing, total) pair judgements against the consensus (``quality.consensus``)
+    of the *other* labelers of each item they ranked with others: leaving oneself out keeps a
+    labeler from agreeing with their own vote."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rs in by_item(raws).values():
+        if len(rs) < 2 or rs[0].is_gold:
+            continue
+        for r in rs:
+            others = [o.order for o in rs if o is not r]
+            a, t = quality.pair_agreement_counts([r.order, quality.consensus(others)])
+            out[r.labeler][0] += a
+            out[r.labeler][1] += t
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def dashboard(db: Session, project_id: int, states: dict[str, str]):
+    """Per labeler, over current rankings (a correction in place of what it superseded): agreement
+    with consensus, gold accuracy, median seconds from serving to submitting (``Raw.time_on_task``:
+    the ranking's ``served_at`` to its ``created_at``; a correction has none), rankings per UTC day."""
+    from rankloop.labeling.schemas import LabelerDashboard
+
+    raws = raw_rankings(db, project_id)
+    acc = gold_accuracy(raws, gold_orders(db, project_id))
+    agr = agreement_with_consensus(raws)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for r in raws:
+        if r.time_on_task is not None:
+            seconds[r.labeler].append(max(0.0, r.time_on_task))
+    count: dict[str, int] = defaultdict(int)
+    days: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in raws:
+        count[r.labeler] += 1
+        days[r.labeler][r.created_at.strftime("%Y-%m-%d")] += 1
+    out = []
+    for name in sorted(set(count) | set(states)):
+        a = agr.get(name)
+        out.append(LabelerDashboard(
+            username=name, state=states.get(name, "qualified"), rankings=count.get(name, 0),
+            agreement_with_consensus=a[0] / a[1] if a and a[1] else None,
+            gold_answered=acc.get(name, (0, None))[0], gold_accuracy=acc.get(name, (0, None))[1],
+            median_seconds=median(seconds.get(name, [])), per_day=dict(sorted(days.get(name, {}).items()))))
+    return out

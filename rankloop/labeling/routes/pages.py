@@ -39,6 +39,7 @@ NOTICES = {
     "edited": "Correction saved: it replaces your earlier ranking (which is kept in the history).",
     "password-changed": "Password changed. Your other sessions and API tokens are logged out.",
     "demo-reviewed": "Review saved.",
+    "settings-saved": "Settings saved (running app processes apply them within seconds).",  # lead tools
 }
 MAX_ORDER_CHARS = 64 * 1024  # the ranking form field: K ≤ 16 ids of ≤ 255 characters fit many times over
 TOKENS_SHOWN = 200
@@ -56,7 +57,7 @@ def see_other(url: str) -> RedirectResponse:
 def home(user: OptionalUser) -> RedirectResponse:
     if user is None:
         return see_other("/login")
-    return see_other("/admin" if user.is_admin else "/label")
+    return see_other({"admin": "/admin", "reviewer": "/review"}.get(user.role, "/label"))
 
 
 # ---------------------------------------------------------------- logging in
@@ -105,7 +106,7 @@ def login_submit(request: Request, db: SessionDep, username: Annotated[str, Form
     except DomainError as e:
         return login_form(request, str(e), status_of(e))
     raw, _ = auth.issue_token(db, user.id, "session", csrf=secrets.token_urlsafe(32))
-    resp = see_other("/admin" if user.role == "admin" else "/label")
+    resp = see_other({"admin": "/admin", "reviewer": "/review"}.get(user.role, "/label"))
     resp.set_cookie(cookie_name(request, SESSION_COOKIE), raw, httponly=True, samesite="lax",
                     secure=request.app.state.secure_cookies, max_age=SESSION_DAYS * 86400, path="/")
     resp.delete_cookie(cookie_name(request, LOGIN_CSRF_COOKIE), path="/", secure=request.app.state.secure_cookies)
@@ -125,10 +126,14 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectRespo
 
 
 @router.get("/label")
-def label_next(user: CurrentUser, request: Request, project_id: QueryId = None, notice: str | None = None) -> Response:
+def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: QueryId = None,
+               notice: str | None = None) -> Response:
     task = request.app.state.queue.next_task(user.user_id, user.is_admin, project_id)
     if task is None:
-        return render(request, "done.html", user, project_id=project_id, notice=NOTICES.get(notice or ""))
+        from rankloop.labeling.services import qualification  # lead tools: say why, when it is a hold
+
+        return render(request, "done.html", user, project_id=project_id, notice=NOTICES.get(notice or ""),
+                      holds=qualification.holds(db, user.user_id, project_id))
     q = [f"project_id={project_id}"] if project_id is not None else []
     if notice in NOTICES:
         q.append(f"notice={notice}")
@@ -314,13 +319,17 @@ def admin_revoke_user_tokens(user_id: PathId, user: AdminUser, request: Request,
 
 
 def project_page(request: Request, user: Principal, db: SessionDep, project_id: int, error: str | None = None,
-                 notice: str | None = None, status_code: int = 200) -> HTMLResponse:
+                 notice: str | None = None, status_code: int = 200, **extra: Any) -> HTMLResponse:
+    from rankloop.labeling.services import invites, review  # lead tools
+
     p = projects.get_project(db, project_id)
     return render(request, "project.html", user, project=p, progress=stats.progress(db, project_id),
                   agreement=stats.agreement(db, project_id), consensus=stats.consensus(db, project_id)[:50],
                   members=projects.list_members(db, project_id), csrf=user.csrf, error=error, notice=notice,
+                  invites=invites.list_invites(db, project_id)[:50], review_queue=len(review.queue(db, p)),
                   status_code=status_code,
-                  demo_counts=demonstrations.review_counts(db, project_id) if p.mode == "demonstration" else None)
+                  demo_counts=demonstrations.review_counts(db, project_id) if p.mode == "demonstration" else None,
+                  **extra)
 
 
 @router.get("/admin/projects/{project_id}")

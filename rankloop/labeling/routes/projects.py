@@ -120,13 +120,17 @@ def export(project_id: PathId, _: AdminUser, db: SessionDep,
            include_superseded: Annotated[bool, Query(description="rankings format: also corrected rankings' earlier "
                                                      "versions (current: false)")] = False,
            include_pending: Annotated[bool, Query(description="demonstrations format: also those not reviewed yet "
-                                                  "(rejected ones never)")] = False) -> PlainTextResponse:
+                                                  "(rejected ones never)")] = False,
+           prefer_adjudicated: Annotated[bool, Query(description="an adjudicated item as its reviewer's ranking "
+                                                     "(provenance: adjudicated) instead of its raw rankings")] = True
+           ) -> PlainTextResponse:
     p = projects.get_project(db, project_id)
     if format == "demonstrations":
         rows = demonstrations.export_rows(db, p.id, include_pending)
     else:
         examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy,
-                                             history=include_superseded and format == "rankings")
+                                             history=include_superseded and format == "rankings",
+                                             prefer_adjudicated=prefer_adjudicated)
         rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",
