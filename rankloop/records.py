@@ -120,6 +120,7 @@ class Ranking(_Record):
     all_bad: bool = False
     unsafe: bool = False
     rationale: str | None = None
+    strength: int | None = None  # how strongly the preference is held, on its source's scale (issue 15)
 
     @field_validator("order", mode="before")
     @classmethod
@@ -193,6 +194,7 @@ class Comparison(_Record):
 class CandidateText(_Record):
     id: str
     text: str
+    policy: str | None = None  # the model that wrote it, where known (issue 15: kept and exported)
 
     @field_validator("text")
     @classmethod
@@ -223,7 +225,7 @@ class RankedExample(_Record):
         if isinstance(data, dict) and isinstance(data.get("ranking"), list):
             data = dict(data)
             ranking = {"prompt_id": data.get("prompt_id"), "order": data.pop("ranking")}
-            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale"):
+            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", "strength"):
                 if key in data:
                     ranking[key] = data.pop(key)
             data["ranking"] = ranking
@@ -278,7 +280,7 @@ class RankedExample(_Record):
         row: dict[str, Any] = {
             "prompt_id": self.prompt_id,
             "prompt": self.prompt,
-            "candidates": [c.model_dump() for c in self.candidates],
+            "candidates": [c.model_dump(exclude_none=True) for c in self.candidates],
             "ranking": self.ranking.order,
             "labeler": self.ranking.labeler,
         }
@@ -289,6 +291,8 @@ class RankedExample(_Record):
                 row[key] = True
         if self.ranking.rationale:
             row["rationale"] = self.ranking.rationale
+        if self.ranking.strength is not None:
+            row["strength"] = self.ranking.strength
         if self.margin is not None:
             row["margin"] = self.margin
         return row

@@ -4,6 +4,10 @@
   ``rankloop train-rm`` reads), one row per submission.
 - TRL comparisons (``prompt``/``chosen``/``rejected``, ties dropped), derived from those rows.
 
+Each candidate carries the ``policy`` that wrote it (where known); each ranking its ``strength``,
+and an imported TRL row its ``margin`` (issue 15 item 2). Imported judgements are exported like
+collected ones, a rater's repeats included (the rows are raw).
+
 Filters: ``min_gold_accuracy`` leaves out every ranking by a labeler whose gold accuracy is
 below it (labelers who have answered no gold item are kept and counted); ``min_agreement`` then
 keeps only items ranked by two or more labelers whose pairwise agreement reaches it.
@@ -57,9 +61,10 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
         p = payload[r.item_id]
         out.append(RankedExample(
             prompt_id=p["prompt_id"], prompt=p["prompt"],
-            candidates=[CandidateText(id=c, text=t) for c, t in p["candidates"]],
+            candidates=[CandidateText(id=c, text=t, policy=None if pol == "unknown" else pol) for c, t, pol in p["candidates"]],
             ranking=Ranking(prompt_id=p["prompt_id"], order=r.order, labeler=r.labeler, created_at=r.created_at,
-                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale),
+                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale, strength=r.strength),
+            margin=r.margin,
         ))
     info["rankings_exported"] = len(out)
     info["items_exported"] = len({r.item_id for r in raws})
