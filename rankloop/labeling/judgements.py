@@ -84,6 +84,15 @@ class PairwiseRow(BaseModel):
     model_a: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
     model_b: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | list[Message]) -> str | list[Message]:
+        if isinstance(v, list):
+            return _check_messages(v)
+        if not v.strip():
+            raise ValueError("the prompt is empty")
+        return v
+
     @field_validator("response_b")
     @classmethod
     def _different(cls, v: str, info: Any) -> str:
@@ -163,8 +172,6 @@ def parse_row(obj: Any, fmt: str, line: int, source: str) -> Judgement:
     if fmt == "pairwise":
         r = PairwiseRow.model_validate(obj)
         order = [["a", "b"]] if r.winner == "tie" else [["a"], ["b"]] if r.winner == "a" else [["b"], ["a"]]
-        if isinstance(r.prompt, list):
-            _check_messages(r.prompt)
         when = r.timestamp if r.timestamp is None or r.timestamp.tzinfo else r.timestamp.replace(tzinfo=timezone.utc)
         return Judgement(line, r.prompt_id, r.prompt, [("a", r.response_a, r.model_a), ("b", r.response_b, r.model_b)], order,
                          r.rater, when, r.strength)
@@ -247,6 +254,10 @@ def content_candidate_id(prompt_id: str, text: str) -> str:
     return "c-" + _digest(prompt_id, text)[:16]
 
 
+def _chars(prompt: PromptContent) -> int:
+    return len(prompt) if isinstance(prompt, str) else sum(len(m.get("content", "")) + len(m.get("role", "")) for m in prompt)
+
+
 def _printable(name: str) -> bool:
     return all(ord(c) >= 32 and ord(c) != 127 for c in name)
 
@@ -326,7 +337,7 @@ def import_judgements(db: Session, project: Project, data: bytes, name: str, fmt
                 bad(j, f"{len(j.candidates)} candidates, but project {project.name!r} shows {k_needed} per item "
                        f"({project.mode} mode)")
                 continue
-            if any(len(t) > MAX_TEXT for _, t, _ in j.candidates) or isinstance(j.prompt, str) and len(j.prompt) > MAX_TEXT:
+            if any(len(t) > MAX_TEXT for _, t, _ in j.candidates) or _chars(j.prompt) > MAX_TEXT:
                 bad(j, f"a text is longer than {MAX_TEXT} characters")
                 continue
             if len({t for _, t, _ in j.candidates}) != len(j.candidates):

@@ -75,6 +75,7 @@ class UserOut(BaseModel):
     username: str
     role: Role
     active: bool
+    external: bool = Field(False, description="made by an import for a rater of imported judgements; cannot log in")
 
 
 class UserUpdate(_Body):

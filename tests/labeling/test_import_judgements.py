@@ -214,7 +214,7 @@ def test_imports_leave_the_queue_alone_and_meet_collected_rankings(admin, tc):
     assert served + 1 == 3 * 2 and admin.progress(p["id"])["items_complete"] == 3
     # the external rater's account: marked, inactive, no way in
     users = {u["username"]: u for u in tc.get("/api/users", headers={"Authorization": f"Bearer {admin.token}"}).json()}
-    assert users["vendor/v1"]["active"] is False
+    assert users["vendor/v1"]["active"] is False and users["vendor/v1"]["external"] is True and not users["ann"]["external"]
     for pw in ("", "imported", "vendor/v1"):
         assert tc.post("/api/auth/login", json={"username": "vendor/v1", "password": pw}).status_code in (401, 403, 422)
     # a rater named like a real account is refused, not merged into it
