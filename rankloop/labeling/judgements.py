@@ -142,7 +142,7 @@ def _time(v: Any, key: str) -> datetime | None:
     if v is None:
         return None
     if not isinstance(v, str):
-        raise ValueError(f"'{key}' must be an ISO 8601 time, got {type(v).__name__}")
+        raise TypeError(f"'{key}' must be an ISO 8601 time, got {type(v).__name__}")
     try:
         t = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
@@ -154,21 +154,21 @@ def _strength(v: Any) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"'strength' must be a whole number, got {v!r}"[:120])
+        raise TypeError(f"'strength' must be a whole number, got {v!r}"[:120])
     return v
 
 
 def _rater(obj: dict) -> str | None:
     r = obj.get("rater", obj.get("labeler"))
     if r is not None and not isinstance(r, (str, int)) or isinstance(r, bool):
-        raise ValueError(f"'rater' must be a string, got {type(r).__name__}")
+        raise TypeError(f"'rater' must be a string, got {type(r).__name__}")
     return None if r is None else str(r)
 
 
 def parse_row(obj: Any, fmt: str, line: int, source: str) -> Judgement:
     """One JSONL object as a ``Judgement``; ``ValueError`` (or pydantic's) saying what is wrong."""
     if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
     if fmt == "pairwise":
         r = PairwiseRow.model_validate(obj)
         order = [["a", "b"]] if r.winner == "tie" else [["a"], ["b"]] if r.winner == "a" else [["b"], ["a"]]
@@ -191,7 +191,7 @@ def parse_row(obj: Any, fmt: str, line: int, source: str) -> Judgement:
     ex = PARSERS[fmt](rest, source)
     pid = obj.get("prompt_id")
     if pid is not None and not isinstance(pid, (str, int)) or isinstance(pid, bool):
-        raise ValueError(f"'prompt_id' must be a string, got {type(pid).__name__}")
+        raise TypeError(f"'prompt_id' must be a string, got {type(pid).__name__}")
     return Judgement(line, None if pid is None else str(pid), ex.prompt, [(c.id, c.text, None) for c in ex.candidates],
                      ex.ranking.order, rater, _time(obj.get("created_at", obj.get("timestamp")), "timestamp"), strength,
                      ex.margin)
@@ -226,7 +226,7 @@ def read_rows(data: bytes, name: str, fmt: JudgementFormat = "auto") -> tuple[li
             out.append(parse_row(obj, chosen or "pairwise", line, f"{name}:{line}"))
         except ValidationError as e:
             errors.append(f"{name}:{line}: {explain(e)}")
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             errors.append(f"{name}:{line}: {str(e)[:300]}")
     if rows == 0:
         raise Invalid(f"{name}: no rows (the file is empty)")
@@ -383,8 +383,8 @@ def import_judgements(db: Session, project: Project, data: bytes, name: str, fmt
         if new_raters:
             try:
                 for uid, uname in db.execute(insert(User).returning(User.id, User.username, sort_by_parameter_order=True),
-                                             [dict(username=u, password_hash=UNUSABLE_PASSWORD, role="labeler", active=False,
-                                                   external=True, created_at=now) for u in new_raters]):
+                                             [{"username": u, "password_hash": UNUSABLE_PASSWORD, "role": "labeler", "active": False,
+                                                   "external": True, "created_at": now} for u in new_raters]):
                     accounts[uname] = (uid, True)
             except IntegrityError:
                 raise Conflict("another import or an admin created one of these raters meanwhile: try again") from None
@@ -392,22 +392,22 @@ def import_judgements(db: Session, project: Project, data: bytes, name: str, fmt
             prompts[ext] = (None, content)
         if new_prompts:
             for rid, ext in db.execute(insert(PromptRow).returning(PromptRow.id, PromptRow.external_id, sort_by_parameter_order=True),
-                                       [dict(project_id=project.id, external_id=p, content=c, meta={"imported_from": name})
+                                       [{"project_id": project.id, "external_id": p, "content": c, "meta": {"imported_from": name}}
                                         for p, c in new_prompts.items()]):
                 prompts[ext] = (rid, prompts[ext][1])
         if new_cands:
-            db.execute(insert(CandidateRow), [dict(project_id=project.id, prompt_row_id=prompts[p][0], external_id=c, text=t,
-                                                   policy=pol or "unknown", round=0, meta={})
+            db.execute(insert(CandidateRow), [{"project_id": project.id, "prompt_row_id": prompts[p][0], "external_id": c, "text": t,
+                                                   "policy": pol or "unknown", "round": 0, "meta": {}}
                                               for c, (p, t, pol) in new_cands.items()])
         if new_items:
             keys = list(new_items)
             made = db.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True),
-                              [dict(project_id=project.id, prompt_row_id=prompts[p][0], candidate_ids=new_items[(p, s)],
-                                    is_gold=False, gold_order=None) for p, s in keys]).scalars().all()
+                              [{"project_id": project.id, "prompt_row_id": prompts[p][0], "candidate_ids": new_items[(p, s)],
+                                    "is_gold": False, "gold_order": None} for p, s in keys]).scalars().all()
             for key, iid in zip(keys, made):
                 items[key] = (iid, False)
             if open_slots:
-                db.execute(insert(Slot), [dict(project_id=project.id, item_id=iid, slot_no=n, status="open", is_gold=False)
+                db.execute(insert(Slot), [{"project_id": project.id, "item_id": iid, "slot_no": n, "status": "open", "is_gold": False}
                                           for iid in made for n in range(project.overlap)])
         seen: set[tuple[str, int]] = set()
         repeats = 0
@@ -417,15 +417,15 @@ def import_judgements(db: Session, project: Project, data: bytes, name: str, fmt
             seen.add(who)
         if planned:
             slot_ids = db.execute(insert(Slot).returning(Slot.id, sort_by_parameter_order=True),
-                                  [dict(project_id=project.id, item_id=items[key][0], slot_no=None, labeler_id=None,
-                                        status="imported", is_gold=items[key][1]) for _, _, _, _, key in planned]).scalars().all()
+                                  [{"project_id": project.id, "item_id": items[key][0], "slot_no": None, "labeler_id": None,
+                                        "status": "imported", "is_gold": items[key][1]} for _, _, _, _, key in planned]).scalars().all()
             db.execute(insert(RankingRow), [
-                dict(slot_id=sid, project_id=project.id, item_id=items[key][0], labeler_id=accounts[rater][0], order=order,
-                     all_bad=j.all_bad, unsafe=j.unsafe, rationale=j.rationale, idempotency_key=f"import:{batch}:{j.line}",
-                     is_gold=items[key][1], created_at=j.created_at or now, strength=j.strength,
-                     import_meta={"source": f"{name}:{j.line}", "batch": batch, "imported_at": now.isoformat(),
+                {"slot_id": sid, "project_id": project.id, "item_id": items[key][0], "labeler_id": accounts[rater][0], "order": order,
+                     "all_bad": j.all_bad, "unsafe": j.unsafe, "rationale": j.rationale, "idempotency_key": f"import:{batch}:{j.line}",
+                     "is_gold": items[key][1], "created_at": j.created_at or now, "strength": j.strength,
+                     "import_meta": {"source": f"{name}:{j.line}", "batch": batch, "imported_at": now.isoformat(),
                                   **({"margin": j.margin} if j.margin is not None else {}),
-                                  **({"time_given": False} if j.created_at is None else {})})
+                                  **({"time_given": False} if j.created_at is None else {})}}
                 for sid, (j, rater, _p, order, key) in zip(slot_ids, planned)])
     return JudgementsImportOut(batch=batch, rows=rows, judgements=len(planned), skipped=len(errors),
                                errors=errors[:MAX_ERRORS_SHOWN], prompts=len(new_prompts), candidates=len(new_cands),

@@ -10,8 +10,8 @@ from collections import defaultdict
 from itertools import combinations
 
 import pytest
-
 from labhelp import ADMIN, labeler, make_records
+
 from rankloop.labeling.client import LabelingError
 
 
@@ -325,6 +325,7 @@ def test_admin_uploads_judgements_in_the_browser(tmp_path):
     from pathlib import Path
 
     from labhelp import ARTIFACTS, free_port, start_server
+
     from rankloop.labeling.client import LabelingClient
 
     chromium = os.environ.get("RANKLOOP_CHROMIUM", "/usr/bin/chromium")
