@@ -129,6 +129,7 @@ class Ranking(_Record):
     # --- lead tools: "adjudicated" when a reviewer settled the item (labeler = the reviewer,
     # rationale = their note); absent for a labeler's own ranking
     provenance: str | None = None
+    strength: int | None = None  # how strongly the preference is held, on its source's scale (issue 15)
 
     @field_validator("order", mode="before")
     @classmethod
@@ -206,6 +207,7 @@ RANKING_APP_FIELDS = ("ranking_id", "supersedes", "current", "time_on_task", "ac
 class CandidateText(_Record):
     id: str
     text: str
+    policy: str | None = None  # the model that wrote it, where known (issue 15: kept and exported)
 
     @field_validator("text")
     @classmethod
@@ -236,7 +238,8 @@ class RankedExample(_Record):
         if isinstance(data, dict) and isinstance(data.get("ranking"), list):
             data = dict(data)
             ranking = {"prompt_id": data.get("prompt_id"), "order": data.pop("ranking")}
-            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", "provenance", *RANKING_APP_FIELDS):
+            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", "provenance", "strength",
+                        *RANKING_APP_FIELDS):
                 if key in data:
                     ranking[key] = data.pop(key)
             data["ranking"] = ranking
@@ -291,7 +294,7 @@ class RankedExample(_Record):
         row: dict[str, Any] = {
             "prompt_id": self.prompt_id,
             "prompt": self.prompt,
-            "candidates": [c.model_dump() for c in self.candidates],
+            "candidates": [c.model_dump(exclude_none=True) for c in self.candidates],
             "ranking": self.ranking.order,
             "labeler": self.ranking.labeler,
         }
@@ -304,6 +307,8 @@ class RankedExample(_Record):
             row["rationale"] = self.ranking.rationale
         if self.ranking.provenance is not None:
             row["provenance"] = self.ranking.provenance
+        if self.ranking.strength is not None:
+            row["strength"] = self.ranking.strength
         if self.margin is not None:
             row["margin"] = self.margin
         for key in RANKING_APP_FIELDS:

@@ -97,6 +97,27 @@ def import_cmd(
     typer.echo(out.model_dump_json())
 
 
+@labeling.command("import-judgements")
+def import_judgements_cmd(
+    project: str = typer.Argument(..., help="project name or id"),
+    file: Path = typer.Argument(..., help="JSONL of judgements: rankings, TRL pairs, HH-RLHF or pairwise (docs/labeling.md)"),
+    format: str = typer.Option("auto", "--format", help="auto, rankings, trl, hh or pairwise"),
+    rater_prefix: str = typer.Option("", help="put before every rater name (keeps two sources' raters apart)"),
+    default_rater: str = typer.Option("imported", help="the rater of rows that name none"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="skip bad rows (counted) instead of importing nothing"),
+    open_slots: bool = typer.Option(False, "--open-slots", help="also open the project's overlap places on new items"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Import judgements made elsewhere (raters, times, strengths and repeats kept) into a project."""
+    from rankloop.labeling.judgements import import_judgements
+    from rankloop.labeling.services import projects
+
+    with _clear_errors(), _session(database_url) as db:
+        out = import_judgements(db, projects.find_project(db, project), file.read_bytes(), file.name, format,  # type: ignore[arg-type]
+                                default_rater, rater_prefix, skip_invalid, open_slots)
+    typer.echo(out.model_dump_json())
+
+
 @labeling.command("add-member")
 def add_member_cmd(project: str, username: str, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
     """Give a labeler access to a project."""

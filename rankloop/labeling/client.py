@@ -113,6 +113,16 @@ class LabelingClient:
         }
         return self._call("POST", f"/api/projects/{project_id}/import", json=body)
 
+    def import_judgements(self, project_id: int, data: bytes, filename: str = "judgements.jsonl", format: str = "auto",
+                          rater_prefix: str = "", default_rater: str = "imported", skip_invalid: bool = False,
+                          open_slots: bool = False) -> dict:
+        """Import judgements made elsewhere (a JSONL file's bytes; formats in docs/labeling.md):
+        the counts, as ``JudgementsImportOut``."""
+        params = {"format": format, "rater_prefix": rater_prefix, "default_rater": default_rater,
+                  "skip_invalid": str(skip_invalid).lower(), "open_slots": str(open_slots).lower()}
+        return self._call("POST", f"/api/projects/{project_id}/import-judgements", params=params,
+                          files={"file": (filename, data, "application/x-ndjson")})
+
     def add_member(self, project_id: int, username: str) -> dict:
         return self._call("POST", f"/api/projects/{project_id}/members", json={"username": username})
 

@@ -8,6 +8,9 @@ Only current rankings are exported by default: a labeler's correction (issue 15 
 the ranking it supersedes; ``history`` also writes the superseded rows, marked ``current: false``.
 Each row carries the app's ``ranking_id``, ``supersedes`` (a correction), ``time_on_task`` (seconds
 from serving the task to submitting, server clock) and ``active_seconds`` (the page's own count).
+Each candidate carries the ``policy`` that wrote it (where known); each ranking its ``strength``,
+and an imported TRL row its ``margin`` (issue 15 item 2). Imported judgements are exported like
+collected ones, a rater's repeats included (the rows are raw).
 
 Filters: ``min_gold_accuracy`` leaves out every ranking by a labeler whose gold accuracy is
 below it (labelers who have answered no gold item are kept and counted); ``min_agreement`` then
@@ -84,14 +87,15 @@ def collect(db: Session, project_id: int, min_agreement: float | None = None,
         p = payload[r.item_id]
         out.append(RankedExample(
             prompt_id=p["prompt_id"], prompt=p["prompt"],
-            candidates=[CandidateText(id=c, text=t) for c, t in p["candidates"]],
+            candidates=[CandidateText(id=c, text=t, policy=None if pol == "unknown" else pol) for c, t, pol in p["candidates"]],
             ranking=Ranking(prompt_id=p["prompt_id"], order=r.order, labeler=r.labeler, created_at=r.created_at,
-                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale,
+                            all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale, strength=r.strength,
                             provenance=getattr(r, "provenance", None),
                             # an adjudication is no app ranking row: no id, no chain, no timing
                             **({} if isinstance(r, _Settled) else dict(
                                 ranking_id=r.id, supersedes=r.supersedes_id, current=r.current,
                                 time_on_task=_seconds(r.time_on_task), active_seconds=_seconds(r.active_seconds)))),
+            margin=r.margin,
         ))
     info["rankings_exported"] = len(out)
     info["items_exported"] = len({r.item_id for r in raws})

@@ -274,3 +274,15 @@ class LabelerState(Base):
     accuracy: Mapped[Optional[float]] = mapped_column(Float)  # the figure the state was decided on
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     changed_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+# ---------------------------------------------------------------- imported judgements (issue 15 item 2)
+# Added by migration 0007. An imported judgement is a ``RankingRow`` like a collected one, on a slot
+# of its own with ``status = 'imported'``: not open, never leased, no ``slot_no`` and no
+# ``labeler_id`` (so it neither fills an item's places nor stops anyone being served the item, and a
+# rater's repeat of an item is a second row, not a clash). Its rater is ``RankingRow.labeler_id``:
+# an account with ``external = True`` (inactive, no usable password) made by the import.
+
+User.external = mapped_column(Boolean, default=False, server_default="0", nullable=False)
+RankingRow.strength = mapped_column(Integer, nullable=True)  # shared with the feedback helper's strength
+RankingRow.import_meta = mapped_column(JSON, nullable=True)  # source file:line, margin, import batch

@@ -76,6 +76,7 @@ class UserOut(BaseModel):
     username: str
     role: Role
     active: bool
+    external: bool = Field(False, description="made by an import for a rater of imported judgements; cannot log in")
 
 
 class UserUpdate(_Body):
@@ -213,6 +214,11 @@ class LabelerStats(BaseModel):
     gold_done: int
     gold_accuracy: Optional[float]
     skipped: int = 0  # (issue 15 item 3)
+    # issue 15 item 2: judgements imported under this name, and how this labeler agrees with themself
+    external: bool = Field(False, description="an imported rater's account (cannot log in)")
+    imported: int = Field(0, description="imported judgements by this labeler")
+    repeat_items: int = Field(0, description="items this labeler judged more than once")
+    self_agreement: Optional[float] = Field(None, description="pairwise agreement among this labeler's own repeats")
 
 
 class ProgressOut(BaseModel):
@@ -235,6 +241,10 @@ class AgreementOut(BaseModel):
     items_multi: int = Field(description="items ranked by two or more labelers")
     pairwise_agreement: Optional[float] = Field(description="share of (labeler pair, candidate pair) judgements that agree")
     krippendorff_alpha: Optional[float] = Field(description="ordinal alpha over (item, candidate) units, mid-ranks as values")
+    # issue 15 item 2: the figures above take each labeler's first judgement of an item; repeats go here
+    repeat_items: int = Field(0, description="(labeler, item) pairs judged more than once")
+    self_agreement: Optional[float] = Field(None, description="pairwise agreement among labelers' repeats of their own "
+                                            "judgements, pooled")
 
 
 class ConsensusOut(BaseModel):
@@ -263,6 +273,9 @@ class RankingOut(BaseModel):
     current: bool = True
     time_on_task: Optional[float] = Field(None, description="seconds from serving the task to this submission")
     active_seconds: Optional[float] = None
+    # imported judgements (issue 15 item 2)
+    strength: Optional[int] = None
+    source: Optional[str] = Field(None, description="file:line of an imported judgement; null when collected here")
 
 
 # ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
@@ -498,6 +511,23 @@ class LabelerDashboard(BaseModel):
     gold_accuracy: Optional[float]
     median_seconds: Optional[float] = Field(description="median seconds from serving a task to its submission")
     per_day: dict[str, int] = Field(description="rankings per UTC day, YYYY-MM-DD")
+# ---------------------------------------------------------------- importing judgements (issue 15 item 2)
+
+
+class JudgementsImportOut(BaseModel):
+    batch: str = Field(description="hash of the file: the same file is refused a second time")
+    rows: int = Field(description="non-blank rows read")
+    judgements: int = Field(description="judgements stored")
+    skipped: int = Field(description="bad rows skipped (only with skip_invalid)")
+    errors: list[str] = Field(description="the first bad rows, file:line: what is wrong")
+    prompts: int = Field(description="new prompts")
+    candidates: int = Field(description="new candidates")
+    items: int = Field(description="new items")
+    items_judged: int = Field(description="items these judgements are of (new or already there)")
+    raters: int
+    raters_new: int = Field(description="external rater accounts made")
+    repeats: int = Field(description="judgements repeating their rater's earlier judgement of the same item")
+    open_slots: int = Field(description="places opened for labelers here (only with open_slots)")
 
 
 TokenOut.model_rebuild()

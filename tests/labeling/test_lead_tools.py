@@ -57,7 +57,8 @@ def test_invite_link_makes_an_account_once_and_stores_only_a_hash(tc, admin, app
 
     newbie = LabelingClient(tc)
     out = newbie.accept_invite(secret, "my-own-password", username="newbie")
-    assert out["user"] == {"id": out["user"]["id"], "username": "newbie", "role": "labeler", "active": True}
+    assert out["user"] == {"id": out["user"]["id"], "username": "newbie", "role": "labeler", "active": True,
+                           "external": False}  # an invitee is a real account, not an imported rater
     assert newbie.next_task(p["id"]) is not None  # a member of the project at once
     assert LabelingClient(tc).login("newbie", "my-own-password")  # the password they chose
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 
-from rankloop.labeling import importer, stats
+from rankloop.labeling import importer, judgements, stats
 from rankloop.labeling.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, PathId, QueryId,
                                     SessionDep, client_address, cookie_name, status_of)
 from rankloop.labeling.schemas import (MAX_SKIP_NOTE, MAX_TEXT, SKIP_REASONS, DemonstrationIn, PasswordChange, ProjectCreate,
@@ -357,6 +357,32 @@ async def admin_import(project_id: PathId, user: AdminUser, request: Request, db
     return project_page(request, user, db, project_id,
                         notice=f"imported {out.prompts} new prompts, {out.candidates} candidates, {out.items} items "
                                f"({out.gold_items} gold)")
+
+
+@router.post("/admin/projects/{project_id}/import-judgements")
+async def admin_import_judgements(project_id: PathId, user: AdminUser, request: Request, db: SessionDep) -> Response:
+    """The project page's upload of judgements made elsewhere (``judgements.import_judgements``)."""
+    p = projects.get_project(db, project_id)
+    form = await request.form()
+    f = form.get("file")
+    fmt, prefix = str(form.get("format") or "auto"), str(form.get("rater_prefix") or "")
+    try:
+        if not isinstance(f, UploadFile) or not f.filename:
+            raise Invalid("choose a JSONL file of judgements")
+        if fmt not in ("auto", *judgements.FORMATS):
+            raise Invalid(f"unknown format; choose one of auto, {', '.join(judgements.FORMATS)}")
+        if len(prefix) > 32:
+            raise Invalid("the rater prefix is over 32 characters")
+        out = judgements.import_judgements(db, p, await f.read(), f.filename, fmt,  # type: ignore[arg-type]
+                                           rater_prefix=prefix, skip_invalid=form.get("skip_invalid") == "on",
+                                           open_slots=form.get("open_slots") == "on")
+    except DomainError as e:
+        return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
+    request.app.state.queue.forget(project_id=project_id)
+    skipped = f"; skipped {out.skipped} bad rows ({'; '.join(out.errors[:3])})" if out.skipped else ""
+    return project_page(request, user, db, project_id,
+                        notice=f"imported {out.judgements} judgements by {out.raters} raters ({out.raters_new} new) on "
+                               f"{out.items_judged} items ({out.items} new), {out.repeats} repeats{skipped}")
 
 
 @router.post("/admin/projects/{project_id}/invite")

@@ -11,11 +11,11 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from rankloop.labeling import export as export_mod
-from rankloop.labeling import importer, stats
+from rankloop.labeling import importer, judgements, stats
 from rankloop.labeling.deps import AdminUser, CurrentUser, PathId, SessionDep
 from rankloop.labeling.models import Project, User
 from rankloop.labeling.services import demonstrations, projects
-from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, MemberIn, ProgressOut, ProjectCreate,
+from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, JudgementsImportOut, MemberIn, ProgressOut, ProjectCreate,
                                        ProjectOut, ProjectUpdate, RankingOut, UserOut)
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
@@ -62,6 +62,27 @@ async def import_files(project_id: PathId, _: AdminUser, db: SessionDep,
     return importer.import_items(db, project, ps, cs, gold)
 
 
+# ---------------------------------------------------------------- importing judgements (issue 15 item 2)
+
+
+@router.post("/{project_id}/import-judgements", response_model=JudgementsImportOut,
+             summary="Import judgements made elsewhere (rankings, TRL, HH-RLHF or pairwise JSONL), raters and times kept")
+async def import_judgements(
+    project_id: PathId, _: AdminUser, db: SessionDep, request: Request,
+    file: Annotated[UploadFile, File(description="the JSONL file (see docs/labeling.md, 'Importing existing judgements')")],
+    format: judgements.JudgementFormat = "auto",
+    rater_prefix: Annotated[str, Query(max_length=32, description="put before every rater name (keeps vendors apart)")] = "",
+    default_rater: Annotated[str, Query(min_length=1, max_length=64, description="the rater of rows that name none")] = "imported",
+    skip_invalid: Annotated[bool, Query(description="skip bad rows (counted) instead of refusing the file")] = False,
+    open_slots: Annotated[bool, Query(description="also open the project's overlap places on new items")] = False,
+) -> JudgementsImportOut:
+    p = projects.get_project(db, project_id)
+    out = judgements.import_judgements(db, p, await file.read(), file.filename or "upload", format, default_rater,
+                                       rater_prefix, skip_invalid, open_slots)
+    request.app.state.queue.forget(project_id=project_id)
+    return out
+
+
 @router.get("/{project_id}/members", response_model=list[UserOut])
 def list_members(project_id: PathId, _: AdminUser, db: SessionDep) -> list[User]:
     return projects.list_members(db, project_id)
@@ -106,7 +127,7 @@ def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOu
     return [RankingOut(id=r.id, task_id=r.slot_id, item_id=r.item_id, prompt_id=payload[r.item_id]["prompt_id"],
                        labeler=r.labeler, order=r.order, all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale,
                        created_at=r.created_at, is_gold=r.is_gold, supersedes_id=r.supersedes_id, current=r.current,
-                       time_on_task=r.time_on_task, active_seconds=r.active_seconds)
+                       time_on_task=r.time_on_task, active_seconds=r.active_seconds, strength=r.strength, source=r.source)
             for r in stats.raw_rankings(db, project_id, history=True)]
 
 

@@ -88,7 +88,7 @@ def item_view(db: Session, project: Project, item_id: int) -> ReviewItem:
     payload = stats.item_payloads(db, project.id, item_id)[item_id]
     rs = [r for r in stats.raw_rankings(db, project.id, item_id=item_id)]
     return ReviewItem(item_id=item_id, project_id=project.id, prompt_id=payload["prompt_id"], prompt=payload["prompt"],
-                      candidates=[CandidateView(id=c, text=t) for c, t in payload["candidates"]],
+                      candidates=[CandidateView(id=c, text=t) for c, t, _policy in payload["candidates"]],
                       rankings=[ReviewRanking(labeler=r.labeler, order=r.order, all_bad=r.all_bad, unsafe=r.unsafe,
                                               rationale=r.rationale, created_at=r.created_at) for r in rs],
                       consensus=quality.consensus([r.order for r in rs]) if rs else [],
