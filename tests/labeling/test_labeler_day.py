@@ -234,3 +234,84 @@ def test_own_password_change_needs_current_and_revokes_other_sessions(tc, admin)
     with pytest.raises(LabelingError):
         LabelingClient(tc).login("a", "first-password")
     LabelingClient(tc).login("a", "second-password")
+
+
+# ------------------------------------------------------------------ markdown, safely (render.py)
+
+
+ATTACKS = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    '<div onclick="alert(1)">raw block</div>\n\ntext',
+    "<!-- comment --><style>body{display:none}</style>",
+    "[x](javascript:alert(1))",
+    "[x](JaVaScRiPt:alert(1))",
+    "[x](java&#115;cript:alert(1))",
+    "[x](data:text/html;base64,PHNjcmlwdD4=)",
+    '<a href="javascript:alert(1)">a</a>',
+    "![pixel](https://tracker.example/p.png)",
+    '[t](https://e.org "x\\" onmouseover=\\"alert(1)")',
+    "<https://auto.example/link>",
+]
+
+
+def elements(html: str) -> list[tuple[str, dict]]:
+    from html.parser import HTMLParser
+
+    out: list[tuple[str, dict]] = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            out.append((tag, dict(attrs)))
+
+    P().feed(html)
+    return out
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_markdown_renders_attacks_inert(attack):
+    from rankloop.labeling.render import TAGS, to_html
+
+    html = to_html(attack)
+    for tag, attrs in elements(html):
+        assert tag in TAGS and tag not in ("script", "img", "style", "div", "iframe"), html
+        assert not any(a.startswith("on") or a in ("style", "src") and tag not in ("th", "td") for a in attrs), html
+        if tag == "a":
+            assert attrs["href"].split(":")[0] in ("http", "https", "mailto"), html
+            assert attrs["rel"] == "noopener noreferrer nofollow" and attrs["target"] == "_blank"
+    assert "<!--" not in html
+
+
+def test_markdown_code_links_direction():
+    from rankloop.labeling.render import markdown, to_html
+
+    html = to_html("Use `x`:\n\n```\nprint(1)\n```\n\n[docs](https://example.org) مرحبا\nnext line")
+    assert "<pre><code" in html and "print(1)" in html and "<code>x</code>" in html
+    assert 'rel="noopener noreferrer nofollow"' in html and 'target="_blank"' in html
+    assert html.count('dir="auto"') >= 2 and "<br" in html  # a single newline is a line break
+    assert markdown("**b**") == markdown("**b**") and str(markdown(None)) == ""
+
+
+def test_task_page_forms_need_csrf_and_name_the_project(tc, admin):
+    import re
+
+    p = project(admin, n=2, k=3, overlap=1)
+    admin.create_user("ann", "ann-password")
+    admin.add_member(p["id"], "ann")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', tc.get("/login").text).group(1)
+    tc.post("/login", data={"username": "ann", "password": "ann-password", "csrf_token": token})
+    page = tc.get("/label", follow_redirects=True)
+    task = str(page.url).rsplit("/", 1)[1].split("?")[0]
+    assert 'id="project-name" dir="auto">day<' in page.text and "Remaining for you: <strong>2</strong>" in page.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    assert tc.post(f"/label/{task}/skip", data={"reason": "unclear"}, follow_redirects=False).status_code == 403
+    r = tc.post(f"/label/{task}/skip", data={"reason": "", "csrf_token": csrf})
+    assert r.status_code == 422  # a blank reason: the page again, with why
+    r = tc.post(f"/label/{task}/skip", data={"reason": "unclear", "note": "?", "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and "notice=skipped" in r.headers["location"]
+    assert tc.post("/account/password", data={"current_password": "ann-password", "new_password": "x" * 9,
+                                              "new_password_again": "x" * 9}).status_code == 403
+    r = tc.post("/account/password", data={"current_password": "ann-password", "new_password": "x" * 9,
+                                           "new_password_again": "y" * 9, "csrf_token": csrf})
+    assert "the two new passwords differ" in r.text
+    assert "My recent submissions" in tc.get("/label/recent").text
