@@ -137,6 +137,7 @@ class RankingRow(Base):
         UniqueConstraint("project_id", "labeler_id", "idempotency_key", name="uq_rankings_project_labeler_key"),
         Index("ix_rankings_project", "project_id", "item_id"),
         UniqueConstraint("supersedes_id", name="uq_rankings_supersedes_id"),  # (issue 15 item 3)
+        Index("ix_rankings_labeler", "labeler_id", "project_id"),  # a labeler's counter and recent list
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # the answered slot; None on a correction (its slot is its ``supersedes`` chain's first row's)

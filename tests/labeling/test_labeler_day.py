@@ -315,3 +315,58 @@ def test_task_page_forms_need_csrf_and_name_the_project(tc, admin):
                                            "new_password_again": "y" * 9, "csrf_token": csrf})
     assert "the two new passwords differ" in r.text
     assert "My recent submissions" in tc.get("/label/recent").text
+
+
+# ------------------------------------------------------------------ the schema change (migration 0004)
+
+
+def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
+    """A 0002 database with a ranking upgrades in place (edit window 600, the ranking current); a
+    correction (no slot of its own) and a skip can then be stored; downgrading to 0002 drops them
+    and keeps the original."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect, text
+
+    from rankloop.labeling.db import MIGRATIONS, resolve_url
+
+    url = resolve_url(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "0002")
+    engine = create_engine(url)
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as c:
+        c.execute(text(f"INSERT INTO users (id, username, password_hash, role, active, created_at) VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
+        c.execute(text(f"INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
+                       f"VALUES (1, 'p', '', 2, 'ranking', 1, 0, 60, '{now}')"))
+        c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
+        c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
+        c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) VALUES (1, 1, 1, 0, 1, 'done', false)"))
+        c.execute(text("INSERT INTO rankings (id, slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                       f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, 1, '[]', false, false, 'k', false, '{now}')"))
+    command.upgrade(cfg, "0004")
+    with engine.begin() as c:
+        assert c.execute(text("SELECT edit_window_seconds FROM projects")).scalar_one() == 600
+        c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, idempotency_key, "
+                       f"is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k2', false, '{now}', 1)"))
+        c.execute(text(f"INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, created_at) VALUES (1, 1, 1, 1, 'other', '{now}')"))
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError):  # a ranking is superseded at most once
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                           f"idempotency_key, is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k3', "
+                           f"false, '{now}', 1)"))
+    with pytest.raises(IntegrityError):  # a slot is still answered once
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                           f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k4', false, '{now}')"))
+    command.downgrade(cfg, "0002")
+    assert "skips" not in inspect(engine).get_table_names()
+    with engine.begin() as c:
+        assert c.execute(text("SELECT id FROM rankings")).scalars().all() == [1]
+    command.upgrade(cfg, "head")
+    engine.dispose()
