@@ -370,3 +370,20 @@ def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
         assert c.execute(text("SELECT id FROM rankings")).scalars().all() == [1]
     command.upgrade(cfg, "head")
     engine.dispose()
+
+
+def test_exported_app_fields_read_back():
+    """``rankings.jsonl`` rows with the app's fields parse back into the same record (and rows
+    without them are written as before)."""
+    from rankloop.records import CandidateText, RankedExample, Ranking
+
+    cands = [CandidateText(id="a", text="x"), CandidateText(id="b", text="y")]
+    r = RankedExample(prompt_id="q", prompt="p", candidates=cands,
+                      ranking=Ranking(prompt_id="q", order=[["b"], ["a"]], ranking_id=7, supersedes=3, current=True,
+                                      time_on_task=12.5, active_seconds=9.0))
+    row = r.to_row()
+    assert {k: row[k] for k in ("ranking_id", "supersedes", "current", "time_on_task", "active_seconds")} == {
+        "ranking_id": 7, "supersedes": 3, "current": True, "time_on_task": 12.5, "active_seconds": 9.0}
+    assert RankedExample.model_validate(row) == r
+    plain = RankedExample(prompt_id="q", prompt="p", candidates=cands, ranking=Ranking(prompt_id="q", order=[["a"], ["b"]]))
+    assert set(plain.to_row()) == {"prompt_id", "prompt", "candidates", "ranking", "labeler"}
