@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from labhelp import ADMIN, ARTIFACTS, free_port, start_server
+
 from rankloop.labeling.client import LabelingClient, LabelingError
 from rankloop.records import Candidate, Prompt
 
@@ -103,7 +103,7 @@ def ids_by_number(page) -> dict[int, str]:
 def test_skip_by_key_and_button_then_counter_and_project_name(browser, server):
     base, admin = server
     p = new_project(admin, n=3)
-    ctx, page, user = login_page(browser, base, admin, [p])
+    ctx, page, _ = login_page(browser, base, admin, [p])
     expect(page.locator("#project-name")).to_have_text(p["name"])
     expect(page.locator("#progress")).to_contain_text("Today: 0 · This project: 0 · Remaining for you: 3")
     first_prompt = page.locator(".prompt .text").inner_text()
@@ -142,7 +142,7 @@ def test_label_without_a_project_names_each_tasks_project(browser, server):
             page.keyboard.press(key)
         url = page.url
         page.keyboard.press("Enter")
-        page.wait_for_url(lambda u: u != url)
+        page.wait_for_url(lambda u, before=url: u != before)
     assert sorted(seen) == sorted([p1["name"], p2["name"]])
     ctx.close()
 

@@ -4,12 +4,12 @@ that supersede, progress, time on task, one's own password."""
 from __future__ import annotations
 
 import pytest
+from labhelp import best_first, labeler, make_records
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rankloop.labeling.client import LabelingError
 from rankloop.labeling.models import Skip, Slot
-from labhelp import best_first, labeler, make_records
 
 
 def project(admin, n=3, k=3, overlap=1, gold=None, gold_rate=0.0, name="day", **kw):
@@ -355,13 +355,11 @@ def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
         c.execute(text(f"INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, created_at) VALUES (1, 1, 1, 1, 'other', '{now}')"))
     from sqlalchemy.exc import IntegrityError
 
-    with pytest.raises(IntegrityError):  # a ranking is superseded at most once
-        with engine.begin() as c:
+    with pytest.raises(IntegrityError), engine.begin() as c:  # a ranking is superseded at most once
             c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                            f"idempotency_key, is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k3', "
                            f"false, '{now}', 1)"))
-    with pytest.raises(IntegrityError):  # a slot is still answered once
-        with engine.begin() as c:
+    with pytest.raises(IntegrityError), engine.begin() as c:  # a slot is still answered once
             c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                            f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k4', false, '{now}')"))
     command.downgrade(cfg, "0002")
