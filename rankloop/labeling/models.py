@@ -7,7 +7,8 @@ migrations in ``migrations/versions``; these classes must match them (a test che
 
 A ``Slot`` is one of an item's ``overlap`` places (created at import) or a gold item's place for one
 labeler (created when served). Claiming a slot is the assignment; ``RankingRow`` is what the
-labeler gave, kept as given and never edited.
+labeler gave, kept as given and never edited: a correction is a new row that supersedes it, and a
+``Skip`` records a task given back.
 """
 
 from __future__ import annotations
