@@ -385,3 +385,30 @@ def test_exported_app_fields_read_back():
     assert RankedExample.model_validate(row) == r
     plain = RankedExample(prompt_id="q", prompt="p", candidates=cands, ranking=Ranking(prompt_id="q", order=[["a"], ["b"]]))
     assert set(plain.to_row()) == {"prompt_id", "prompt", "candidates", "ranking", "labeler"}
+
+
+def test_edit_page_form_without_the_script(tc, admin):
+    import json
+    import re
+
+    p = project(admin, n=1, k=3, overlap=1)
+    admin.create_user("ann", "ann-password")
+    admin.add_member(p["id"], "ann")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', tc.get("/login").text).group(1)
+    tc.post("/login", data={"username": "ann", "password": "ann-password", "csrf_token": token})
+    page = tc.get("/label", follow_redirects=True)
+    task = str(page.url).rsplit("/", 1)[1].split("?")[0]
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    ids = sorted(re.findall(r'<li class="card" data-id="([^"]+)"', page.text))
+    tc.post(f"/label/{task}", data={"order": json.dumps([[i] for i in ids]), "idempotency_key": "k1", "csrf_token": csrf})
+    (rid,) = [r["id"] for r in admin.rankings(p["id"])]
+    page = tc.get(f"/label/edit/{rid}")
+    assert page.status_code == 200 and f'action="/label/edit/{rid}"' in page.text and 'id="skip-box"' not in page.text
+    assert f"data-order=\"{json.dumps([[i] for i in ids]).replace(chr(34), '&#34;')}\"" in page.text
+    r = tc.post(f"/label/edit/{rid}", data={"order": json.dumps([ids[::-1]]), "idempotency_key": "k2", "csrf_token": csrf},
+                follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/label/recent?notice=edited"
+    assert admin.rankings(p["id"])[-1]["order"] == [ids[::-1]] and admin.rankings(p["id"])[-1]["supersedes_id"] == rid
+    r = tc.post(f"/label/edit/{rid}", data={"order": json.dumps([ids]), "idempotency_key": "k3", "csrf_token": csrf})
+    assert r.status_code == 409 and "already corrected" in r.text
+    assert tc.get(f"/label/edit/{rid}").status_code == 409
