@@ -345,27 +345,29 @@ def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
         c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
         c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
         c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) VALUES (1, 1, 1, 0, 1, 'done', false)"))
-        c.execute(text("INSERT INTO rankings (id, slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
-                       f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, 1, '[]', false, false, 'k', false, '{now}')"))
+        # (no explicit id: PostgreSQL's sequence would not know it was taken)
+        first = c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                               f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k', false, '{now}') "
+                               "RETURNING id")).scalar_one()
     command.upgrade(cfg, "0004")
     with engine.begin() as c:
         assert c.execute(text("SELECT edit_window_seconds FROM projects")).scalar_one() == 600
         c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, idempotency_key, "
-                       f"is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k2', false, '{now}', 1)"))
+                       f"is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k2', false, '{now}', {first})"))
         c.execute(text(f"INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, created_at) VALUES (1, 1, 1, 1, 'other', '{now}')"))
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises(IntegrityError), engine.begin() as c:  # a ranking is superseded at most once
             c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                            f"idempotency_key, is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k3', "
-                           f"false, '{now}', 1)"))
+                           f"false, '{now}', {first})"))
     with pytest.raises(IntegrityError), engine.begin() as c:  # a slot is still answered once
             c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                            f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k4', false, '{now}')"))
     command.downgrade(cfg, "0002")
     assert "skips" not in inspect(engine).get_table_names()
     with engine.begin() as c:
-        assert c.execute(text("SELECT id FROM rankings")).scalars().all() == [1]
+        assert c.execute(text("SELECT id FROM rankings")).scalars().all() == [first]
     command.upgrade(cfg, "head")
     engine.dispose()
 
