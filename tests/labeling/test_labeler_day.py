@@ -368,7 +368,7 @@ def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
     assert "skips" not in inspect(engine).get_table_names()
     with engine.begin() as c:
         assert c.execute(text("SELECT id FROM rankings")).scalars().all() == [first]
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")
     engine.dispose()
 
 
