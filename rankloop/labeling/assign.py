@@ -150,7 +150,7 @@ SQL = {
     "count_done": "SELECT count(*), coalesce(sum(CASE WHEN created_at >= :today THEN 1 ELSE 0 END), 0) FROM rankings "
                   "WHERE labeler_id = :uid AND project_id = :pid AND supersedes_id IS NULL",
     "count_open": "SELECT count(DISTINCT s.item_id) FROM slots s WHERE s.project_id = :pid AND s.slot_no IS NOT NULL "
-                  "AND (s.status = 'open' OR (s.status = 'leased' AND s.lease_expires < :now)) "
+                  "AND s.status = 'open' "  # (an expired lease reopens at the next reaping, seconds away)
                   "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
                   "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id)",
     "count_held": "SELECT count(*) FROM slots WHERE labeler_id = :uid AND project_id = :pid AND status = 'leased'",
@@ -548,7 +548,7 @@ class Queue:
         with self.reading() as cur:
             self.projects_of(cur, uid, is_admin, project_id)  # NotFound unless it is theirs
             done, done_today = self.q(cur, "count_done", uid=uid, pid=project_id, today=self.ts(today)).fetchone()
-            remaining = self.q(cur, "count_open", uid=uid, pid=project_id, now=self.ts(now)).fetchone()[0]
+            remaining = self.q(cur, "count_open", uid=uid, pid=project_id).fetchone()[0]
             held = self.q(cur, "count_held", uid=uid, pid=project_id).fetchone()[0]
             skipped = self.q(cur, "count_skipped", uid=uid, pid=project_id).fetchone()[0]
             return MyProgressOut(project_id=project_id, project_name=self.settings(cur, project_id).name, done_today=int(done_today),

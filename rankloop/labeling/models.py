@@ -7,7 +7,8 @@ migrations in ``migrations/versions``; these classes must match them (a test che
 
 A ``Slot`` is one of an item's ``overlap`` places (created at import) or a gold item's place for one
 labeler (created when served). Claiming a slot is the assignment; ``RankingRow`` is what the
-labeler gave, kept as given and never edited.
+labeler gave, kept as given and never edited: a correction is a new row that supersedes it, and a
+``Skip`` records a task given back.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class RankingRow(Base):
         UniqueConstraint("project_id", "labeler_id", "idempotency_key", name="uq_rankings_project_labeler_key"),
         Index("ix_rankings_project", "project_id", "item_id"),
         UniqueConstraint("supersedes_id", name="uq_rankings_supersedes_id"),  # (issue 15 item 3)
+        Index("ix_rankings_labeler", "labeler_id", "project_id"),  # a labeler's counter and recent list
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # the answered slot; None on a correction (its slot is its ``supersedes`` chain's first row's)

@@ -244,6 +244,25 @@ def label_edit(ranking_id: PathId, user: CurrentUser, request: Request) -> Respo
         return render(request, "recent.html", user, rows=rows, project_id=None, error=str(e), status_code=409)
 
 
+@router.post("/label/edit/{ranking_id}")
+def label_edit_submit(ranking_id: PathId, user: CurrentUser, request: Request, order: Annotated[str, Form()],
+                      idempotency_key: Annotated[str, Form()], all_bad: Annotated[bool, Form()] = False,
+                      unsafe: Annotated[bool, Form()] = False, rationale: Annotated[str, Form()] = "") -> Response:
+    """The edit page's form without its script (the script sends the same to the API)."""
+    try:
+        body = parse(SubmitIn, order=read_order(order), idempotency_key=idempotency_key, all_bad=all_bad, unsafe=unsafe,
+                     rationale=rationale.strip() or None)
+        request.app.state.queue.edit(ranking_id, user.user_id, body)
+    except NotFound:
+        raise
+    except Conflict as e:
+        rows = request.app.state.queue.my_rankings(user.user_id, None, 50)
+        return render(request, "recent.html", user, rows=rows, project_id=None, error=str(e), status_code=409)
+    except DomainError as e:
+        return _edit_page(request, user, ranking_id, error=str(e), status_code=status_of(e))
+    return see_other("/label/recent?notice=edited")
+
+
 @router.get("/account/password")
 def password_page(user: CurrentUser, request: Request) -> HTMLResponse:
     return render(request, "password.html", user, csrf=user.csrf)
