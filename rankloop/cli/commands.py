@@ -168,6 +168,7 @@ RM_GROUPS = {
               "pack", "share_prefix", "dtype"),
     "Evaluation": ("eval_every", "eval_batch_size"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
+    "Labelers' flags and ratings": ("all_bad", "unsafe", "ratings"),  # feedback (issue 15 item 1)
 }
 
 
@@ -247,6 +248,7 @@ DPO_GROUPS = {
               "pack", "share_prefix", "dtype"),
     "Evaluation": ("eval_every", "eval_batch_size", "kl_prompts", "kl_max_new_tokens"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
+    "Labelers' flags": ("all_bad", "unsafe"),  # feedback (issue 15 item 1)
 }
 
 
