@@ -41,7 +41,8 @@ from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
-from rankloop.labeling.schemas import CandidateView, SubmitIn, SubmitOut, TaskOut
+from rankloop.labeling.feedback import check_submission, settings_of
+from rankloop.labeling.schemas import CandidateView, FeedbackSettings, SubmitIn, SubmitOut, TaskOut
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
 
@@ -73,6 +74,7 @@ class Settings:
     instructions: str
     lease_seconds: int
     gold_rate: float
+    feedback: FeedbackSettings | None = None  # issue 15 item 1
 
 
 SQL = {
@@ -96,10 +98,13 @@ SQL = {
             "FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
     "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
-                      "idempotency_key, is_gold, created_at) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, "
-                      ":rationale, :key, :is_gold, :now) RETURNING id",
+                      "idempotency_key, is_gold, created_at, strength, strength_scale, unsafe_ids) VALUES (:sid, :pid, :iid, "
+                      ":uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, :strength, :scale, :unsafe_ids) "
+                      "RETURNING id",
+    "insert_rating": "INSERT INTO ratings (ranking_id, project_id, item_id, labeler_id, candidate_id, score, acceptable, labels, "
+                     "comment, created_at) VALUES (:rid, :pid, :iid, :uid, :cid, :score, :acceptable, :labels, :comment, :now)",
     "done": "UPDATE slots SET status = 'done' WHERE id = :sid",
-    "settings": "SELECT mode, instructions, lease_seconds, gold_rate FROM projects WHERE id = :pid",
+    "settings": "SELECT mode, instructions, lease_seconds, gold_rate, feedback FROM projects WHERE id = :pid",
     "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
     "exists": "SELECT id FROM projects WHERE id = :pid",
     "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
@@ -199,7 +204,7 @@ class Queue:
         row = self.q(cur, "settings", pid=pid).fetchone()
         if row is None:
             raise NotFound(f"project {pid} not found")
-        s = Settings(row[0], row[1], int(row[2]), float(row[3]))
+        s = Settings(row[0], row[1], int(row[2]), float(row[3]), settings_of(self.read_json(row[4])))
         self._settings[pid] = (time.monotonic() + SETTINGS_TTL, s)
         return s
 
@@ -235,7 +240,8 @@ class Queue:
         cands = list(view.candidates)
         random.Random(slot_id).shuffle(cands)  # each labeler sees their own order: no shared position bias
         return TaskOut(task_id=slot_id, project_id=pid, mode=st.mode, instructions=st.instructions, prompt_id=view.prompt_id,
-                       prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands], lease_expires=until)
+                       prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands], lease_expires=until,
+                       feedback=st.feedback)
 
     # ------------------------------------------------------------ assignment
     def _reap(self, cur: Any, now: datetime) -> None:
@@ -321,10 +327,21 @@ class Queue:
                         other = self.q(cur, "key_used", pid=pid, uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:
                             raise Conflict(f"idempotency key already used for task {other[0]}")
-                    check_permutation(order, self.item(cur, item_id).ids)
+                    shown = self.item(cur, item_id).ids
+                    check_permutation(order, shown)
+                    st = self.settings(cur, pid)
+                    fb = check_submission(st.feedback, st.mode, order, shown, body)
+                    now = self.ts(now_utc())
                     rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
-                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
-                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc())).fetchone()[0]
+                                 all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
+                                 key=body.idempotency_key, is_gold=bool(is_gold), now=now, strength=fb.strength,
+                                 scale=fb.strength_scale,
+                                 unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None).fetchone()[0]
+                    if fb.ratings:
+                        cur.executemany(self.sql["insert_rating"], [
+                            {"rid": rid, "pid": pid, "iid": item_id, "uid": uid, "cid": r.candidate_id, "score": r.score,
+                             "acceptable": r.acceptable, "labels": self._json(r.labels), "comment": r.comment, "now": now}
+                            for r in fb.ratings])
                     self.q(cur, "done", sid=task_id)
                     return SubmitOut(ranking_id=rid, task_id=task_id, duplicate=False)
             except self.integrity_error:

@@ -67,6 +67,8 @@ class Project(Base):
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
     lease_seconds: Mapped[int] = mapped_column(Integer, default=1800)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # ---- feedback (issue 15 item 1, migration 0006): schemas.FeedbackSettings as JSON; None: none
+    feedback: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
 
 
 class Member(Base):
@@ -146,4 +148,32 @@ class RankingRow(Base):
     rationale: Mapped[Optional[str]] = mapped_column(Text)
     idempotency_key: Mapped[str] = mapped_column(String(128))
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # ---- feedback (issue 15 item 1, migration 0006)
+    strength: Mapped[Optional[int]] = mapped_column(Integer)  # pairwise degree, 1 … scale // 2
+    strength_scale: Mapped[Optional[int]] = mapped_column(Integer)  # the project's scale when given
+    unsafe_ids: Mapped[Optional[list[Any]]] = mapped_column(JSON)  # candidates called unsafe
+
+
+# ---------------------------------------------------------------- feedback (issue 15 item 1, migration 0006)
+
+
+class RatingRow(Base):
+    """One candidate's rating (``records.Rating``), given with a submission: kept as given."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("ranking_id", "candidate_id", name="uq_ratings_ranking_candidate"),
+        Index("ix_ratings_project", "project_id", "ranking_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    candidate_id: Mapped[str] = mapped_column(String(255))
+    score: Mapped[Optional[int]] = mapped_column(Integer)
+    acceptable: Mapped[Optional[bool]] = mapped_column(Boolean)
+    labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comment: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

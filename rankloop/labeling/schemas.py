@@ -89,6 +89,81 @@ def _printable(v: str) -> str:
     return v
 
 
+# ---------------------------------------------------------------- feedback (issue 15 item 1)
+# A project's optional feedback settings, and the per-candidate ratings a submission carries.
+
+MAX_LABEL = 64  # characters of one metadata label
+MAX_FEEDBACK_LABELS = 32
+MAX_COMMENT = 5_000
+
+# InstructGPT's metadata labels (Ouyang et al. 2022, Table 3 / App. B): a starting list for a lead.
+INSTRUCTGPT_LABELS = ("Fails to follow the instruction", "Hallucination", "Harmful", "Inappropriate for a customer assistant",
+                      "Sexual content", "Violent content", "Encourages violence", "Denigrates a protected class",
+                      "Gives harmful advice", "Expresses an opinion", "Expresses a moral judgment")
+
+
+class FeedbackSettings(_Body):
+    """What a labeler may give besides the ranking. Each is off unless set."""
+
+    strength_scale: Optional[int] = Field(None, description="Pairwise projects: points of the preference-strength "
+                                          "scale, e.g. 5 (A much better, A better, tie, B better, B much better) or 8 "
+                                          "(four degrees a side, no tie point); a strict choice then needs a strength.")
+    acceptability: bool = Field(False, description="Ask, per candidate, whether it is acceptable.")
+    likert: bool = Field(False, description="Ask, per candidate, a 1–7 quality rating (InstructGPT's Likert scale).")
+    labels: list[Annotated[str, Field(min_length=1, max_length=MAX_LABEL)]] = Field(
+        default_factory=list, max_length=MAX_FEEDBACK_LABELS,
+        description="Metadata labels a labeler may tick per candidate (e.g. InstructGPT's: 'Hallucination', 'Harmful', …).")
+    comments: bool = Field(False, description="Offer a free-text comment per candidate.")
+
+    @field_validator("strength_scale")
+    @classmethod
+    def _scale(cls, v: Optional[int]) -> Optional[int]:
+        from rankloop.records import STRENGTH_SCALES
+
+        if v is not None and v not in STRENGTH_SCALES:
+            raise ValueError(f"must be one of {', '.join(map(str, STRENGTH_SCALES))} points")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        for label in v:
+            _printable(label)
+            if label != label.strip():
+                raise ValueError(f"label {label!r} has surrounding spaces")
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"labels repeated: {dup}")
+        return v
+
+    @property
+    def per_candidate(self) -> bool:
+        return self.acceptability or self.likert or bool(self.labels) or self.comments
+
+
+class RatingIn(_Body):
+    """One candidate's rating in a submission; each part only if the project asks for it."""
+
+    candidate_id: ExternalId
+    score: Optional[int] = Field(None, ge=1, le=7, description="Likert quality, 1 (worst) … 7 (best)")
+    acceptable: Optional[bool] = None
+    labels: list[Annotated[str, Field(max_length=MAX_LABEL)]] = Field(default_factory=list, max_length=MAX_FEEDBACK_LABELS)
+    comment: Optional[str] = Field(None, max_length=MAX_COMMENT)
+
+
+class RatingOut(BaseModel):
+    ranking_id: int
+    item_id: int
+    prompt_id: str
+    labeler: str
+    candidate_id: str
+    score: Optional[int]
+    acceptable: Optional[bool]
+    labels: list[str]
+    comment: Optional[str]
+    created_at: datetime
+
+
 class ProjectCreate(_Body):
     name: str = Field(min_length=1, max_length=128)
     instructions: str = Field("", max_length=MAX_INSTRUCTIONS)
@@ -97,6 +172,7 @@ class ProjectCreate(_Body):
     overlap: int = Field(1, ge=1, le=100, description="distinct labelers per item")
     gold_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of served tasks that are gold items")
     lease_seconds: int = Field(1800, ge=5, le=7 * 24 * 3600, description="an unfinished task returns to the queue after this")
+    feedback: Optional[FeedbackSettings] = Field(None, description="optional feedback besides the ranking (issue 15)")
 
     _name = field_validator("name")(_printable)
 
@@ -105,6 +181,7 @@ class ProjectUpdate(_Body):
     instructions: Optional[str] = Field(None, max_length=MAX_INSTRUCTIONS)
     gold_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
     lease_seconds: Optional[int] = Field(None, ge=5, le=7 * 24 * 3600)
+    feedback: Optional[FeedbackSettings] = None
 
 
 class ProjectOut(BaseModel):
@@ -117,6 +194,7 @@ class ProjectOut(BaseModel):
     overlap: int
     gold_rate: float
     lease_seconds: int
+    feedback: Optional[FeedbackSettings] = None
 
 
 class GoldIn(_Body):
@@ -159,6 +237,7 @@ class TaskOut(BaseModel):
     prompt: PromptContent
     candidates: list[CandidateView]
     lease_expires: datetime
+    feedback: Optional[FeedbackSettings] = None
 
 
 class SubmitIn(_Body):
@@ -167,6 +246,12 @@ class SubmitIn(_Body):
     all_bad: bool = False
     unsafe: bool = False
     rationale: Optional[str] = Field(None, max_length=MAX_RATIONALE)
+    # ---- feedback (issue 15 item 1): checked against the project's FeedbackSettings
+    strength: Optional[int] = Field(None, ge=1, description="pairwise: how much better the first is, "
+                                    "1 … strength_scale // 2 (the project's scale)")
+    unsafe_ids: list[ExternalId] = Field(default_factory=list, max_length=MAX_GROUPS,
+                                         description="the candidates that are unsafe (sets unsafe)")
+    ratings: list[RatingIn] = Field(default_factory=list, max_length=MAX_GROUPS, description="per-candidate ratings")
 
 
 class SubmitOut(BaseModel):
@@ -222,6 +307,10 @@ class RankingOut(BaseModel):
     rationale: Optional[str]
     created_at: datetime
     is_gold: bool
+    strength: Optional[int] = None
+    strength_scale: Optional[int] = None
+    margin: Optional[float] = None
+    unsafe_ids: list[str] = Field(default_factory=list)
 
 
 class Message(BaseModel):

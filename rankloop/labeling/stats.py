@@ -27,16 +27,22 @@ class Raw:
     rationale: str | None
     created_at: datetime
     is_gold: bool
+    # feedback (issue 15 item 1)
+    strength: int | None = None
+    strength_scale: int | None = None
+    unsafe_ids: list[str] | None = None
 
 
 def raw_rankings(db: Session, project_id: int) -> list[Raw]:
     rows = db.execute(
         select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
-               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold)
+               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold,
+               RankingRow.strength, RankingRow.strength_scale, RankingRow.unsafe_ids)
         .join(User, User.id == RankingRow.labeler_id)
         .where(RankingRow.project_id == project_id).order_by(RankingRow.id)
     ).all()
-    return [Raw(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], as_utc(r[8]), bool(r[9])) for r in rows]
+    return [Raw(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], as_utc(r[8]), bool(r[9]), r[10], r[11], r[12])
+            for r in rows]
 
 
 def gold_orders(db: Session, project_id: int) -> dict[int, list[list[str]]]:

@@ -16,7 +16,8 @@ from rankloop.labeling.deps import AdminUser, CurrentUser, PathId, SessionDep
 from rankloop.labeling.models import Project, User
 from rankloop.labeling.services import projects
 from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, MemberIn, ProgressOut, ProjectCreate,
-                                       ProjectOut, ProjectUpdate, RankingOut, UserOut)
+                                       ProjectOut, ProjectUpdate, RankingOut, RatingOut, UserOut)
+from rankloop.records import AllBadPolicy, UnsafePolicy, strength_margin
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -103,17 +104,34 @@ def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOu
     payload = stats.item_payloads(db, project_id)
     return [RankingOut(id=r.id, task_id=r.slot_id, item_id=r.item_id, prompt_id=payload[r.item_id]["prompt_id"],
                        labeler=r.labeler, order=r.order, all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale,
-                       created_at=r.created_at, is_gold=r.is_gold) for r in stats.raw_rankings(db, project_id)]
+                       created_at=r.created_at, is_gold=r.is_gold, strength=r.strength, strength_scale=r.strength_scale,
+                       margin=strength_margin(r.strength, r.strength_scale) if r.strength is not None else None,
+                       unsafe_ids=r.unsafe_ids or []) for r in stats.raw_rankings(db, project_id)]
+
+
+@router.get("/{project_id}/ratings", response_model=list[RatingOut], summary="Every per-candidate rating, as given")
+def ratings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RatingOut]:
+    projects.get_project(db, project_id)
+    return export_mod.rating_rows(db, project_id)
 
 
 @router.get("/{project_id}/export", response_class=PlainTextResponse,
-            summary="Download rankings.jsonl (format=rankings) or TRL comparisons (format=trl)")
-def export(project_id: PathId, _: AdminUser, db: SessionDep, format: Literal["rankings", "trl"] = "rankings",
+            summary="Download rankings.jsonl (format=rankings), TRL comparisons (format=trl) or per-candidate "
+                    "ratings.jsonl (format=ratings)")
+def export(project_id: PathId, _: AdminUser, db: SessionDep, format: Literal["rankings", "trl", "ratings"] = "rankings",
            min_agreement: Annotated[float | None, Query(ge=0, le=1)] = None,
-           min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None) -> PlainTextResponse:
+           min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
+           all_bad: Annotated[AllBadPolicy, Query(description="format=trl: drop all-bad rankings' pairs, or keep them")] = "drop",
+           unsafe: Annotated[UnsafePolicy, Query(description="format=trl: never_chosen (an unsafe candidate is never "
+                                                 "'chosen') or keep")] = "never_chosen") -> PlainTextResponse:
     p = projects.get_project(db, project_id)
-    examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy)
-    rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
+    examples, info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy)
+    if format == "rankings":
+        rows = [e.to_row() for e in examples]
+    elif format == "trl":
+        rows = export_mod.trl_rows(examples, all_bad=all_bad, unsafe=unsafe)
+    else:
+        rows = [r.to_row() for r in export_mod.collect_ratings(db, p.id, info["ranking_ids"])]
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",
                              headers={"Content-Disposition": attachment(f"{p.name}-{format}.jsonl")})

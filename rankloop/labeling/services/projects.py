@@ -47,10 +47,17 @@ def visible_project(db: Session, project_id: int, user_id: int, is_admin: bool) 
     return p
 
 
+def _check_feedback(mode: str, fb: dict | None) -> None:
+    if fb and fb.get("strength_scale") is not None and mode != "pairwise":
+        raise Invalid("feedback.strength_scale: a preference strength is for pairwise projects "
+                      f"(this one ranks {mode!r})")
+
+
 def create_project(db: Session, new: ProjectCreate) -> Project:
     data = new.model_dump()
     if data["mode"] == "pairwise":
         data["k"] = 2
+    _check_feedback(data["mode"], data["feedback"])
     p = Project(**data)
     try:
         with writing(db):
@@ -63,6 +70,7 @@ def create_project(db: Session, new: ProjectCreate) -> Project:
 def update_project(db: Session, project_id: int, change: ProjectUpdate) -> Project:
     with writing(db):
         p = get_project(db, project_id)
+        _check_feedback(p.mode, change.model_dump(exclude_none=True).get("feedback"))
         for k, v in change.model_dump(exclude_none=True).items():
             setattr(p, k, v)
     return p
