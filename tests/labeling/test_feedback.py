@@ -1,0 +1,181 @@
+"""Richer feedback (issue 15 item 1) through the REST API, on SQLite and PostgreSQL: a project's
+feedback settings, a pairwise strength, per-candidate ratings and unsafe candidates — checked
+against the settings, stored, listed and exported (rankings, TRL, ratings) and read back by the
+trainers' readers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rankloop.io import read_preferences, read_ratings
+from rankloop.labeling.client import LabelingError
+from rankloop.records import Rating, RankedExample
+from labhelp import labeler, make_records
+
+LABELS = ["Fails to follow the instruction", "Hallucination", "Harmful"]
+FULL = {"strength_scale": 5, "acceptability": True, "likert": True, "labels": LABELS, "comments": True}
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+
+
+def pairwise_project(admin, feedback=FULL, n=2, name="pairs"):
+    p = admin.create_project(name, mode="pairwise", overlap=1, feedback=feedback)
+    prompts, cands = make_records(n, 2)
+    admin.import_candidates(p["id"], prompts, cands)
+    return p
+
+
+def test_settings_are_checked_stored_and_shown_on_the_task(tc, admin):
+    p = pairwise_project(admin)
+    assert p["feedback"] == FULL
+    with pytest.raises(LabelingError) as e:  # a strength is a pairwise judgement's
+        admin.create_project("ranked", k=3, feedback={"strength_scale": 5})
+    assert e.value.status == 422 and "strength_scale" in str(e.value) and "pairwise" in str(e.value)
+    for bad, what in (({"strength_scale": 11}, "strength_scale"), ({"labels": ["a", "a"]}, "repeated"),
+                      ({"labels": ["x\ny"]}, "control"), ({"likert": True, "colour": "red"}, "colour")):
+        with pytest.raises(LabelingError) as e:
+            admin.create_project("bad", mode="pairwise", feedback=bad)
+        assert e.value.status == 422 and what in str(e.value), (bad, str(e.value))
+    plain = admin.create_project("plain", k=3)
+    assert plain["feedback"] is None
+    a = labeler(tc, admin, "a", p["id"])
+    t = a.next_task()
+    assert t["feedback"] == FULL  # the page and scripts know what to ask
+    changed = admin.set_feedback(p["id"], strength_scale=8, likert=True)
+    assert changed["feedback"]["strength_scale"] == 8 and changed["feedback"]["labels"] == []
+    with pytest.raises(LabelingError) as e:
+        admin.set_feedback(plain["id"], strength_scale=8)
+    assert e.value.status == 422 and "pairwise" in str(e.value)
+
+
+def test_strength_and_ratings_are_stored_listed_and_exported(tc, admin, tmp_path):
+    p = pairwise_project(admin)
+    a = labeler(tc, admin, "a", p["id"])
+    t = a.next_task()
+    x, y = (c["id"] for c in t["candidates"])
+    ratings = [{"candidate_id": x, "score": 6, "acceptable": True, "labels": [], "comment": "  clear and right  "},
+               {"candidate_id": y, "score": 2, "acceptable": False, "labels": ["Hallucination", "Harmful"]}]
+    a.submit(t["task_id"], [[x], [y]], strength=2, ratings=ratings, unsafe_ids=[y])
+    t2 = a.next_task()
+    u, v = (c["id"] for c in t2["candidates"])
+    a.submit(t2["task_id"], [[u, v]])  # a tie: no strength, no ratings
+
+    rows = admin.rankings(p["id"])
+    first = next(r for r in rows if r["task_id"] == t["task_id"])
+    assert (first["strength"], first["strength_scale"], first["margin"]) == (2, 5, 1.0)
+    assert first["unsafe"] and first["unsafe_ids"] == [y]
+    tie = next(r for r in rows if r["task_id"] == t2["task_id"])
+    assert tie["strength"] is None and tie["margin"] is None and not tie["unsafe"]
+
+    listed = admin.ratings(p["id"])
+    assert [(r["candidate_id"], r["score"], r["acceptable"], r["labels"], r["comment"]) for r in listed] == [
+        (x, 6, True, [], "clear and right"), (y, 2, False, ["Hallucination", "Harmful"], None)]
+    assert {r["labeler"] for r in listed} == {"a"}
+
+    (tmp_path / "rankings.jsonl").write_text(admin.export(p["id"], "rankings"), encoding="utf-8")
+    exs = read_preferences(tmp_path / "rankings.jsonl")
+    ex = next(e for e in exs if e.ranking.candidate_ids == [x, y])
+    assert (ex.ranking.strength, ex.ranking.strength_scale, ex.margin) == (2, 5, 1.0)
+    assert ex.ranking.unsafe and ex.ranking.unsafe_ids == [y]
+
+    trl = jsonl(admin.export(p["id"], "trl"))  # x chosen over the unsafe y: kept, with the strength's margin
+    assert len(trl) == 1 and trl[0]["margin"] == 1.0
+
+    (tmp_path / "ratings.jsonl").write_text(admin.export(p["id"], "ratings"), encoding="utf-8")
+    back = read_ratings(tmp_path / "ratings.jsonl", need_texts=True)
+    texts = {c["id"]: c["text"] for c in t["candidates"]}
+    assert [(r.candidate_id, r.score, r.text, r.prompt, r.labeler) for r in back] == [
+        (x, 6, texts[x], t["prompt"], "a"), (y, 2, texts[y], t["prompt"], "a")]
+
+
+def test_submission_is_checked_against_the_settings(tc, admin):
+    p = pairwise_project(admin, feedback={"strength_scale": 8, "likert": True, "labels": LABELS})
+    a = labeler(tc, admin, "a", p["id"])
+    t = a.next_task()
+    x, y = (c["id"] for c in t["candidates"])
+    strict = [[x], [y]]
+    cases = [
+        (dict(order=strict), "strength: this project asks how much better"),
+        (dict(order=strict, strength=5), "at most 4 on this project's 8-point scale"),
+        (dict(order=[[x, y]], strength=1), "a tie has no strength"),
+        (dict(order=strict, strength=1, ratings=[{"candidate_id": x, "acceptable": True}]), "acceptable: this project asks for no"),
+        (dict(order=strict, strength=1, ratings=[{"candidate_id": x, "comment": "no"}]), "no per-candidate comments"),
+        (dict(order=strict, strength=1, ratings=[{"candidate_id": x, "labels": ["Rude"]}]), "labels: not among this project's labels"),
+        (dict(order=strict, strength=1, ratings=[{"candidate_id": x, "score": 3}, {"candidate_id": x, "score": 4}]),
+         "rated twice"),
+        (dict(order=strict, strength=1, ratings=[{"candidate_id": "elsewhere", "score": 3}]), "not a candidate shown"),
+        (dict(order=strict, strength=1, unsafe_ids=["elsewhere"]), "unsafe_ids: not shown"),
+        (dict(order=strict, strength=1, ratings=[{"candidate_id": x, "score": 8}]), "less than or equal to 7"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(LabelingError) as e:
+            a.submit(t["task_id"], **kw)
+        assert e.value.status == 422 and message in str(e.value), (kw, str(e.value))
+    # nothing was stored, and the task is still the labeler's to answer
+    assert admin.rankings(p["id"]) == [] and a.next_task()["task_id"] == t["task_id"]
+    a.submit(t["task_id"], strict, strength=4, ratings=[{"candidate_id": y, "score": 1, "labels": ["Harmful"]}])
+    [row] = admin.rankings(p["id"])
+    assert (row["strength"], row["strength_scale"], row["margin"]) == (4, 8, 1.0)
+
+    plain = admin.create_project("plain", mode="pairwise")
+    prompts, cands = make_records(1, 2, prefix="q")
+    admin.import_candidates(plain["id"], prompts, cands)
+    admin.add_member(plain["id"], "a")
+    t = a.next_task(plain["id"])
+    ids = [c["id"] for c in t["candidates"]]
+    for kw, message in ((dict(strength=1), "takes no preference strength"),
+                        (dict(ratings=[{"candidate_id": ids[0], "score": 5}]), "asks for no Likert rating")):
+        with pytest.raises(LabelingError) as e:
+            a.submit(t["task_id"], [[ids[0]], [ids[1]]], **kw)
+        assert e.value.status == 422 and message in str(e.value)
+
+
+def test_all_bad_and_unsafe_reach_the_exports_and_keep_bad_pairs_out_of_trl(tc, admin, tmp_path):
+    p = admin.create_project("ranked", k=3, overlap=3)
+    prompts, cands = make_records(1, 3)
+    admin.import_candidates(p["id"], prompts, cands)
+    a, b, c = (labeler(tc, admin, n, p["id"]) for n in "abc")
+    order = [["p0-c0"], ["p0-c1"], ["p0-c2"]]
+    a.submit(a.next_task()["task_id"], order, all_bad=True)
+    b.submit(b.next_task()["task_id"], order, unsafe_ids=["p0-c1"])  # the middle one: never "chosen"
+    c.submit(c.next_task()["task_id"], order, unsafe=True)  # unsafe, not saying which: no pair is safe to keep
+
+    rows = jsonl(admin.export(p["id"], "rankings"))
+    assert [(r["labeler"], r.get("all_bad", False), r.get("unsafe", False), r.get("unsafe_ids")) for r in rows] == [
+        ("a", True, False, None), ("b", False, True, ["p0-c1"]), ("c", False, True, None)]
+
+    texts = {cand.id: cand.text for cand in cands}
+    pairs = {(r["chosen"], r["rejected"]) for r in jsonl(admin.export(p["id"], "trl"))}
+    assert pairs == {(texts["p0-c0"], texts["p0-c2"])}  # b's c0 > c2 only: c1 was chosen over c2 and is unsafe
+    every = jsonl(tc.get(f"/api/projects/{p['id']}/export", params={"format": "trl", "all_bad": "keep", "unsafe": "keep"},
+                         headers={"Authorization": f"Bearer {admin.token}"}).text)
+    assert len(every) == 9  # 3 rankings × C(3, 2)
+    r = tc.get(f"/api/projects/{p['id']}/export", params={"format": "trl", "all_bad": "maybe"},
+               headers={"Authorization": f"Bearer {admin.token}"})
+    assert r.status_code == 422
+
+
+def test_export_command_writes_ratings_and_applies_flags(tc, admin, db_url, tmp_path):
+    from rankloop.labeling.export import export_project
+
+    p = pairwise_project(admin, feedback={"likert": True, "strength_scale": 5}, n=1)
+    a = labeler(tc, admin, "a", p["id"])
+    t = a.next_task()
+    x, y = (cand["id"] for cand in t["candidates"])
+    a.submit(t["task_id"], [[x], [y]], strength=1, all_bad=True,
+             ratings=[{"candidate_id": x, "score": 3}, {"candidate_id": y, "score": 2}])
+    info = export_project(db_url, p["name"], tmp_path / "r.jsonl", tmp_path / "trl.jsonl",
+                          ratings_out=tmp_path / "ratings.jsonl")
+    assert info["rankings_exported"] == 1 and info["comparisons"] == 0 and info["ratings"] == 2
+    assert "ranking_ids" not in info
+    info = export_project(db_url, p["name"], tmp_path / "r.jsonl", tmp_path / "trl.jsonl", trl_all_bad="keep")
+    assert info["comparisons"] == 1 and "ratings" not in info
+    [row] = jsonl((tmp_path / "trl.jsonl").read_text())
+    assert row["margin"] == 0.0  # strength 1 of 2 on a 5-point scale: the least degree
+    rs = [Rating.model_validate(r) for r in jsonl((tmp_path / "ratings.jsonl").read_text())]
+    assert [r.score for r in rs] == [3, 2]
+    RankedExample.model_validate(jsonl((tmp_path / "r.jsonl").read_text())[0])
