@@ -22,6 +22,7 @@ from rankloop.cli.typed import config_command, fail
 from rankloop.config import Config
 from rankloop.dpo.config import DPOConfig
 from rankloop.io import DataError
+from rankloop.records import AllBadPolicy, UnsafePolicy  # feedback (issue 15 item 1)
 from rankloop.loop import LoopConfig
 from rankloop.quickstart import QuickstartConfig
 from rankloop.reward.eval_config import EvalConfig
@@ -136,11 +137,19 @@ class ExportConfig(Config):
                                         "this much (pairwise).")
     min_gold_accuracy: float | None = Field(None, ge=0, le=1, description="Leave out labelers below this gold "
                                             "accuracy.")
+    # ---- feedback (issue 15 item 1)
+    ratings: str | None = Field(None, description="Also write per-candidate ratings.jsonl (Likert, acceptability, "
+                                "labels, comments; what train-rm --ratings reads).")
+    trl_all_bad: AllBadPolicy = Field("drop", description="TRL file: an all-bad ranking gives no pair (drop) or its "
+                                      "pairs as ranked (keep).")
+    trl_unsafe: UnsafePolicy = Field("never_chosen", description="TRL file: an unsafe candidate is never 'chosen' "
+                                     "(never_chosen), or pairs as ranked (keep).")
 
 
 EXPORT_GROUPS = {
     "Project and files": ("project", "out", "trl", "database_url"),
     "Filters": ("min_agreement", "min_gold_accuracy"),
+    "Feedback": ("ratings", "trl_all_bad", "trl_unsafe"),
 }
 
 
@@ -151,7 +160,8 @@ def export(cfg: ExportConfig) -> None:
 
     try:
         info = export_project(resolve_url(cfg.database_url), cfg.project, cfg.out, cfg.trl, cfg.min_agreement,
-                              cfg.min_gold_accuracy)
+                              cfg.min_gold_accuracy, ratings_out=cfg.ratings, trl_all_bad=cfg.trl_all_bad,
+                              trl_unsafe=cfg.trl_unsafe)
     except ExportError as e:
         fail(str(e))
     typer.echo(json.dumps(info, indent=2, default=str))

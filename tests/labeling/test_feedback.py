@@ -179,3 +179,29 @@ def test_export_command_writes_ratings_and_applies_flags(tc, admin, db_url, tmp_
     rs = [Rating.model_validate(r) for r in jsonl((tmp_path / "ratings.jsonl").read_text())]
     assert [r.score for r in rs] == [3, 2]
     RankedExample.model_validate(jsonl((tmp_path / "r.jsonl").read_text())[0])
+
+
+def test_rankloop_export_writes_ratings_and_takes_the_trl_policies(tc, admin, db_url, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from rankloop.labeling.cli import register
+
+    app = typer.Typer()
+    register(app)
+    p = pairwise_project(admin, feedback={"likert": True}, n=1, name="cli-feedback")
+    a = labeler(tc, admin, "a", p["id"])
+    t = a.next_task()
+    x, y = (cand["id"] for cand in t["candidates"])
+    a.submit(t["task_id"], [[x], [y]], all_bad=True, ratings=[{"candidate_id": x, "score": 2}])
+    db = ["--database-url", db_url]
+    out = ["-o", str(tmp_path / "r.jsonl"), "--trl", str(tmp_path / "t.jsonl"), "--ratings", str(tmp_path / "ratings.jsonl")]
+    r = CliRunner().invoke(app, ["export", "cli-feedback", *out, *db])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert (info["comparisons"], info["ratings"]) == (0, 1)  # all bad: no "chosen"
+    assert [r.score for r in read_ratings(tmp_path / "ratings.jsonl", need_texts=True)] == [2]
+    r = CliRunner().invoke(app, ["export", "cli-feedback", *out, "--trl-all-bad", "keep", *db])
+    assert r.exit_code == 0 and json.loads(r.output)["comparisons"] == 1
+    r = CliRunner().invoke(app, ["export", "cli-feedback", *out, "--trl-unsafe", "drop", *db])
+    assert r.exit_code == 2 and "never_chosen" in r.output
