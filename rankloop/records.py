@@ -525,7 +525,6 @@ class Rating(_Record):
     created_at: datetime | None = None
     prompt: PromptContent | None = None
     text: str | None = None
-    policy: str | None = None
     source: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")

@@ -205,3 +205,49 @@ def test_rankloop_export_writes_ratings_and_takes_the_trl_policies(tc, admin, db
     assert r.exit_code == 0 and json.loads(r.output)["comparisons"] == 1
     r = CliRunner().invoke(app, ["export", "cli-feedback", *out, "--trl-unsafe", "drop", *db])
     assert r.exit_code == 2 and "never_chosen" in r.output
+
+
+def test_migration_0006_upgrades_a_0002_database_with_data_and_back(db_url):
+    """A database at 0002 with a ranking gains the feedback columns and the ratings table (the old
+    ranking keeps its data, no strength), and downgrades back keeping the ranking."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect, text
+
+    from rankloop.labeling.db import MIGRATIONS, resolve_url
+
+    url = resolve_url(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "0002")
+    engine = create_engine(url)
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO users (id, username, password_hash, role, active, created_at) "
+                       f"VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
+        c.execute(text("INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
+                       f"VALUES (1, 'p', '', 2, 'pairwise', 1, 0, 60, '{now}')"))
+        c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
+        c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
+        c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) "
+                       "VALUES (1, 1, 1, 0, 1, 'done', false)"))
+        c.execute(text("INSERT INTO rankings (id, slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                       f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, 1, '[]', true, false, 'k', false, '{now}')"))
+    command.upgrade(cfg, "0006")
+    with engine.begin() as c:
+        assert c.execute(text("SELECT all_bad, strength, strength_scale, unsafe_ids FROM rankings")).one() == (True, None, None, None)
+        assert c.execute(text("SELECT feedback FROM projects")).scalar_one() is None
+        c.execute(text("INSERT INTO ratings (ranking_id, project_id, item_id, labeler_id, candidate_id, score, labels, created_at) "
+                       f"VALUES (1, 1, 1, 1, 'a', 5, '[]', '{now}')"))
+    uniques = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("rankings")}
+    assert ("project_id", "labeler_id", "idempotency_key") in uniques and ("slot_id",) in uniques
+    command.downgrade(cfg, "0002")
+    assert "ratings" not in inspect(engine).get_table_names()
+    assert "strength" not in {c["name"] for c in inspect(engine).get_columns("rankings")}
+    uniques = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("rankings")}
+    assert ("project_id", "labeler_id", "idempotency_key") in uniques and ("slot_id",) in uniques
+    with engine.begin() as c:
+        assert c.execute(text("SELECT count(*) FROM rankings")).scalar_one() == 1
+    engine.dispose()
