@@ -164,7 +164,7 @@ def test_trainers_apply_flags_and_read_ratings(tmp_path, tiny_gpt2):
     from rankloop.reward.config import RewardTrainConfig
     from rankloop.reward.train import load_data
 
-    rows = [ex(["a", "b", "c"], prompt_id="p1", all_bad=True), ex(["a", "b"], prompt_id="p2"),
+    rows = [ex(["a", "b", "c"], prompt_id="p1", all_bad=True), ex(["a", "b"], prompt_id="p2", strength=3, strength_scale=8),
             ex(["u", "b"], prompt_id="p3", unsafe_ids=["u"])]
     write_rankings(tmp_path / "r.jsonl", rows)
     write_ratings(tmp_path / "ratings.jsonl", [rating("a", 6), rating("b", 2), rating("c", 4)])
@@ -172,6 +172,7 @@ def test_trainers_apply_flags_and_read_ratings(tmp_path, tiny_gpt2):
     rm = load_data(RewardTrainConfig(data=str(tmp_path / "r.jsonl"), model=str(tiny_gpt2), output=str(tmp_path / "o")), console)
     assert len(rm.train) == 2  # the all-bad ranking kept (relative quality), the unsafe-chosen pair dropped
     assert [len(e.ranks) for e in rm.train] == [3, 2]
+    assert [e.margin for e in rm.train] == [None, pytest.approx(2 / 3)]  # the strength is the pair's margin
     rm = load_data(RewardTrainConfig(data=str(tmp_path / "r.jsonl"), model=str(tiny_gpt2), output=str(tmp_path / "o"),
                                      ratings=str(tmp_path / "ratings.jsonl"), unsafe="keep"), console)
     assert len(rm.train) == 4 and rm.train[-1].ranks == [0, 1, 2]  # a (6) > c (4) > b (2), from the Likert scores
