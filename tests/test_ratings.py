@@ -181,6 +181,9 @@ def test_trainers_apply_flags_and_read_ratings(tmp_path, tiny_gpt2):
     write_rankings(tmp_path / "bad.jsonl", [rows[0]])
     with pytest.raises(DataError, match="no valid rankings"):
         load_data(DPOConfig(data=str(tmp_path / "bad.jsonl"), model=str(tiny_gpt2), output=str(tmp_path / "o")), console)
+    with pytest.raises(DataError, match="no ranking left to evaluate on after the labelers' flags"):
+        load_data(DPOConfig(data=str(tmp_path / "r.jsonl"), eval_data=str(tmp_path / "bad.jsonl"), model=str(tiny_gpt2),
+                            output=str(tmp_path / "o")), console)
     keep = load_data(DPOConfig(data=str(tmp_path / "r.jsonl"), model=str(tiny_gpt2), output=str(tmp_path / "o"),
                                all_bad="keep", unsafe="keep"), console)
     assert len(keep.train) == 3

@@ -272,8 +272,11 @@ def load_data(cfg: RewardTrainConfig, console: Console, encode=encode_examples) 
     train = encode(ranked, tok, max_length)
     eval_set = None
     if cfg.eval_data:
-        eval_ex = apply_flags(read_preferences(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=ReadStats()),
-                              all_bad=cfg.all_bad, unsafe=cfg.unsafe)
+        read = read_preferences(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=ReadStats())
+        eval_ex = apply_flags(read, all_bad=cfg.all_bad, unsafe=cfg.unsafe)
+        if read and not eval_ex:
+            raise DataError(cfg.eval_data, None, f"no ranking left to evaluate on after the labelers' flags "
+                            f"(all_bad={cfg.all_bad}, unsafe={cfg.unsafe}): every one is all-bad or unsafe")
         eval_set = encode(eval_ex, tok, max_length)
     return RewardData(tok, train, eval_set, max_length, stats.skipped, tied_only)
 
