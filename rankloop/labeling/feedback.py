@@ -98,3 +98,14 @@ def check_submission(fb: FeedbackSettings | None, mode: str, order: list[list[st
             continue  # an empty rating says nothing: not stored
         ratings.append(r.model_copy(update={"comment": comment}))
     return Checked(strength, scale, unsafe_ids, bool(body.unsafe or unsafe_ids), ratings)
+
+
+def settings_from_form(strength_scale: str, likert: bool, acceptability: bool, comments: bool, labels: str) -> dict | None:
+    """The admin page's "More feedback" fields as ``FeedbackSettings`` data (checked by
+    ``ProjectCreate``); None when nothing was asked for. ``labels``: one a line, blank lines ignored."""
+    scale = strength_scale.strip()
+    if scale and not scale.isdigit():
+        raise Invalid(f"preference strength: a number of points (5 or 8), got {brief(scale)}")
+    fb = {"strength_scale": int(scale) if scale else None, "likert": likert, "acceptability": acceptability,
+          "comments": comments, "labels": [ln.strip() for ln in labels.splitlines() if ln.strip()]}
+    return fb if (fb["strength_scale"] or likert or acceptability or comments or fb["labels"]) else None

@@ -251,3 +251,36 @@ def test_migration_0006_upgrades_a_0002_database_with_data_and_back(db_url):
     with engine.begin() as c:
         assert c.execute(text("SELECT count(*) FROM rankings")).scalar_one() == 1
     engine.dispose()
+
+
+def test_admin_page_creates_a_project_with_feedback_settings(tc):
+    import re
+
+    from labhelp import ADMIN
+
+    def csrf_of(html: str) -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+    token = csrf_of(tc.get("/login").text)
+    tc.post("/login", data={"username": ADMIN[0], "password": ADMIN[1], "csrf_token": token}, follow_redirects=False)
+    page = tc.get("/admin")
+    assert "More feedback" in page.text and "Hallucination" in page.text
+    csrf = csrf_of(page.text)
+    base = {"k": "2", "overlap": "1", "gold_rate": "0", "mode": "pairwise", "instructions": "", "csrf_token": csrf}
+    r = tc.post("/admin/projects", data={**base, "name": "fb", "fb_strength_scale": "8", "fb_likert": "true",
+                                         "fb_labels": "Hallucination\n\n  <b>Harmful</b>  \n"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    project = tc.get(r.headers["location"])
+    assert "strength on a 8-point scale" in project.text and "&lt;b&gt;Harmful&lt;/b&gt;" in project.text
+    assert "<b>Harmful</b>" not in project.text  # the lead's label is text
+    pid = int(r.headers["location"].rsplit("/", 1)[1])
+    got = tc.get(f"/api/projects/{pid}").json()["feedback"]
+    assert got == {"strength_scale": 8, "acceptability": False, "likert": True, "labels": ["Hallucination", "<b>Harmful</b>"],
+                   "comments": False}
+    r = tc.post("/admin/projects", data={**base, "name": "plain"}, follow_redirects=False)
+    assert r.status_code == 303 and tc.get(f"/api/projects/{pid + 1}").json()["feedback"] is None
+    for bad, message in (({"fb_strength_scale": "lots"}, "a number of points"), ({"fb_strength_scale": "12"}, "must be one of"),
+                         ({"fb_labels": "a\na"}, "labels repeated"), ({"fb_strength_scale": "5", "mode": "ranking", "k": "3"},
+                                                                      "for pairwise projects")):
+        r = tc.post("/admin/projects", data={**base, "name": "bad", **bad}, follow_redirects=False)
+        assert r.status_code == 422 and message in r.text, (bad, r.status_code)
