@@ -47,8 +47,9 @@ from typing import Any, Iterator
 from sqlalchemy.engine import Engine
 
 from rankloop.labeling import quality
-from rankloop.labeling.schemas import (CandidateView, EditOut, MyProgressOut, MyRankingOut, SavedDraft, SkipIn, SkipOut,
-                                       SubmitIn, SubmitOut, TaskOut)
+from rankloop.labeling.feedback import check_submission, settings_of
+from rankloop.labeling.schemas import (CandidateView, EditOut, FeedbackSettings, MyProgressOut, MyRankingOut, SavedDraft,
+                                       SkipIn, SkipOut, SubmitIn, SubmitOut, TaskOut)
 from rankloop.labeling.services import qualification
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
@@ -88,6 +89,7 @@ class Settings:
     qualify_accuracy: float = 0.0
     pause_below: float | None = None
     pause_window: int = 10
+    feedback: FeedbackSettings | None = None  # issue 15 item 1
 
     @property
     def gated(self) -> bool:
@@ -117,12 +119,14 @@ SQL = {
             "s.leased_at, s.slot_no FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
     "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
-                      "idempotency_key, is_gold, created_at, served_at, active_seconds, supersedes_id) VALUES (:sid, :pid, "
-                      ":iid, :uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, :served, :active, :supersedes) "
-                      "RETURNING id",
+                      "idempotency_key, is_gold, created_at, served_at, active_seconds, supersedes_id, strength, strength_scale, "
+                      "unsafe_ids) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, "
+                      ":served, :active, :supersedes, :strength, :scale, :unsafe_ids) RETURNING id",
+    "insert_rating": "INSERT INTO ratings (ranking_id, project_id, item_id, labeler_id, candidate_id, score, acceptable, labels, "
+                     "comment, created_at) VALUES (:rid, :pid, :iid, :uid, :cid, :score, :acceptable, :labels, :comment, :now)",
     "done": "UPDATE slots SET status = 'done' WHERE id = :sid",
     "settings": "SELECT mode, instructions, lease_seconds, gold_rate, name, edit_window_seconds, qualify_items, "
-                "qualify_accuracy, pause_below, pause_window FROM projects WHERE id = :pid",
+                "qualify_accuracy, pause_below, pause_window, feedback FROM projects WHERE id = :pid",
     "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
     "exists": "SELECT id FROM projects WHERE id = :pid",
     "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
@@ -262,7 +266,7 @@ class Queue:
         if row is None:
             raise NotFound(f"project {pid} not found")
         s = Settings(row[0], row[1], int(row[2]), float(row[3]), row[4], int(row[5]), int(row[6]), float(row[7]),
-                     None if row[8] is None else float(row[8]), int(row[9]))
+                     None if row[8] is None else float(row[8]), int(row[9]), settings_of(self.read_json(row[10])))
         self._settings[pid] = (time.monotonic() + SETTINGS_TTL, s)
         return s
 
@@ -301,7 +305,7 @@ class Queue:
         random.Random(slot_id).shuffle(cands)  # each labeler sees their own order: no shared position bias
         return TaskOut(task_id=slot_id, project_id=pid, project_name=st.name, mode=st.mode, kind=st.mode, instructions=st.instructions,
                        prompt_id=view.prompt_id, prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands],
-                       lease_expires=until)
+                       lease_expires=until, feedback=st.feedback)
 
     def _demo_task(self, cur: Any, view: ItemView, st: Settings, slot_id: int, pid: int, until: datetime,
                    uid: int | None) -> TaskOut:
@@ -417,11 +421,17 @@ class Queue:
                         other = self.q(cur, "key_used", pid=pid, uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:
                             raise Conflict(f"idempotency key already used for task {other[0]}")
-                    check_permutation(order, self.item(cur, item_id).ids)
+                    shown = self.item(cur, item_id).ids
+                    check_permutation(order, shown)
+                    st = self.settings(cur, pid)
+                    fb = check_submission(st.feedback, st.mode, order, shown, body)
+                    now = self.ts(now_utc())
                     rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
-                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
-                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc()), served=leased_at,
-                                 active=body.active_seconds, supersedes=None).fetchone()[0]
+                                 all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
+                                 key=body.idempotency_key, is_gold=bool(is_gold), now=now, served=leased_at,
+                                 active=body.active_seconds, supersedes=None, strength=fb.strength, scale=fb.strength_scale,
+                                 unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None).fetchone()[0]
+                    self._ratings(cur, fb, rid, pid, item_id, uid, now)
                     self.q(cur, "done", sid=task_id)
                     if is_gold:
                         self._judge(cur, pid, uid)
@@ -431,6 +441,14 @@ class Queue:
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def _ratings(self, cur: Any, fb: Any, rid: int, pid: int, item_id: int, uid: int, now: Any) -> None:
+        """The per-candidate ratings that came with ranking ``rid`` (feedback, issue 15 item 1)."""
+        if fb.ratings:
+            cur.executemany(self.sql["insert_rating"], [
+                {"rid": rid, "pid": pid, "iid": item_id, "uid": uid, "cid": r.candidate_id, "score": r.score,
+                 "acceptable": r.acceptable, "labels": self._json(r.labels), "comment": r.comment, "now": now}
+                for r in fb.ratings])
 
     # ------------------------------------------------------------ skip (issue 15 item 3)
     def skip(self, task_id: int, uid: int, body: SkipIn) -> SkipOut:
@@ -506,15 +524,20 @@ class Queue:
                             if prev[1] == ranking_id:
                                 return EditOut(ranking_id=prev[0], supersedes_id=ranking_id, duplicate=True)
                             raise Conflict(f"idempotency key already used for ranking {prev[0]}")
-                    row, until, _ = self._own_current(cur, ranking_id, uid)
+                    row, until, st = self._own_current(cur, ranking_id, uid)
                     now = now_utc()
                     if now > until:
                         raise Conflict(f"the edit window of ranking {ranking_id} closed at {until.isoformat(timespec='seconds')}")
-                    check_permutation(order, self.item(cur, row[2]).ids)
+                    shown = self.item(cur, row[2]).ids
+                    check_permutation(order, shown)
+                    fb = check_submission(st.feedback, st.mode, order, shown, body)  # a correction is checked as given
                     rid = self.q(cur, "insert_ranking", sid=None, pid=row[1], iid=row[2], uid=uid, order=self._json(order),
-                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
+                                 all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
                                  key=body.idempotency_key, is_gold=bool(row[4]), now=self.ts(now), served=None,
-                                 active=body.active_seconds, supersedes=ranking_id).fetchone()[0]
+                                 active=body.active_seconds, supersedes=ranking_id, strength=fb.strength,
+                                 scale=fb.strength_scale,
+                                 unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None).fetchone()[0]
+                    self._ratings(cur, fb, rid, row[1], row[2], uid, self.ts(now))
                     if row[4]:  # a corrected gold answer: qualification counts the current one only
                         self._judge(cur, row[1], uid)
                     return EditOut(ranking_id=rid, supersedes_id=ranking_id, duplicate=False)

@@ -95,10 +95,13 @@ class LabelingClient:
 
     # ------------------------------------------------------------ projects
     def create_project(self, name: str, k: int = 4, mode: str = "ranking", overlap: int = 1, gold_rate: float = 0.0,
-                       instructions: str = "", lease_seconds: int = 1800, edit_window_seconds: int = 600) -> dict:
-        return self._call("POST", "/api/projects", json=dict(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                                             instructions=instructions, lease_seconds=lease_seconds,
-                                                             edit_window_seconds=edit_window_seconds))
+                       instructions: str = "", lease_seconds: int = 1800, edit_window_seconds: int = 600,
+                       feedback: dict | None = None) -> dict:
+        body = dict(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate, instructions=instructions,
+                    lease_seconds=lease_seconds, edit_window_seconds=edit_window_seconds)
+        if feedback is not None:  # schemas.FeedbackSettings (issue 15 item 1)
+            body["feedback"] = feedback
+        return self._call("POST", "/api/projects", json=body)
 
     def projects(self) -> list[dict]:
         return self._call("GET", "/api/projects")
@@ -159,11 +162,21 @@ class LabelingClient:
         return self._call("GET", f"/api/tasks/{task_id}")
 
     def submit(self, task_id: int, order: list[list[str]] | list[str], idempotency_key: str | None = None,
-               all_bad: bool = False, unsafe: bool = False, rationale: str | None = None) -> dict:
+               all_bad: bool = False, unsafe: bool = False, rationale: str | None = None,
+               strength: int | None = None, unsafe_ids: list[str] | None = None,
+               ratings: list[dict] | None = None) -> dict:
         """Submit a ranking (best → worst; inner lists are ties). Retrying with the same
-        ``idempotency_key`` stores it once."""
+        ``idempotency_key`` stores it once. ``strength``, ``unsafe_ids`` and ``ratings``
+        (``[{"candidate_id", "score", "acceptable", "labels", "comment"}]``) as the project's
+        feedback settings allow (docs/labeling.md, "Richer feedback")."""
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
                 "unsafe": unsafe, "rationale": rationale}
+        if strength is not None:
+            body["strength"] = strength
+        if unsafe_ids:
+            body["unsafe_ids"] = list(unsafe_ids)
+        if ratings:
+            body["ratings"] = list(ratings)
         return self._call("POST", f"/api/tasks/{task_id}/submit", json=body)
 
     # ------------------------------------------------------------ a labeler's day (issue 15 item 3)
@@ -182,11 +195,12 @@ class LabelingClient:
         return self._call("GET", "/api/rankings/mine", params=params)
 
     def edit_ranking(self, ranking_id: int, order: list[list[str]] | list[str], idempotency_key: str | None = None,
-                     all_bad: bool = False, unsafe: bool = False, rationale: str | None = None) -> dict:
+                     all_bad: bool = False, unsafe: bool = False, rationale: str | None = None, **feedback: Any) -> dict:
         """Correct one of your current rankings within the project's edit window: a new row that
-        supersedes it (the old one is kept, marked not current)."""
+        supersedes it (the old one is kept, marked not current). ``feedback``: ``strength``,
+        ``unsafe_ids``, ``ratings``, as for ``submit``, in a project that asks for them."""
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
-                "unsafe": unsafe, "rationale": rationale}
+                "unsafe": unsafe, "rationale": rationale, **feedback}
         return self._call("POST", f"/api/rankings/{ranking_id}/edit", json=body)
 
     def change_password(self, current_password: str, new_password: str) -> None:
@@ -265,3 +279,13 @@ class LabelingClient:
 
     def dashboard(self, project_id: int) -> list[dict]:
         return self._call("GET", f"/api/projects/{project_id}/dashboard")
+
+    # ------------------------------------------------------------ feedback (issue 15 item 1)
+    def ratings(self, project_id: int) -> list[dict]:
+        """Every per-candidate rating of the project, as given."""
+        return self._call("GET", f"/api/projects/{project_id}/ratings")
+
+    def set_feedback(self, project_id: int, **settings: Any) -> dict:
+        """Set the project's feedback settings (``schemas.FeedbackSettings``: strength_scale,
+        acceptability, likert, labels, comments)."""
+        return self._call("PATCH", f"/api/projects/{project_id}", json={"feedback": settings})

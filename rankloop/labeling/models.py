@@ -76,6 +76,8 @@ class Project(Base):
     pause_below: Mapped[Optional[float]] = mapped_column(Float)  # rolling gold accuracy floor (None: off)
     pause_window: Mapped[int] = mapped_column(Integer, default=10)  # gold answers in the rolling window
     review_below: Mapped[float] = mapped_column(Float, default=0.6)  # item agreement under this → review queue
+    # ---- feedback (issue 15 item 1, migration 0006): schemas.FeedbackSettings as JSON; None: none
+    feedback: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
 
 
 class Member(Base):
@@ -166,6 +168,10 @@ class RankingRow(Base):
     served_at: Mapped[Optional[datetime]] = mapped_column()  # when the task (or the edit page) was served
     active_seconds: Mapped[Optional[float]] = mapped_column(Float)  # the page's own count of time in view
 
+    # ---- feedback (issue 15 item 1, migration 0006)
+    strength: Mapped[Optional[int]] = mapped_column(Integer)  # pairwise degree, 1 … scale // 2; an import keeps its source's (0006)
+    strength_scale: Mapped[Optional[int]] = mapped_column(Integer)  # the project's scale when given
+    unsafe_ids: Mapped[Optional[list[Any]]] = mapped_column(JSON)  # candidates called unsafe
 
 # ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
 
@@ -283,8 +289,32 @@ class LabelerState(Base):
 # of its own with ``status = 'imported'``: not open, never leased, no ``slot_no`` and no
 # ``labeler_id`` (so it neither fills an item's places nor stops anyone being served the item, and a
 # rater's repeat of an item is a second row, not a clash). Its rater is ``RankingRow.labeler_id``:
-# an account with ``external = True`` (inactive, no usable password) made by the import.
+# an account with ``external = True`` (inactive, no usable password) made by the import. An imported
+# strength goes in ``RankingRow.strength`` (added by 0006, the feedback migration; one column for both).
 
 User.external = mapped_column(Boolean, default=False, server_default="0", nullable=False)
-RankingRow.strength = mapped_column(Integer, nullable=True)  # shared with the feedback helper's strength
 RankingRow.import_meta = mapped_column(JSON, nullable=True)  # source file:line, margin, import batch
+
+
+# ---------------------------------------------------------------- feedback (issue 15 item 1, migration 0006)
+
+
+class RatingRow(Base):
+    """One candidate's rating (``records.Rating``), given with a submission: kept as given."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("ranking_id", "candidate_id", name="uq_ratings_ranking_candidate"),
+        Index("ix_ratings_project", "project_id", "ranking_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    candidate_id: Mapped[str] = mapped_column(String(255))
+    score: Mapped[Optional[int]] = mapped_column(Integer)
+    acceptable: Mapped[Optional[bool]] = mapped_column(Boolean)
+    labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comment: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

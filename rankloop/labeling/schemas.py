@@ -91,6 +91,81 @@ def _printable(v: str) -> str:
     return v
 
 
+# ---------------------------------------------------------------- feedback (issue 15 item 1)
+# A project's optional feedback settings, and the per-candidate ratings a submission carries.
+
+MAX_LABEL = 64  # characters of one metadata label
+MAX_FEEDBACK_LABELS = 32
+MAX_COMMENT = 5_000
+
+# InstructGPT's metadata labels (Ouyang et al. 2022, Table 3 / App. B): a starting list for a lead.
+INSTRUCTGPT_LABELS = ("Fails to follow the instruction", "Hallucination", "Harmful", "Inappropriate for a customer assistant",
+                      "Sexual content", "Violent content", "Encourages violence", "Denigrates a protected class",
+                      "Gives harmful advice", "Expresses an opinion", "Expresses a moral judgment")
+
+
+class FeedbackSettings(_Body):
+    """What a labeler may give besides the ranking. Each is off unless set."""
+
+    strength_scale: Optional[int] = Field(None, description="Pairwise projects: points of the preference-strength "
+                                          "scale, e.g. 5 (A much better, A better, tie, B better, B much better) or 8 "
+                                          "(four degrees a side, no tie point); a strict choice then needs a strength.")
+    acceptability: bool = Field(False, description="Ask, per candidate, whether it is acceptable.")
+    likert: bool = Field(False, description="Ask, per candidate, a 1–7 quality rating (InstructGPT's Likert scale).")
+    labels: list[Annotated[str, Field(min_length=1, max_length=MAX_LABEL)]] = Field(
+        default_factory=list, max_length=MAX_FEEDBACK_LABELS,
+        description="Metadata labels a labeler may tick per candidate (e.g. InstructGPT's: 'Hallucination', 'Harmful', …).")
+    comments: bool = Field(False, description="Offer a free-text comment per candidate.")
+
+    @field_validator("strength_scale")
+    @classmethod
+    def _scale(cls, v: Optional[int]) -> Optional[int]:
+        from rankloop.records import STRENGTH_SCALES
+
+        if v is not None and v not in STRENGTH_SCALES:
+            raise ValueError(f"must be one of {', '.join(map(str, STRENGTH_SCALES))} points")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        for label in v:
+            _printable(label)
+            if label != label.strip():
+                raise ValueError(f"label {label!r} has surrounding spaces")
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"labels repeated: {dup}")
+        return v
+
+    @property
+    def per_candidate(self) -> bool:
+        return self.acceptability or self.likert or bool(self.labels) or self.comments
+
+
+class RatingIn(_Body):
+    """One candidate's rating in a submission; each part only if the project asks for it."""
+
+    candidate_id: ExternalId
+    score: Optional[int] = Field(None, ge=1, le=7, description="Likert quality, 1 (worst) … 7 (best)")
+    acceptable: Optional[bool] = None
+    labels: list[Annotated[str, Field(max_length=MAX_LABEL)]] = Field(default_factory=list, max_length=MAX_FEEDBACK_LABELS)
+    comment: Optional[str] = Field(None, max_length=MAX_COMMENT)
+
+
+class RatingOut(BaseModel):
+    ranking_id: int
+    item_id: int
+    prompt_id: str
+    labeler: str
+    candidate_id: str
+    score: Optional[int]
+    acceptable: Optional[bool]
+    labels: list[str]
+    comment: Optional[str]
+    created_at: datetime
+
+
 class ProjectCreate(_Body):
     name: str = Field(min_length=1, max_length=128)
     instructions: str = Field("", max_length=MAX_INSTRUCTIONS)
@@ -102,6 +177,7 @@ class ProjectCreate(_Body):
     lease_seconds: int = Field(1800, ge=5, le=7 * 24 * 3600, description="an unfinished task returns to the queue after this")
     edit_window_seconds: int = Field(600, ge=0, le=30 * 24 * 3600, description="a labeler may correct a submission "
                                      "this long after first submitting it (0: never)")
+    feedback: Optional[FeedbackSettings] = Field(None, description="optional feedback besides the ranking (issue 15)")
 
     _name = field_validator("name")(_printable)
 
@@ -121,6 +197,7 @@ class ProjectUpdate(_Body):
     pause_off: Optional[bool] = Field(None, description="true: turn pausing off")
     pause_window: Optional[int] = Field(None, ge=1, le=1000, description="gold answers in the rolling window")
     review_below: Optional[float] = Field(None, ge=0.0, le=1.0, description="items whose agreement is below this are reviewed")
+    feedback: Optional[FeedbackSettings] = None
 
 
 class ProjectOut(BaseModel):
@@ -140,6 +217,7 @@ class ProjectOut(BaseModel):
     pause_below: Optional[float] = None
     pause_window: int = 10
     review_below: float = 0.6
+    feedback: Optional[FeedbackSettings] = None
 
 
 class GoldIn(_Body):
@@ -189,6 +267,7 @@ class TaskOut(BaseModel):
     draft: Optional[CandidateView] = Field(None, description="demonstration: the first model draft, or none")
     saved: Optional["SavedDraft"] = Field(None, description="demonstration: your autosaved text for this task "
                                           "(only ever yours)")
+    feedback: Optional[FeedbackSettings] = None
 
 
 class SubmitIn(_Body):
@@ -199,6 +278,12 @@ class SubmitIn(_Body):
     rationale: Optional[str] = Field(None, max_length=MAX_RATIONALE)
     active_seconds: Optional[float] = Field(None, ge=0, le=MAX_ACTIVE_SECONDS,
                                             description="the page's own count of seconds the task was in view (optional)")
+    # ---- feedback (issue 15 item 1): checked against the project's FeedbackSettings
+    strength: Optional[int] = Field(None, ge=1, description="pairwise: how much better the first is, "
+                                    "1 … strength_scale // 2 (the project's scale)")
+    unsafe_ids: list[ExternalId] = Field(default_factory=list, max_length=MAX_GROUPS,
+                                         description="the candidates that are unsafe (sets unsafe)")
+    ratings: list[RatingIn] = Field(default_factory=list, max_length=MAX_GROUPS, description="per-candidate ratings")
 
 
 class SubmitOut(BaseModel):
@@ -273,8 +358,12 @@ class RankingOut(BaseModel):
     current: bool = True
     time_on_task: Optional[float] = Field(None, description="seconds from serving the task to this submission")
     active_seconds: Optional[float] = None
-    # imported judgements (issue 15 item 2)
+    # feedback (issue 15 item 1); an imported judgement's strength too (item 2), maybe without a scale
     strength: Optional[int] = None
+    strength_scale: Optional[int] = None
+    margin: Optional[float] = None
+    unsafe_ids: list[str] = Field(default_factory=list)
+    # imported judgements (issue 15 item 2)
     source: Optional[str] = Field(None, description="file:line of an imported judgement; null when collected here")
 
 

@@ -32,8 +32,11 @@ class Raw:
     current: bool = True  # no correction supersedes it
     time_on_task: float | None = None  # seconds from serving to this submission (server clock)
     active_seconds: float | None = None  # the page's own count (client clock), when it sent one
-    # imported judgements (issue 15 item 2)
+    # feedback (issue 15 item 1); an imported judgement's strength too (item 2), maybe without scale
     strength: int | None = None
+    strength_scale: int | None = None
+    unsafe_ids: list[str] | None = None
+    # imported judgements (issue 15 item 2)
     source: str | None = None  # file:line of an imported judgement
     margin: float | None = None  # an imported TRL row's margin
 
@@ -44,7 +47,8 @@ def raw_rankings(db: Session, project_id: int, history: bool = False, item_id: i
     (``current`` says which). ``item_id``: one item's only (the review page)."""
     q = (select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
                 RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold, RankingRow.supersedes_id,
-                RankingRow.served_at, RankingRow.active_seconds, RankingRow.strength, RankingRow.import_meta)
+                RankingRow.served_at, RankingRow.active_seconds, RankingRow.strength, RankingRow.import_meta,
+                RankingRow.strength_scale, RankingRow.unsafe_ids)
          .join(User, User.id == RankingRow.labeler_id)
          .where(RankingRow.project_id == project_id).order_by(RankingRow.id))
     if item_id is not None:  # a correction chain stays within its item, so filtering keeps it whole
@@ -60,7 +64,8 @@ def raw_rankings(db: Session, project_id: int, history: bool = False, item_id: i
         meta = r[14] or {}
         raw = Raw(r[0], slot_of[r[0]], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], created, bool(r[9]),
                   supersedes_id=r[10], current=r[0] not in superseded, time_on_task=took, active_seconds=r[12],
-                  strength=r[13], source=meta.get("source"), margin=meta.get("margin"))
+                  strength=r[13], source=meta.get("source"), margin=meta.get("margin"), strength_scale=r[15],
+                  unsafe_ids=r[16])
         if history or raw.current:
             out.append(raw)
     return out

@@ -20,11 +20,11 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 
-from rankloop.labeling import importer, judgements, stats
+from rankloop.labeling import feedback, importer, judgements, stats
 from rankloop.labeling.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, PathId, QueryId,
                                     SessionDep, client_address, cookie_name, status_of)
-from rankloop.labeling.schemas import (MAX_SKIP_NOTE, MAX_TEXT, SKIP_REASONS, DemonstrationIn, PasswordChange, ProjectCreate,
-                                       ReviewIn, SkipIn, SubmitIn, UserCreate)
+from rankloop.labeling.schemas import (INSTRUCTGPT_LABELS, MAX_SKIP_NOTE, MAX_TEXT, SKIP_REASONS, DemonstrationIn, PasswordChange,
+                                       ProjectCreate, ReviewIn, SkipIn, SubmitIn, UserCreate)
 from rankloop.labeling.security import SESSION_DAYS, Principal, same
 from rankloop.labeling.services import (Conflict, DomainError, Invalid, NotFound, Throttled, auth, demonstrations, parse,
                                         projects, users)
@@ -291,7 +291,7 @@ def admin_page(request: Request, user: Principal, db: SessionDep, error: str | N
                status_code: int = 200) -> HTMLResponse:
     return render(request, "admin.html", user, projects=projects.list_projects(db), users=users.list_users(db),
                   tokens=auth.list_tokens(db, current_hash=user.token_hash, limit=TOKENS_SHOWN), csrf=user.csrf,
-                  error=error, notice=notice, status_code=status_code)
+                  error=error, notice=notice, status_code=status_code, instructgpt_labels=INSTRUCTGPT_LABELS)
 
 
 @router.get("/admin")
@@ -303,10 +303,14 @@ def admin_home(user: AdminUser, request: Request, db: SessionDep, notice: str | 
 def admin_create_project(user: AdminUser, request: Request, db: SessionDep, name: Annotated[str, Form()],
                          k: Annotated[int, Form()] = 4, mode: Annotated[str, Form()] = "ranking",
                          overlap: Annotated[int, Form()] = 1, gold_rate: Annotated[float, Form()] = 0.0,
-                         instructions: Annotated[str, Form()] = "") -> Response:
+                         instructions: Annotated[str, Form()] = "",
+                         fb_strength_scale: Annotated[str, Form()] = "", fb_likert: Annotated[bool, Form()] = False,
+                         fb_acceptability: Annotated[bool, Form()] = False, fb_comments: Annotated[bool, Form()] = False,
+                         fb_labels: Annotated[str, Form()] = "") -> Response:
     try:
+        fb = feedback.settings_from_form(fb_strength_scale, fb_likert, fb_acceptability, fb_comments, fb_labels)
         p = projects.create_project(db, parse(ProjectCreate, name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                              instructions=instructions))
+                                              instructions=instructions, feedback=fb))
     except DomainError as e:
         return admin_page(request, user, db, error=str(e), status_code=status_of(e))
     return see_other(f"/admin/projects/{p.id}")

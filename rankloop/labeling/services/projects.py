@@ -47,12 +47,19 @@ def visible_project(db: Session, project_id: int, user_id: int, is_admin: bool) 
     return p
 
 
+def _check_feedback(mode: str, fb: dict | None) -> None:
+    if fb and fb.get("strength_scale") is not None and mode != "pairwise":
+        raise Invalid("feedback.strength_scale: a preference strength is for pairwise projects "
+                      f"(this one ranks {mode!r})")
+
+
 def create_project(db: Session, new: ProjectCreate) -> Project:
     data = new.model_dump()
     if data["mode"] == "pairwise":
         data["k"] = 2
     elif data["mode"] == "demonstration":
         data["k"] = 0  # nothing is ranked; a prompt has any number of drafts
+    _check_feedback(data["mode"], data["feedback"])
     p = Project(**data)
     try:
         with writing(db):
@@ -72,6 +79,7 @@ def update_project(db: Session, project_id: int, change: ProjectUpdate) -> Proje
         p = db.get(Project, project_id, with_for_update=True)
         if p is None:
             raise NotFound(f"project {project_id} not found")
+        _check_feedback(p.mode, data.get("feedback"))
         overlap = data.pop("overlap", None)
         for k, v in data.items():
             setattr(p, k, v)
