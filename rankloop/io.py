@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar, get_args
 
 from pydantic import ValidationError
 
-from rankloop.records import Candidate, Comparison, Prompt, RankedExample
+from rankloop.records import Candidate, Comparison, Prompt, RankedExample, Rating, apply_flags
 
 T = TypeVar("T")
 
@@ -346,10 +346,15 @@ def write_rankings(path: str | Path, examples: Iterable[RankedExample]) -> int:
     return write_jsonl(path, (e.to_row() for e in examples))
 
 
-def write_trl(path: str | Path, examples: Iterable[RankedExample]) -> int:
-    """TRL's explicit-prompt preference format, one row per (chosen, rejected) pair, ties dropped."""
+def write_trl(path: str | Path, examples: Iterable[RankedExample], all_bad: str = "drop",
+              unsafe: str = "never_chosen") -> int:
+    """TRL's explicit-prompt preference format, one row per (chosen, rejected) pair, ties dropped.
+
+    The labeler's flags are applied first (``records.apply_flags``): by default an all-bad ranking
+    gives no pair and an unsafe candidate is never ``chosen`` (a TRL pair is read as "move towards
+    chosen"). ``all_bad="keep"``, ``unsafe="keep"`` write every pair as ranked."""
     rows = []
-    for e in examples:
+    for e in apply_flags(list(examples), all_bad=all_bad, unsafe=unsafe):
         for c in e.comparisons():
             row: dict[str, Any] = {"prompt": c.prompt, "chosen": c.chosen, "rejected": c.rejected}
             if isinstance(c.prompt, list):  # conversational: responses become assistant turns
@@ -363,3 +368,27 @@ def write_trl(path: str | Path, examples: Iterable[RankedExample]) -> int:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- ratings (issue 15 item 1)
+
+
+def read_ratings(path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None,
+                 need_texts: bool = False) -> list[Rating]:
+    """``ratings.jsonl``: one ``records.Rating`` per row (per candidate judged). ``need_texts``: every
+    row must carry ``prompt`` and ``text`` (what a trainer reads), else the row is an error."""
+
+    def parse(obj: dict, source: str) -> Rating:
+        r = Rating.model_validate({**obj, "source": source})
+        if need_texts:
+            missing = [k for k in ("prompt", "text") if getattr(r, k) is None]
+            if missing:
+                raise ValueError(f"a rating a trainer reads needs {' and '.join(repr(k) for k in missing)} "
+                                 "(the export writes both)")
+        return r
+
+    return _read(path, parse, skip_invalid, stats)
+
+
+def write_ratings(path: str | Path, ratings: Iterable[Rating]) -> int:
+    return write_jsonl(path, (r.to_row() for r in ratings))

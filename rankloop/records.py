@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from itertools import combinations
-from typing import Any, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -126,6 +126,14 @@ class Ranking(_Record):
     current: bool | None = None  # False: a later correction replaced it
     time_on_task: float | None = None  # seconds from serving the task to this submission (server clock)
     active_seconds: float | None = None  # the labeling page's count of seconds in view (client clock)
+    # --- lead tools: "adjudicated" when a reviewer settled the item (labeler = the reviewer,
+    # rationale = their note); absent for a labeler's own ranking
+    provenance: str | None = None
+    # ---- richer feedback (issue 15 item 1): see "Preference strength" below. An imported judgement's
+    # strength (issue 15 item 2) is this field too, on its source's scale
+    strength: int | None = None
+    strength_scale: int | None = None
+    unsafe_ids: list[str] = Field(default_factory=list)
 
     @field_validator("order", mode="before")
     @classmethod
@@ -144,7 +152,15 @@ class Ranking(_Record):
             if cid in seen:
                 raise ValueError(f"candidate id {cid!r} appears more than once in the ranking")
             seen.add(cid)
+        _check_strength(self)
         return self
+
+    @property
+    def margin(self) -> float | None:
+        """The pair margin the strength stands for (``strength_margin``); None without a strength."""
+        if self.strength is None or self.strength_scale is None:
+            return None
+        return strength_margin(self.strength, self.strength_scale)
 
     @property
     def candidate_ids(self) -> list[str]:
@@ -166,6 +182,55 @@ class Ranking(_Record):
             for a in self.order[i]
             for b in self.order[j]
         ]
+
+
+# ---------------------------------------------------------------- preference strength (issue 15 item 1)
+#
+# A pairwise judgement may say how much better the first response is, on a declared scale of
+# ``strength_scale`` points spanning "A much better" … "B much better" (5 points: much better,
+# better, tie, better, much better; 8 points: four degrees a side, no tie point, as Llama 2's
+# "significantly better, better, slightly better, negligibly better / unsure"). The order says
+# which side won (a tie is the order ``[[a, b]]``, no strength); ``strength`` is the degree on the
+# winner's side, 1 (the least) … ``strength_levels(scale)`` (the most).
+
+STRENGTH_SCALES = (3, 4, 5, 6, 7, 8, 9, 10)
+
+
+def strength_levels(scale: int) -> int:
+    """Degrees of preference on one side of a ``scale``-point scale (an odd scale's middle is the tie)."""
+    return scale // 2
+
+
+def strength_margin(strength: int, scale: int) -> float:
+    """The pair margin of a strength: ``(strength − 1) / (levels − 1)`` in [0, 1], 0 for the least degree.
+
+    Llama 2's "margin small" (Touvron et al. 2023, §3.2.2, Table 27: {0, 1/3, 2/3, 1} for negligibly
+    … significantly better) is this rule on the 8-point scale; it is the ``m(r)`` of their reward
+    loss ``−log σ(r_θ(x, y_c) − r_θ(x, y_r) − m(r))``. A scale with one level a side gives 0.
+    """
+    levels = strength_levels(scale)
+    return (strength - 1) / (levels - 1) if levels > 1 else 0.0
+
+
+def _check_strength(r: "Ranking") -> None:
+    if r.strength_scale is not None and r.strength_scale not in STRENGTH_SCALES:
+        raise ValueError(f"strength_scale must be one of {', '.join(map(str, STRENGTH_SCALES))} points, got {r.strength_scale}")
+    # Without a scale, a strength is an imported judgement's, on its source's scale (issue 15 item 2,
+    # ``labeling.judgements``): kept and carried as given, but it stands for no margin (``margin``
+    # is None), so no trainer weights it. With a scale it must be one this module can read.
+    if r.strength is not None and r.strength_scale is not None:
+        if len(r.order) != 2 or any(len(g) != 1 for g in r.order):
+            raise ValueError("a strength applies to a strict pairwise choice (order [[winner], [loser]]), "
+                             f"not to {r.order}")
+        levels = strength_levels(r.strength_scale)
+        if not 1 <= r.strength <= levels:
+            raise ValueError(f"strength must be 1 … {levels} on a {r.strength_scale}-point scale, got {r.strength}")
+    ids = set(r.candidate_ids)
+    unknown = [c for c in r.unsafe_ids if c not in ids]
+    if unknown:
+        raise ValueError(f"unsafe_ids names candidate(s) not in the ranking: {unknown}")
+    if r.unsafe_ids and not r.unsafe:
+        r.unsafe = True  # naming an unsafe candidate flags the ranking
 
 
 class Comparison(_Record):
@@ -203,6 +268,7 @@ RANKING_APP_FIELDS = ("ranking_id", "supersedes", "current", "time_on_task", "ac
 class CandidateText(_Record):
     id: str
     text: str
+    policy: str | None = None  # the model that wrote it, where known (issue 15: kept and exported)
 
     @field_validator("text")
     @classmethod
@@ -233,7 +299,8 @@ class RankedExample(_Record):
         if isinstance(data, dict) and isinstance(data.get("ranking"), list):
             data = dict(data)
             ranking = {"prompt_id": data.get("prompt_id"), "order": data.pop("ranking")}
-            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", *RANKING_APP_FIELDS):
+            for key in ("labeler", "created_at", "all_bad", "unsafe", "rationale", "provenance", "strength",
+                        "strength_scale", "unsafe_ids", *RANKING_APP_FIELDS):
                 if key in data:
                     ranking[key] = data.pop(key)
             data["ranking"] = ranking
@@ -260,6 +327,8 @@ class RankedExample(_Record):
             raise ValueError("ranking.prompt_id differs from prompt_id")
         if self.margin is not None and not math.isfinite(self.margin):
             raise ValueError(f"margin must be a finite number, got {self.margin}")
+        if self.margin is None and self.ranking.margin is not None:
+            self.margin = self.ranking.margin  # a strength is the pair's margin unless one is given
         return self
 
     @property
@@ -288,7 +357,7 @@ class RankedExample(_Record):
         row: dict[str, Any] = {
             "prompt_id": self.prompt_id,
             "prompt": self.prompt,
-            "candidates": [c.model_dump() for c in self.candidates],
+            "candidates": [c.model_dump(exclude_none=True) for c in self.candidates],
             "ranking": self.ranking.order,
             "labeler": self.ranking.labeler,
         }
@@ -299,6 +368,14 @@ class RankedExample(_Record):
                 row[key] = True
         if self.ranking.rationale:
             row["rationale"] = self.ranking.rationale
+        if self.ranking.provenance is not None:
+            row["provenance"] = self.ranking.provenance
+        if self.ranking.strength is not None:
+            row["strength"] = self.ranking.strength
+        if self.ranking.strength_scale is not None:
+            row["strength_scale"] = self.ranking.strength_scale
+        if self.ranking.unsafe_ids:
+            row["unsafe_ids"] = list(self.ranking.unsafe_ids)
         if self.margin is not None:
             row["margin"] = self.margin
         for key in RANKING_APP_FIELDS:
@@ -441,3 +518,135 @@ class Demonstration(_Record):
     def to_row(self) -> dict[str, Any]:
         """The JSONL row of ``demonstrations.jsonl`` (the inverse of parsing)."""
         return self.model_dump(mode="json", exclude_none=True, exclude={"source"})
+
+
+# ---------------------------------------------------------------- ratings (issue 15 item 1)
+
+LIKERT = (1, 7)  # InstructGPT's overall quality scale (Ouyang et al. 2022, App. B.2: 1–7)
+MAX_LABELS = 32
+
+
+class Rating(_Record):
+    """A labeler's judgement of one candidate on its own: a Likert quality ``score`` (1–7),
+    whether it is ``acceptable``, metadata ``labels`` (InstructGPT's "fails to follow the
+    instruction", "hallucination", "harmful", …) and a ``comment``. One row of ``ratings.jsonl``.
+
+    ``prompt`` and ``text`` (the candidate's) are optional on the record but written by the export,
+    so a trainer reads ratings without the database (``RewardTrainConfig.ratings`` needs them).
+    ``source`` (``file:line``) is set by readers for error messages and not written out.
+    """
+
+    prompt_id: str
+    candidate_id: str
+    score: int | None = None
+    acceptable: bool | None = None
+    labels: list[str] = Field(default_factory=list)
+    comment: str | None = None
+    labeler: str | None = None
+    created_at: datetime | None = None
+    prompt: PromptContent | None = None
+    text: str | None = None
+    source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "Rating":
+        lo, hi = LIKERT
+        if self.score is not None and not lo <= self.score <= hi:
+            raise ValueError(f"score must be a Likert rating {lo} … {hi}, got {self.score}")
+        if len(self.labels) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels, got {len(self.labels)}")
+        for i, label in enumerate(self.labels):
+            if not label.strip():
+                raise ValueError(f"labels[{i}] is empty")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels repeated: {self.labels}")
+        if self.score is None and self.acceptable is None and not self.labels and not (self.comment or "").strip():
+            raise ValueError("a rating needs at least one of score, acceptable, labels or comment")
+        if isinstance(self.prompt, list):
+            _check_messages(self.prompt)
+        if self.text is not None and not self.text.strip():
+            raise ValueError("the candidate text is empty")
+        return self
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSONL row of ``ratings.jsonl`` (the inverse of parsing)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"source"})
+
+
+def orderings_from_ratings(ratings: Sequence[Rating]) -> list[RankedExample]:
+    """Within-prompt orderings from Likert scores: one ``RankedExample`` per (prompt, labeler)
+    whose scored candidates have at least two different scores, best score first, equal scores
+    tied (so they make no pair).
+
+    Per labeler, because a Likert score is read on the labeler's own scale (one labeler's 5 is
+    another's 4): only scores given by one person to responses of one prompt are compared, the
+    relative judgement a ranking would have recorded (InstructGPT reports Likert and rankings
+    agreeing this way). Ratings without a score, prompt or text are left out.
+    """
+    groups: dict[tuple[str, str | None], list[Rating]] = {}
+    for r in ratings:
+        if r.score is not None and r.text is not None and r.prompt is not None:
+            groups.setdefault((r.prompt_id, r.labeler), []).append(r)
+    out = []
+    for (prompt_id, labeler), rs in groups.items():
+        latest: dict[str, Rating] = {}
+        for r in rs:  # a candidate rated twice by one labeler: the later rating stands
+            latest[r.candidate_id] = r
+        rs = list(latest.values())
+        scores = sorted({r.score for r in rs}, reverse=True)
+        if len(scores) < 2:
+            continue
+        order = [[r.candidate_id for r in rs if r.score == s] for s in scores]
+        out.append(RankedExample(
+            prompt_id=prompt_id, prompt=rs[0].prompt,
+            candidates=[CandidateText(id=r.candidate_id, text=r.text) for r in rs],
+            ranking=Ranking(prompt_id=prompt_id, order=order, labeler=labeler),
+            source=rs[0].source,
+        ))
+    return out
+
+
+# What a trainer does with the labeler's flags (issue 15 item 1). The options, named alike in
+# RewardTrainConfig, DPOConfig and the TRL export:
+#   all_bad  "keep": an all-bad ranking's order is a preference like any other (its best is only
+#                    the least bad);  "drop": an all-bad ranking gives no pair (nothing in it is a
+#                    response to move towards, so it makes no "chosen").
+#   unsafe   "keep": as ranked;  "never_chosen": an unsafe candidate is never the better of a pair.
+AllBadPolicy = Literal["keep", "drop"]
+UnsafePolicy = Literal["keep", "never_chosen"]
+
+
+def apply_flags(examples: Sequence[RankedExample], all_bad: str = "keep", unsafe: str = "keep") -> list[RankedExample]:
+    """``examples`` with the labeler's flags applied (the policies above); unchanged rows are the same objects.
+
+    ``unsafe="never_chosen"``: an unsafe candidate stays where it is chosen over nothing (in the last
+    tie group), so the pairs that prefer a safe response to it are kept; anywhere higher it is taken out
+    of the ranking with its pairs. A ranking flagged unsafe that does not say which candidate is
+    (``unsafe_ids`` empty) is dropped whole, as is one left with fewer than two candidates.
+    """
+    if all_bad not in ("keep", "drop"):
+        raise ValueError(f"all_bad must be 'keep' or 'drop', got {all_bad!r}")
+    if unsafe not in ("keep", "never_chosen"):
+        raise ValueError(f"unsafe must be 'keep' or 'never_chosen', got {unsafe!r}")
+    out = []
+    for ex in examples:
+        r = ex.ranking
+        if all_bad == "drop" and r.all_bad:
+            continue
+        if unsafe == "never_chosen" and r.unsafe:
+            if not r.unsafe_ids:
+                continue
+            bad = set(r.unsafe_ids)
+            last = len(r.order) - 1
+            order = [[c for c in g if c not in bad or i == last] for i, g in enumerate(r.order)]
+            order = [g for g in order if g]
+            kept = {c for g in order for c in g}
+            if len(kept) < 2 or len(order) < 2:
+                continue
+            if len(kept) < ex.k:
+                ex = ex.model_copy(update={
+                    "candidates": [c for c in ex.candidates if c.id in kept],
+                    "ranking": r.model_copy(update={"order": order, "unsafe_ids": [c for c in r.unsafe_ids if c in kept]}),
+                })
+        out.append(ex)
+    return out

@@ -22,6 +22,7 @@ from rankloop.cli.typed import config_command, fail
 from rankloop.config import Config
 from rankloop.dpo.config import DPOConfig
 from rankloop.io import DataError
+from rankloop.records import AllBadPolicy, UnsafePolicy  # feedback (issue 15 item 1)
 from rankloop.loop import LoopConfig
 from rankloop.quickstart import QuickstartConfig
 from rankloop.reward.eval_config import EvalConfig
@@ -143,12 +144,20 @@ class ExportConfig(Config):
                                   "(rejected ones never).")
     include_superseded: bool = Field(False, description="Also write corrected rankings' earlier versions "
                                      "(marked current: false) to --out; TRL pairs stay current-only.")
+    # ---- feedback (issue 15 item 1)
+    ratings: str | None = Field(None, description="Also write per-candidate ratings.jsonl (Likert, acceptability, "
+                                "labels, comments; what train-rm --ratings reads).")
+    trl_all_bad: AllBadPolicy = Field("drop", description="TRL file: an all-bad ranking gives no pair (drop) or its "
+                                      "pairs as ranked (keep).")
+    trl_unsafe: UnsafePolicy = Field("never_chosen", description="TRL file: an unsafe candidate is never 'chosen' "
+                                     "(never_chosen), or pairs as ranked (keep).")
 
 
 EXPORT_GROUPS = {
     "Project and files": ("project", "out", "trl", "database_url"),
     "Filters": ("min_agreement", "min_gold_accuracy", "include_superseded"),
     "Demonstrations": ("demonstrations", "include_pending"),
+    "Feedback": ("ratings", "trl_all_bad", "trl_unsafe"),
 }
 
 
@@ -162,7 +171,8 @@ def export(cfg: ExportConfig) -> None:
             info = export_demonstrations(resolve_url(cfg.database_url), cfg.project, cfg.demonstrations, cfg.include_pending)
         else:
             info = export_project(resolve_url(cfg.database_url), cfg.project, cfg.out, cfg.trl, cfg.min_agreement,
-                                  cfg.min_gold_accuracy, include_superseded=cfg.include_superseded)
+                                  cfg.min_gold_accuracy, include_superseded=cfg.include_superseded, ratings_out=cfg.ratings,
+                                  trl_all_bad=cfg.trl_all_bad, trl_unsafe=cfg.trl_unsafe)
     except ExportError as e:
         fail(str(e))
     typer.echo(json.dumps(info, indent=2, default=str))
@@ -179,6 +189,7 @@ RM_GROUPS = {
               "pack", "share_prefix", "dtype", "precision", "gradient_checkpointing"),
     "Evaluation": ("eval_every", "eval_batch_size"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
+    "Labelers' flags and ratings": ("all_bad", "unsafe", "ratings"),  # feedback (issue 15 item 1)
 }
 
 
@@ -259,6 +270,7 @@ DPO_GROUPS = {
               "pack", "share_prefix", "dtype", "precision", "gradient_checkpointing", "logprob_chunk"),
     "Evaluation": ("eval_every", "eval_batch_size", "kl_prompts", "kl_max_new_tokens"),
     "Checkpoints and logging": ("save_every", "keep_checkpoints", "resume", "log_every", "tensorboard", "progress"),
+    "Labelers' flags": ("all_bad", "unsafe"),  # feedback (issue 15 item 1)
 }
 
 

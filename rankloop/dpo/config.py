@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from rankloop.config import LOGPROB_CHUNK_HELP, TrainerConfig
 from rankloop.io import PreferenceFormat
+from rankloop.records import AllBadPolicy, UnsafePolicy
 
 
 class DPOConfig(TrainerConfig):
@@ -49,6 +50,12 @@ class DPOConfig(TrainerConfig):
     eval_batch_size: int = Field(16, gt=0, description="Rankings per forward pass for the reference log-probs and evaluation.")
     kl_prompts: int = Field(32, ge=0, description="Held-out prompts sampled (one response each) for the KL to the reference.")
     kl_max_new_tokens: int = Field(32, gt=0, description="Tokens sampled per held-out prompt for the KL.")
+    # ---- richer feedback (issue 15 item 1; docs/dpo.md "Flags and strength")
+    all_bad: AllBadPolicy = Field("drop", description="An all-bad ranking: drop (default: DPO moves the policy "
+                                  "towards each chosen response, and none of these is good) or keep its order.")
+    unsafe: UnsafePolicy = Field("never_chosen", description="never_chosen: a candidate flagged unsafe is never the "
+                                 "chosen of a pair (taken out of the ranking unless it is last; a ranking flagged unsafe "
+                                 "without saying which candidate is dropped); keep: as ranked.")
 
     @model_validator(mode="after")
     def _loss_options(self) -> "DPOConfig":

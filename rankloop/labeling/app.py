@@ -27,7 +27,7 @@ from rankloop.labeling.db import dispose, make_engine, make_sessionmaker, resolv
 from rankloop.labeling.deps import page_user, status_of, trusted_networks
 from rankloop.labeling.middleware import BodyLimit, SecurityHeaders
 from rankloop.labeling.models import User
-from rankloop.labeling.routes import auth, demonstrations, pages, projects, tasks, users
+from rankloop.labeling.routes import auth, demonstrations, invites, pages, projects, review, tasks, users
 from rankloop.labeling.security import LoginLimiter, TokenCache, hash_password
 from rankloop.labeling.services import DomainError, Throttled
 from rankloop.labeling.settings import LabelingSettings
@@ -125,6 +125,8 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     app.state.templates.env.filters["markdown"] = render.markdown  # (issue 15 item 3) model text, safely
     for r in (tasks.router, tasks.rankings_router, auth.router, users.router, projects.router, demonstrations.router,
               pages.router):  # hot routes first
+        app.include_router(r)
+    for r in (invites.router, invites.pages, review.router, review.pages):  # lead tools
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

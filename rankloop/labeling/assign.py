@@ -25,6 +25,11 @@ import). The schema is still SQLAlchemy's and Alembic's (``models``, ``migration
 
 Gold items get a slot per labeler when served, at the project's ``gold_rate``: a labeler is given
 a gold item whenever fewer than ``gold_rate`` × (tasks so far + 1) of their tasks were gold.
+
+Qualification (``services.qualification``): in a project with ``qualify_items`` or ``pause_below``
+set, claiming reads the labeler's state (one primary-key lookup): ``qualifying`` labelers get gold
+items only, ``failed`` and ``paused`` ones nothing new; a gold answer re-decides the state in the
+submitting transaction. Projects without either setting pay nothing for it.
 """
 
 from __future__ import annotations
@@ -41,8 +46,11 @@ from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
-from rankloop.labeling.schemas import (CandidateView, EditOut, MyProgressOut, MyRankingOut, SavedDraft, SkipIn, SkipOut,
-                                       SubmitIn, SubmitOut, TaskOut)
+from rankloop.labeling import quality
+from rankloop.labeling.feedback import check_submission, settings_of
+from rankloop.labeling.schemas import (CandidateView, EditOut, FeedbackSettings, MyProgressOut, MyRankingOut, SavedDraft,
+                                       SkipIn, SkipOut, SubmitIn, SubmitOut, TaskOut)
+from rankloop.labeling.services import qualification
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, listing
 from rankloop.records import normalise_order
 
@@ -76,6 +84,16 @@ class Settings:
     gold_rate: float
     name: str = ""
     edit_window_seconds: int = 600
+    # --- lead tools: qualification and pausing (services/qualification.py)
+    qualify_items: int = 0
+    qualify_accuracy: float = 0.0
+    pause_below: float | None = None
+    pause_window: int = 10
+    feedback: FeedbackSettings | None = None  # issue 15 item 1
+
+    @property
+    def gated(self) -> bool:
+        return qualification.gated(self.qualify_items, self.pause_below)
 
 
 SQL = {
@@ -101,11 +119,14 @@ SQL = {
             "s.leased_at, s.slot_no FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
     "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
     "insert_ranking": "INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, rationale, "
-                      "idempotency_key, is_gold, created_at, served_at, active_seconds, supersedes_id) VALUES (:sid, :pid, "
-                      ":iid, :uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, :served, :active, :supersedes) "
-                      "RETURNING id",
+                      "idempotency_key, is_gold, created_at, served_at, active_seconds, supersedes_id, strength, strength_scale, "
+                      "unsafe_ids) VALUES (:sid, :pid, :iid, :uid, :order, :all_bad, :unsafe, :rationale, :key, :is_gold, :now, "
+                      ":served, :active, :supersedes, :strength, :scale, :unsafe_ids) RETURNING id",
+    "insert_rating": "INSERT INTO ratings (ranking_id, project_id, item_id, labeler_id, candidate_id, score, acceptable, labels, "
+                     "comment, created_at) VALUES (:rid, :pid, :iid, :uid, :cid, :score, :acceptable, :labels, :comment, :now)",
     "done": "UPDATE slots SET status = 'done' WHERE id = :sid",
-    "settings": "SELECT mode, instructions, lease_seconds, gold_rate, name, edit_window_seconds FROM projects WHERE id = :pid",
+    "settings": "SELECT mode, instructions, lease_seconds, gold_rate, name, edit_window_seconds, qualify_items, "
+                "qualify_accuracy, pause_below, pause_window, feedback FROM projects WHERE id = :pid",
     "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
     "exists": "SELECT id FROM projects WHERE id = :pid",
     "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
@@ -133,11 +154,20 @@ SQL = {
     "count_done": "SELECT count(*), coalesce(sum(CASE WHEN created_at >= :today THEN 1 ELSE 0 END), 0) FROM rankings "
                   "WHERE labeler_id = :uid AND project_id = :pid AND supersedes_id IS NULL",
     "count_open": "SELECT count(DISTINCT s.item_id) FROM slots s WHERE s.project_id = :pid AND s.slot_no IS NOT NULL "
-                  "AND (s.status = 'open' OR (s.status = 'leased' AND s.lease_expires < :now)) "
+                  "AND s.status = 'open' "  # (an expired lease reopens at the next reaping, seconds away)
                   "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
                   "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id)",
     "count_held": "SELECT count(*) FROM slots WHERE labeler_id = :uid AND project_id = :pid AND status = 'leased'",
     "count_skipped": "SELECT count(*) FROM skips WHERE labeler_id = :uid AND project_id = :pid",
+    # --- lead tools: a labeler's qualification state (one primary-key read, only in gated projects)
+    "my_state": "SELECT state, since_ranking_id FROM labeler_states WHERE project_id = :pid AND user_id = :uid",
+    "my_gold": "SELECT r.ranking, i.gold_order FROM rankings r JOIN items i ON i.id = r.item_id "
+               "WHERE r.project_id = :pid AND r.labeler_id = :uid AND r.is_gold AND r.id > :since "
+               "AND NOT EXISTS (SELECT 1 FROM rankings x WHERE x.supersedes_id = r.id) ORDER BY r.id",  # current only
+    "set_state": "UPDATE labeler_states SET state = :state, accuracy = :acc, changed_at = :now, changed_by = NULL "
+                 "WHERE project_id = :pid AND user_id = :uid",
+    "new_state": "INSERT INTO labeler_states (project_id, user_id, state, since_ranking_id, accuracy, changed_at) "
+                 "VALUES (:pid, :uid, :state, 0, :acc, :now)",
 }
 DEMONSTRATION = "demonstration"
 
@@ -235,7 +265,8 @@ class Queue:
         row = self.q(cur, "settings", pid=pid).fetchone()
         if row is None:
             raise NotFound(f"project {pid} not found")
-        s = Settings(row[0], row[1], int(row[2]), float(row[3]), row[4], int(row[5]))
+        s = Settings(row[0], row[1], int(row[2]), float(row[3]), row[4], int(row[5]), int(row[6]), float(row[7]),
+                     None if row[8] is None else float(row[8]), int(row[9]), settings_of(self.read_json(row[10])))
         self._settings[pid] = (time.monotonic() + SETTINGS_TTL, s)
         return s
 
@@ -274,7 +305,7 @@ class Queue:
         random.Random(slot_id).shuffle(cands)  # each labeler sees their own order: no shared position bias
         return TaskOut(task_id=slot_id, project_id=pid, project_name=st.name, mode=st.mode, kind=st.mode, instructions=st.instructions,
                        prompt_id=view.prompt_id, prompt=view.prompt, candidates=[CandidateView(id=c, text=t) for c, t in cands],
-                       lease_expires=until)
+                       lease_expires=until, feedback=st.feedback)
 
     def _demo_task(self, cur: Any, view: ItemView, st: Settings, slot_id: int, pid: int, until: datetime,
                    uid: int | None) -> TaskOut:
@@ -298,17 +329,29 @@ class Queue:
         self.q(cur, "reap_open", now=self.ts(now))
         self.q(cur, "reap_gold", now=self.ts(now))
 
+    def _state(self, cur: Any, pid: int, uid: int, st: Settings) -> tuple[str, int]:
+        row = self.q(cur, "my_state", pid=pid, uid=uid).fetchone()
+        return (row[0], int(row[1])) if row is not None else (qualification.initial_state(st.qualify_items), 0)
+
     def _claim(self, cur: Any, pid: int, uid: int, now: datetime) -> tuple[int, int, datetime] | None:
         st = self.settings(cur, pid)
         until = now + timedelta(seconds=st.lease_seconds)
-        if st.gold_rate > 0:
-            total, gold = self.q(cur, "my_counts", uid=uid, pid=pid).fetchone()
-            if gold < st.gold_rate * (total + 1):
+        qualifying = False
+        if st.gated:  # failed or paused: nothing new here; qualifying: gold only, gold first
+            state = self._state(cur, pid, uid, st)[0]
+            if state in ("failed", "paused"):
+                return None
+            qualifying = state == "qualifying"
+        if qualifying or st.gold_rate > 0:
+            total, gold = (0, 0) if qualifying else self.q(cur, "my_counts", uid=uid, pid=pid).fetchone()
+            if qualifying or gold < st.gold_rate * (total + 1):
                 gid = self.q(cur, "gold_item", pid=pid, uid=uid).fetchone()
                 if gid is not None:
                     sid = self.q(cur, "gold_slot", pid=pid, iid=gid[0], uid=uid, true=True, now=self.ts(now),
                                  until=self.ts(until)).fetchone()[0]
                     return sid, gid[0], until
+            if qualifying:  # no gold item left for them: they wait (the lead sees "qualifying")
+                return None
         for _ in range(RETRIES):
             row = self.q(cur, "claim", pid=pid, uid=uid).fetchone()
             if row is None:
@@ -378,18 +421,34 @@ class Queue:
                         other = self.q(cur, "key_used", pid=pid, uid=uid, key=body.idempotency_key).fetchone()
                         if other is not None:
                             raise Conflict(f"idempotency key already used for task {other[0]}")
-                    check_permutation(order, self.item(cur, item_id).ids)
+                    shown = self.item(cur, item_id).ids
+                    check_permutation(order, shown)
+                    st = self.settings(cur, pid)
+                    fb = check_submission(st.feedback, st.mode, order, shown, body)
+                    now = self.ts(now_utc())
                     rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
-                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
-                                 key=body.idempotency_key, is_gold=bool(is_gold), now=self.ts(now_utc()), served=leased_at,
-                                 active=body.active_seconds, supersedes=None).fetchone()[0]
+                                 all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
+                                 key=body.idempotency_key, is_gold=bool(is_gold), now=now, served=leased_at,
+                                 active=body.active_seconds, supersedes=None, strength=fb.strength, scale=fb.strength_scale,
+                                 unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None).fetchone()[0]
+                    self._ratings(cur, fb, rid, pid, item_id, uid, now)
                     self.q(cur, "done", sid=task_id)
+                    if is_gold:
+                        self._judge(cur, pid, uid)
                     return SubmitOut(ranking_id=rid, task_id=task_id, duplicate=False)
             except self.integrity_error:
                 conflict = True
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def _ratings(self, cur: Any, fb: Any, rid: int, pid: int, item_id: int, uid: int, now: Any) -> None:
+        """The per-candidate ratings that came with ranking ``rid`` (feedback, issue 15 item 1)."""
+        if fb.ratings:
+            cur.executemany(self.sql["insert_rating"], [
+                {"rid": rid, "pid": pid, "iid": item_id, "uid": uid, "cid": r.candidate_id, "score": r.score,
+                 "acceptable": r.acceptable, "labels": self._json(r.labels), "comment": r.comment, "now": now}
+                for r in fb.ratings])
 
     # ------------------------------------------------------------ skip (issue 15 item 3)
     def skip(self, task_id: int, uid: int, body: SkipIn) -> SkipOut:
@@ -465,15 +524,22 @@ class Queue:
                             if prev[1] == ranking_id:
                                 return EditOut(ranking_id=prev[0], supersedes_id=ranking_id, duplicate=True)
                             raise Conflict(f"idempotency key already used for ranking {prev[0]}")
-                    row, until, _ = self._own_current(cur, ranking_id, uid)
+                    row, until, st = self._own_current(cur, ranking_id, uid)
                     now = now_utc()
                     if now > until:
                         raise Conflict(f"the edit window of ranking {ranking_id} closed at {until.isoformat(timespec='seconds')}")
-                    check_permutation(order, self.item(cur, row[2]).ids)
+                    shown = self.item(cur, row[2]).ids
+                    check_permutation(order, shown)
+                    fb = check_submission(st.feedback, st.mode, order, shown, body)  # a correction is checked as given
                     rid = self.q(cur, "insert_ranking", sid=None, pid=row[1], iid=row[2], uid=uid, order=self._json(order),
-                                 all_bad=body.all_bad, unsafe=body.unsafe, rationale=body.rationale or None,
+                                 all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
                                  key=body.idempotency_key, is_gold=bool(row[4]), now=self.ts(now), served=None,
-                                 active=body.active_seconds, supersedes=ranking_id).fetchone()[0]
+                                 active=body.active_seconds, supersedes=ranking_id, strength=fb.strength,
+                                 scale=fb.strength_scale,
+                                 unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None).fetchone()[0]
+                    self._ratings(cur, fb, rid, row[1], row[2], uid, self.ts(now))
+                    if row[4]:  # a corrected gold answer: qualification counts the current one only
+                        self._judge(cur, row[1], uid)
                     return EditOut(ranking_id=rid, supersedes_id=ranking_id, duplicate=False)
             except self.integrity_error:
                 if attempt == RETRIES - 1:
@@ -505,11 +571,34 @@ class Queue:
         with self.reading() as cur:
             self.projects_of(cur, uid, is_admin, project_id)  # NotFound unless it is theirs
             done, done_today = self.q(cur, "count_done", uid=uid, pid=project_id, today=self.ts(today)).fetchone()
-            remaining = self.q(cur, "count_open", uid=uid, pid=project_id, now=self.ts(now)).fetchone()[0]
+            remaining = self.q(cur, "count_open", uid=uid, pid=project_id).fetchone()[0]
             held = self.q(cur, "count_held", uid=uid, pid=project_id).fetchone()[0]
             skipped = self.q(cur, "count_skipped", uid=uid, pid=project_id).fetchone()[0]
             return MyProgressOut(project_id=project_id, project_name=self.settings(cur, project_id).name, done_today=int(done_today),
                                  done=int(done), remaining=int(remaining) + int(held), skipped=int(skipped))
+
+    # ------------------------------------------------------------ lead tools: qualification
+    def _judge(self, cur: Any, pid: int, uid: int) -> None:
+        """After a gold answer, in its transaction: the labeler's qualification state, re-decided
+        (``qualification.evaluate``) from the gold answers that count. Only in gated projects."""
+        st = self.settings(cur, pid)
+        if not st.gated:
+            return
+        row = self.q(cur, "my_state", pid=pid, uid=uid).fetchone()
+        state, since = (row[0], int(row[1])) if row is not None else (qualification.initial_state(st.qualify_items), 0)
+        if state not in ("qualifying", "qualified"):
+            return
+        answers = [quality.gold_pairs(self.read_json(o), self.read_json(g))
+                   for o, g in self.q(cur, "my_gold", pid=pid, uid=uid, since=since).fetchall() if g is not None]
+        new, acc = qualification.evaluate(state, answers, st.qualify_items, st.qualify_accuracy, st.pause_below,
+                                          st.pause_window)
+        if new == state and (row is not None or acc is None):
+            return
+        now = self.ts(now_utc())
+        if row is None:
+            self.q(cur, "new_state", pid=pid, uid=uid, state=new, acc=acc, now=now)
+        else:
+            self.q(cur, "set_state", pid=pid, uid=uid, state=new, acc=acc, now=now)
 
 
 def check_permutation(order: list[list[str]], shown: frozenset[str]) -> None:

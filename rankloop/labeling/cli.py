@@ -40,7 +40,7 @@ def _clear_errors() -> Iterator[None]:
 @labeling.command("create-user")
 def create_user(
     username: str,
-    role: str = typer.Option("labeler", help="labeler or admin"),
+    role: str = typer.Option("labeler", help="labeler, reviewer or admin"),
     password: Optional[str] = typer.Option(None, help="default: $RANKLOOP_NEW_PASSWORD, else prompted for"),
     database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
 ) -> None:
@@ -97,6 +97,27 @@ def import_cmd(
     typer.echo(out.model_dump_json())
 
 
+@labeling.command("import-judgements")
+def import_judgements_cmd(
+    project: str = typer.Argument(..., help="project name or id"),
+    file: Path = typer.Argument(..., help="JSONL of judgements: rankings, TRL pairs, HH-RLHF or pairwise (docs/labeling.md)"),
+    format: str = typer.Option("auto", "--format", help="auto, rankings, trl, hh or pairwise"),
+    rater_prefix: str = typer.Option("", help="put before every rater name (keeps two sources' raters apart)"),
+    default_rater: str = typer.Option("imported", help="the rater of rows that name none"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="skip bad rows (counted) instead of importing nothing"),
+    open_slots: bool = typer.Option(False, "--open-slots", help="also open the project's overlap places on new items"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Import judgements made elsewhere (raters, times, strengths and repeats kept) into a project."""
+    from rankloop.labeling.judgements import import_judgements
+    from rankloop.labeling.services import projects
+
+    with _clear_errors(), _session(database_url) as db:
+        out = import_judgements(db, projects.find_project(db, project), file.read_bytes(), file.name, format,  # type: ignore[arg-type]
+                                default_rater, rater_prefix, skip_invalid, open_slots)
+    typer.echo(out.model_dump_json())
+
+
 @labeling.command("add-member")
 def add_member_cmd(project: str, username: str, database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP)) -> None:
     """Give a labeler access to a project."""
@@ -105,6 +126,31 @@ def add_member_cmd(project: str, username: str, database_url: Optional[str] = ty
     with _clear_errors(), _session(database_url) as db:
         projects.add_member(db, projects.find_project(db, project).id, username)
     typer.echo(f"{username} may now label {project}")
+
+
+# ---------------------------------------------------------------- lead tools: invite links
+
+
+@labeling.command("invite")
+def invite_cmd(
+    project: str = typer.Argument(..., help="project name or id"),
+    days: float = typer.Option(7.0, help="the link expires after this many days (at most 90)"),
+    role: str = typer.Option("labeler", help="labeler or reviewer"),
+    username: Optional[str] = typer.Option(None, help="preset the username (else the invitee chooses one)"),
+    base_url: str = typer.Option("http://127.0.0.1:8000", "--base-url", help="the address people open the app at"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help=DB_HELP),
+) -> None:
+    """Make a one-time invite link for a project; prints it once (only its hash is stored)."""
+    from rankloop.labeling.schemas import InviteCreate
+    from rankloop.labeling.services import invites, parse, projects
+
+    with _clear_errors():
+        body = parse(InviteCreate, role=role, days=days, username=username)
+        with _session(database_url) as db:
+            made = invites.create_invite(db, projects.find_project(db, project), body, None)
+    typer.echo(f"invite {made.id}: {made.role} in {project!r}, expires {made.expires_at:%Y-%m-%d %H:%M} UTC, works once:",
+               err=True)
+    typer.echo(base_url.rstrip("/") + made.path)
 
 
 tokens = typer.Typer(help="Sessions and API tokens: create, list, revoke. (On the database: a running app "

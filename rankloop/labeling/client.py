@@ -95,10 +95,13 @@ class LabelingClient:
 
     # ------------------------------------------------------------ projects
     def create_project(self, name: str, k: int = 4, mode: str = "ranking", overlap: int = 1, gold_rate: float = 0.0,
-                       instructions: str = "", lease_seconds: int = 1800, edit_window_seconds: int = 600) -> dict:
-        return self._call("POST", "/api/projects", json=dict(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                                             instructions=instructions, lease_seconds=lease_seconds,
-                                                             edit_window_seconds=edit_window_seconds))
+                       instructions: str = "", lease_seconds: int = 1800, edit_window_seconds: int = 600,
+                       feedback: dict | None = None) -> dict:
+        body = dict(name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate, instructions=instructions,
+                    lease_seconds=lease_seconds, edit_window_seconds=edit_window_seconds)
+        if feedback is not None:  # schemas.FeedbackSettings (issue 15 item 1)
+            body["feedback"] = feedback
+        return self._call("POST", "/api/projects", json=body)
 
     def projects(self) -> list[dict]:
         return self._call("GET", "/api/projects")
@@ -112,6 +115,16 @@ class LabelingClient:
             "gold": [{"prompt_id": k, "order": v} for k, v in (gold or {}).items()],
         }
         return self._call("POST", f"/api/projects/{project_id}/import", json=body)
+
+    def import_judgements(self, project_id: int, data: bytes, filename: str = "judgements.jsonl", format: str = "auto",
+                          rater_prefix: str = "", default_rater: str = "imported", skip_invalid: bool = False,
+                          open_slots: bool = False) -> dict:
+        """Import judgements made elsewhere (a JSONL file's bytes; formats in docs/labeling.md):
+        the counts, as ``JudgementsImportOut``."""
+        params = {"format": format, "rater_prefix": rater_prefix, "default_rater": default_rater,
+                  "skip_invalid": str(skip_invalid).lower(), "open_slots": str(open_slots).lower()}
+        return self._call("POST", f"/api/projects/{project_id}/import-judgements", params=params,
+                          files={"file": (filename, data, "application/x-ndjson")})
 
     def add_member(self, project_id: int, username: str) -> dict:
         return self._call("POST", f"/api/projects/{project_id}/members", json={"username": username})
@@ -149,11 +162,21 @@ class LabelingClient:
         return self._call("GET", f"/api/tasks/{task_id}")
 
     def submit(self, task_id: int, order: list[list[str]] | list[str], idempotency_key: str | None = None,
-               all_bad: bool = False, unsafe: bool = False, rationale: str | None = None) -> dict:
+               all_bad: bool = False, unsafe: bool = False, rationale: str | None = None,
+               strength: int | None = None, unsafe_ids: list[str] | None = None,
+               ratings: list[dict] | None = None) -> dict:
         """Submit a ranking (best → worst; inner lists are ties). Retrying with the same
-        ``idempotency_key`` stores it once."""
+        ``idempotency_key`` stores it once. ``strength``, ``unsafe_ids`` and ``ratings``
+        (``[{"candidate_id", "score", "acceptable", "labels", "comment"}]``) as the project's
+        feedback settings allow (docs/labeling.md, "Richer feedback")."""
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
                 "unsafe": unsafe, "rationale": rationale}
+        if strength is not None:
+            body["strength"] = strength
+        if unsafe_ids:
+            body["unsafe_ids"] = list(unsafe_ids)
+        if ratings:
+            body["ratings"] = list(ratings)
         return self._call("POST", f"/api/tasks/{task_id}/submit", json=body)
 
     # ------------------------------------------------------------ a labeler's day (issue 15 item 3)
@@ -172,11 +195,12 @@ class LabelingClient:
         return self._call("GET", "/api/rankings/mine", params=params)
 
     def edit_ranking(self, ranking_id: int, order: list[list[str]] | list[str], idempotency_key: str | None = None,
-                     all_bad: bool = False, unsafe: bool = False, rationale: str | None = None) -> dict:
+                     all_bad: bool = False, unsafe: bool = False, rationale: str | None = None, **feedback: Any) -> dict:
         """Correct one of your current rankings within the project's edit window: a new row that
-        supersedes it (the old one is kept, marked not current)."""
+        supersedes it (the old one is kept, marked not current). ``feedback``: ``strength``,
+        ``unsafe_ids``, ``ratings``, as for ``submit``, in a project that asks for them."""
         body = {"order": order, "idempotency_key": idempotency_key or uuid.uuid4().hex, "all_bad": all_bad,
-                "unsafe": unsafe, "rationale": rationale}
+                "unsafe": unsafe, "rationale": rationale, **feedback}
         return self._call("POST", f"/api/rankings/{ranking_id}/edit", json=body)
 
     def change_password(self, current_password: str, new_password: str) -> None:
@@ -211,3 +235,57 @@ class LabelingClient:
     def review_demonstration(self, demo_id: int, verdict: str, text: str | None = None) -> dict:
         """Accept (``text``: an edit kept as the accepted text; the original stays) or reject."""
         return self._call("POST", f"/api/demonstrations/{demo_id}/review", json={"verdict": verdict, "text": text})
+
+    # ------------------------------------------------------------ lead tools: invites, live settings, review,
+    # qualification, dashboard
+    def update_project(self, project_id: int, **changes: Any) -> dict:
+        """Live settings: overlap, gold_rate, instructions, lease_seconds, qualify_items,
+        qualify_accuracy, pause_below (``pause_off=True`` turns pausing off), pause_window, review_below."""
+        return self._call("PATCH", f"/api/projects/{project_id}", json=changes)
+
+    def create_invite(self, project_id: int, role: str = "labeler", days: float = 7.0, username: str | None = None) -> dict:
+        """A one-time link: the answer's ``token`` (and ``path``, ``/invite/<token>``) is shown only here."""
+        body: dict[str, Any] = {"role": role, "days": days, **({"username": username} if username else {})}
+        return self._call("POST", f"/api/projects/{project_id}/invites", json=body)
+
+    def invites(self, project_id: int) -> list[dict]:
+        return self._call("GET", f"/api/projects/{project_id}/invites")
+
+    def revoke_invite(self, project_id: int, invite_id: int) -> None:
+        self._call("DELETE", f"/api/projects/{project_id}/invites/{invite_id}")
+
+    def accept_invite(self, token: str, password: str, username: str | None = None) -> dict:
+        """Use an invite link's secret: makes the account; later calls carry its token."""
+        body: dict[str, Any] = {"password": password, **({"username": username} if username else {})}
+        out = self._call("POST", f"/api/invites/{token}/accept", json=body)
+        self.token = out["token"]
+        return out
+
+    def review_queue(self, project_id: int, include_done: bool = False) -> list[dict]:
+        return self._call("GET", f"/api/review/projects/{project_id}/queue", params={"include_done": include_done})
+
+    def review_item(self, project_id: int, item_id: int) -> dict:
+        return self._call("GET", f"/api/review/projects/{project_id}/items/{item_id}")
+
+    def adjudicate(self, project_id: int, item_id: int, order: list[list[str]] | list[str], note: str | None = None) -> dict:
+        return self._call("POST", f"/api/review/projects/{project_id}/items/{item_id}", json={"order": order, "note": note})
+
+    def labeler_states(self, project_id: int) -> list[dict]:
+        return self._call("GET", f"/api/projects/{project_id}/labelers")
+
+    def set_labeler_state(self, project_id: int, user_id: int, state: str) -> dict:
+        """``qualified`` (un-pause) or ``qualifying`` (start qualification over)."""
+        return self._call("PUT", f"/api/projects/{project_id}/labelers/{user_id}/state", json={"state": state})
+
+    def dashboard(self, project_id: int) -> list[dict]:
+        return self._call("GET", f"/api/projects/{project_id}/dashboard")
+
+    # ------------------------------------------------------------ feedback (issue 15 item 1)
+    def ratings(self, project_id: int) -> list[dict]:
+        """Every per-candidate rating of the project, as given."""
+        return self._call("GET", f"/api/projects/{project_id}/ratings")
+
+    def set_feedback(self, project_id: int, **settings: Any) -> dict:
+        """Set the project's feedback settings (``schemas.FeedbackSettings``: strength_scale,
+        acceptability, likert, labels, comments)."""
+        return self._call("PATCH", f"/api/projects/{project_id}", json={"feedback": settings})

@@ -164,7 +164,9 @@ def writing(db: Session) -> Iterator[Session]:
 
 
 def upgrade(url: str) -> None:
-    """Apply every Alembic migration (``alembic upgrade head``) to the database at ``url``."""
+    """Apply every Alembic migration (``alembic upgrade heads``) to the database at ``url``.
+    ``heads``: branches made in parallel on one parent (0003, 0004, … on 0002 until they are
+    chained) are all applied; with one head it is ``head``."""
     from alembic import command
     from alembic.config import Config
 
@@ -172,4 +174,4 @@ def upgrade(url: str) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", resolve_url(url).replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")

@@ -10,7 +10,7 @@ import re
 from starlette.exceptions import HTTPException
 
 # Requests that carry an import (a whole round's prompts and candidates) get their own, larger limit.
-IMPORT_PATHS = re.compile(r"^/(api|admin)/projects/\d+/(import|import-files)$")
+IMPORT_PATHS = re.compile(r"^/(api|admin)/projects/\d+/(import|import-files|import-judgements)$")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")

@@ -7,7 +7,8 @@ migrations in ``migrations/versions``; these classes must match them (a test che
 
 A ``Slot`` is one of an item's ``overlap`` places (created at import) or a gold item's place for one
 labeler (created when served). Claiming a slot is the assignment; ``RankingRow`` is what the
-labeler gave, kept as given and never edited.
+labeler gave, kept as given and never edited: a correction is a new row that supersedes it, and a
+``Skip`` records a task given back.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler"
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler" | "reviewer"
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -69,6 +70,14 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # --- a labeler's day (issue 15 item 3, migration 0004): how long a submission may be corrected
     edit_window_seconds: Mapped[int] = mapped_column(Integer, default=600, server_default="600")
+    # --- lead tools (0005): qualification, pausing, review (see the block at the end)
+    qualify_items: Mapped[int] = mapped_column(Integer, default=0)  # gold items to pass first (0: none)
+    qualify_accuracy: Mapped[float] = mapped_column(Float, default=0.0)
+    pause_below: Mapped[Optional[float]] = mapped_column(Float)  # rolling gold accuracy floor (None: off)
+    pause_window: Mapped[int] = mapped_column(Integer, default=10)  # gold answers in the rolling window
+    review_below: Mapped[float] = mapped_column(Float, default=0.6)  # item agreement under this → review queue
+    # ---- feedback (issue 15 item 1, migration 0006): schemas.FeedbackSettings as JSON; None: none
+    feedback: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
 
 
 class Member(Base):
@@ -137,6 +146,7 @@ class RankingRow(Base):
         UniqueConstraint("project_id", "labeler_id", "idempotency_key", name="uq_rankings_project_labeler_key"),
         Index("ix_rankings_project", "project_id", "item_id"),
         UniqueConstraint("supersedes_id", name="uq_rankings_supersedes_id"),  # (issue 15 item 3)
+        Index("ix_rankings_labeler", "labeler_id", "project_id"),  # a labeler's counter and recent list
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # the answered slot; None on a correction (its slot is its ``supersedes`` chain's first row's)
@@ -158,6 +168,10 @@ class RankingRow(Base):
     served_at: Mapped[Optional[datetime]] = mapped_column()  # when the task (or the edit page) was served
     active_seconds: Mapped[Optional[float]] = mapped_column(Float)  # the page's own count of time in view
 
+    # ---- feedback (issue 15 item 1, migration 0006)
+    strength: Mapped[Optional[int]] = mapped_column(Integer)  # pairwise degree, 1 … scale // 2; an import keeps its source's (0006)
+    strength_scale: Mapped[Optional[int]] = mapped_column(Integer)  # the project's scale when given
+    unsafe_ids: Mapped[Optional[list[Any]]] = mapped_column(JSON)  # candidates called unsafe
 
 # ---------------------------------------------------------------- a labeler's day (issue 15 item 3)
 
@@ -214,4 +228,93 @@ class DemonstrationRow(Base):
     accepted_text: Mapped[Optional[str]] = mapped_column(Text)  # the reviewer's edit, when they made one
     reviewer_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reviewed_at: Mapped[Optional[datetime]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---------------------------------------------------------------- lead tools (migration 0005)
+# Invite links, adjudicated rankings (review), per-labeler qualification state; the project's
+# qualification and review settings are the ``projects`` columns marked "lead tools" above.
+
+
+class Invite(Base):
+    """A one-time, expiring link that lets someone make their own account in a project. Only the
+    SHA-256 of the link's secret is stored (as for ``AuthToken``)."""
+
+    __tablename__ = "invites"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # "labeler" | "reviewer"
+    username: Mapped[Optional[str]] = mapped_column(String(64))  # preset, or chosen by the invitee
+    created_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[Optional[datetime]] = mapped_column()
+    used_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class Adjudication(Base):
+    """A reviewer's ranking of an item whose labelers disagreed. Append-only: the newest row of an
+    item is the one in force; the labelers' raw rankings are never changed."""
+
+    __tablename__ = "adjudications"
+    __table_args__ = (Index("ix_adjudications_item", "project_id", "item_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    order: Mapped[list[Any]] = mapped_column("ranking", JSON)  # tie groups, best → worst
+    note: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelerState(Base):
+    """Where a labeler stands in a project's qualification: ``qualifying`` (served gold only),
+    ``qualified``, ``failed`` or ``paused`` (served nothing new). No row: ``qualifying`` when the
+    project asks for qualification, else ``qualified``. ``since_ranking_id``: gold answers up to
+    this ranking id no longer count (set when the lead un-pauses or restarts qualification)."""
+
+    __tablename__ = "labeler_states"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    since_ranking_id: Mapped[int] = mapped_column(Integer, default=0)
+    accuracy: Mapped[Optional[float]] = mapped_column(Float)  # the figure the state was decided on
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    changed_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+# ---------------------------------------------------------------- imported judgements (issue 15 item 2)
+# Added by migration 0007. An imported judgement is a ``RankingRow`` like a collected one, on a slot
+# of its own with ``status = 'imported'``: not open, never leased, no ``slot_no`` and no
+# ``labeler_id`` (so it neither fills an item's places nor stops anyone being served the item, and a
+# rater's repeat of an item is a second row, not a clash). Its rater is ``RankingRow.labeler_id``:
+# an account with ``external = True`` (inactive, no usable password) made by the import. An imported
+# strength goes in ``RankingRow.strength`` (added by 0006, the feedback migration; one column for both).
+
+User.external = mapped_column(Boolean, default=False, server_default="0", nullable=False)
+RankingRow.import_meta = mapped_column(JSON, nullable=True)  # source file:line, margin, import batch
+
+
+# ---------------------------------------------------------------- feedback (issue 15 item 1, migration 0006)
+
+
+class RatingRow(Base):
+    """One candidate's rating (``records.Rating``), given with a submission: kept as given."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("ranking_id", "candidate_id", name="uq_ratings_ranking_candidate"),
+        Index("ix_ratings_project", "project_id", "ranking_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    candidate_id: Mapped[str] = mapped_column(String(255))
+    score: Mapped[Optional[int]] = mapped_column(Integer)
+    acceptable: Mapped[Optional[bool]] = mapped_column(Boolean)
+    labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comment: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

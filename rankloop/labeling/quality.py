@@ -150,3 +150,14 @@ def gold_pairs(order: Order, gold: Order) -> tuple[int, int]:
     return correct, total
 
 
+
+
+# ---------------------------------------------------------------- repeats (issue 15 item 2)
+
+
+def self_agreement(repeats: Iterable[Sequence[Order]]) -> float | None:
+    """Intra-rater agreement: each element holds one labeler's several judgements of one item; the
+    pooled share of (judgement pair, candidate pair) on which they give themself the same relation
+    (better, worse or tied). The same count as ``pairwise_agreement``, with one labeler's repeats
+    in place of different labelers' judgements."""
+    return pairwise_agreement(repeats)

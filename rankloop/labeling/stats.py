@@ -32,18 +32,28 @@ class Raw:
     current: bool = True  # no correction supersedes it
     time_on_task: float | None = None  # seconds from serving to this submission (server clock)
     active_seconds: float | None = None  # the page's own count (client clock), when it sent one
+    # feedback (issue 15 item 1); an imported judgement's strength too (item 2), maybe without scale
+    strength: int | None = None
+    strength_scale: int | None = None
+    unsafe_ids: list[str] | None = None
+    # imported judgements (issue 15 item 2)
+    source: str | None = None  # file:line of an imported judgement
+    margin: float | None = None  # an imported TRL row's margin
 
 
-def raw_rankings(db: Session, project_id: int, history: bool = False) -> list[Raw]:
-    """The project's rankings, oldest first: the current ones (what agreement, consensus and export
-    use), or with ``history`` every row, superseded corrections included (``current`` says which)."""
-    rows = db.execute(
-        select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
-               RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold, RankingRow.supersedes_id,
-               RankingRow.served_at, RankingRow.active_seconds)
-        .join(User, User.id == RankingRow.labeler_id)
-        .where(RankingRow.project_id == project_id).order_by(RankingRow.id)
-    ).all()
+def raw_rankings(db: Session, project_id: int, history: bool = False, item_id: int | None = None) -> list[Raw]:
+    """The project's rankings, oldest first: the current ones (what agreement, consensus, review,
+    the dashboard and export use), or with ``history`` every row, superseded corrections included
+    (``current`` says which). ``item_id``: one item's only (the review page)."""
+    q = (select(RankingRow.id, RankingRow.slot_id, RankingRow.item_id, User.username, RankingRow.order, RankingRow.all_bad,
+                RankingRow.unsafe, RankingRow.rationale, RankingRow.created_at, RankingRow.is_gold, RankingRow.supersedes_id,
+                RankingRow.served_at, RankingRow.active_seconds, RankingRow.strength, RankingRow.import_meta,
+                RankingRow.strength_scale, RankingRow.unsafe_ids)
+         .join(User, User.id == RankingRow.labeler_id)
+         .where(RankingRow.project_id == project_id).order_by(RankingRow.id))
+    if item_id is not None:  # a correction chain stays within its item, so filtering keeps it whole
+        q = q.where(RankingRow.item_id == item_id)
+    rows = db.execute(q).all()
     superseded = {r[10] for r in rows if r[10] is not None}
     slot_of: dict[int, int] = {}
     out = []
@@ -51,8 +61,11 @@ def raw_rankings(db: Session, project_id: int, history: bool = False) -> list[Ra
         slot_of[r[0]] = r[1] if r[1] is not None else slot_of.get(r[10], 0)
         created, served = as_utc(r[8]), as_utc(r[11])
         took = (created - served).total_seconds() if served is not None and created is not None else None
+        meta = r[14] or {}
         raw = Raw(r[0], slot_of[r[0]], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], created, bool(r[9]),
-                  supersedes_id=r[10], current=r[0] not in superseded, time_on_task=took, active_seconds=r[12])
+                  supersedes_id=r[10], current=r[0] not in superseded, time_on_task=took, active_seconds=r[12],
+                  strength=r[13], source=meta.get("source"), margin=meta.get("margin"), strength_scale=r[15],
+                  unsafe_ids=r[16])
         if history or raw.current:
             out.append(raw)
     return out
@@ -82,8 +95,30 @@ def by_item(raws: list[Raw]) -> dict[int, list[Raw]]:
     return out
 
 
+def firsts(rs: list[Raw]) -> list[Raw]:
+    """Each labeler's first judgement of the item (earliest time, then lowest id). Agreement, α and
+    consensus are between labelers, so a labeler's repeats of an item (imported data may hold them)
+    count once there, and in ``self_agreement``; collected rankings have one per labeler anyway."""
+    first: dict[str, Raw] = {}
+    for r in sorted(rs, key=lambda r: (r.created_at, r.id)):
+        first.setdefault(r.labeler, r)
+    return sorted(first.values(), key=lambda r: r.id)
+
+
+def repeat_groups(raws: list[Raw]) -> dict[str, list[list[list[list[str]]]]]:
+    """Labeler → for each item they judged more than once, their orders of it."""
+    per: dict[tuple[str, int], list[Raw]] = defaultdict(list)
+    for r in raws:
+        per[(r.labeler, r.item_id)].append(r)
+    out: dict[str, list[list[list[list[str]]]]] = defaultdict(list)
+    for (who, _item), rs in sorted(per.items()):
+        if len(rs) >= 2:
+            out[who].append([r.order for r in rs])
+    return out
+
+
 def item_agreement(rs: list[Raw]) -> float | None:
-    a, t = quality.pair_agreement_counts([r.order for r in rs])
+    a, t = quality.pair_agreement_counts([r.order for r in firsts(rs)])
     return a / t if t else None
 
 
@@ -120,8 +155,13 @@ def progress(db: Session, project_id: int) -> ProgressOut:
         reasons[reason] += n
         per_user[name]  # a labeler who only skipped is listed too
     acc = gold_accuracy(raw_rankings(db, project_id), gold_orders(db, project_id)) if gold_items else {}
+    imported, external, repeats = imported_by_labeler(db, project_id)
+    for u in imported:
+        per_user[u]  # an imported rater holds no slot: listed from their rankings
     labelers = [LabelerStats(username=u, done=d["done"], leased=d["leased"], gold_done=d["gold_done"],
-                             gold_accuracy=acc.get(u, (0, None))[1], skipped=skipped.get(u, 0))
+                             gold_accuracy=acc.get(u, (0, None))[1], skipped=skipped.get(u, 0), external=u in external,
+                             imported=imported.get(u, 0), repeat_items=len(repeats.get(u, [])),
+                             self_agreement=quality.self_agreement(repeats[u]) if u in repeats else None)
                 for u, d in sorted(per_user.items())]
     return ProgressOut(project_id=project_id, items=items, gold_items=gold_items, slots=slots,
                        slots_done=per_status.get("done", 0), slots_leased=per_status.get("leased", 0),
@@ -130,9 +170,28 @@ def progress(db: Session, project_id: int) -> ProgressOut:
 
 
 def agreement(db: Session, project_id: int) -> AgreementOut:
-    groups = [[r.order for r in rs] for rs in by_item(raw_rankings(db, project_id)).values() if len(rs) >= 2]
+    raws = raw_rankings(db, project_id)
+    per_item = [firsts(rs) for rs in by_item(raws).values()]
+    groups = [[r.order for r in rs] for rs in per_item if len(rs) >= 2]
+    reps = [g for gs in repeat_groups(raws).values() for g in gs]
     return AgreementOut(items_multi=len(groups), pairwise_agreement=quality.pairwise_agreement(groups),
-                        krippendorff_alpha=quality.ranking_alpha(groups, "ordinal"))
+                        krippendorff_alpha=quality.ranking_alpha(groups, "ordinal"), repeat_items=len(reps),
+                        self_agreement=quality.self_agreement(reps))
+
+
+def imported_by_labeler(db: Session, project_id: int) -> tuple[dict[str, int], set[str], dict[str, list]]:
+    """(imported judgements per labeler, the external raters among them, each labeler's repeats
+    as ``repeat_groups`` gives them), read only where there are any."""
+    imported = dict(db.execute(select(User.username, func.count()).join(RankingRow, RankingRow.labeler_id == User.id)
+                               .join(Slot, Slot.id == RankingRow.slot_id)
+                               .where(RankingRow.project_id == project_id, Slot.status == "imported")
+                               .group_by(User.username)).all())
+    external = set(db.execute(select(User.username).where(User.username.in_(list(imported)), User.external.is_(True))).scalars()) \
+        if imported else set()
+    twice = (select(RankingRow.labeler_id, RankingRow.item_id).where(RankingRow.project_id == project_id)
+             .group_by(RankingRow.labeler_id, RankingRow.item_id).having(func.count() > 1).limit(1))
+    repeats = repeat_groups(raw_rankings(db, project_id)) if db.execute(twice).first() else {}
+    return imported, external, repeats
 
 
 def consensus(db: Session, project_id: int) -> list[ConsensusOut]:
@@ -141,20 +200,87 @@ def consensus(db: Session, project_id: int) -> list[ConsensusOut]:
     out = []
     for item_id, rs in sorted(by_item(raw_rankings(db, project_id)).items()):
         out.append(ConsensusOut(item_id=item_id, prompt_id=prompt_of[item_id], rankings=len(rs),
-                                consensus=quality.consensus([r.order for r in rs]), agreement=item_agreement(rs),
+                                consensus=quality.consensus([r.order for r in firsts(rs)]), agreement=item_agreement(rs),
                                 is_gold=rs[0].is_gold))
     return out
 
 
-def item_payloads(db: Session, project_id: int) -> dict[int, dict[str, Any]]:
-    """item id → prompt id, prompt content and candidate (id, text) list, for export."""
+def item_payloads(db: Session, project_id: int, item_id: int | None = None) -> dict[int, dict[str, Any]]:
+    """item id → prompt id, prompt content and candidate (id, text, policy) list, for export (or for one item)."""
     from rankloop.labeling.models import CandidateRow
 
-    items = db.execute(select(Item.id, Item.prompt_row_id, Item.candidate_ids, PromptRow.external_id, PromptRow.content)
-                       .join(PromptRow, PromptRow.id == Item.prompt_row_id).where(Item.project_id == project_id)).all()
-    texts: dict[tuple[int, str], str] = {}
-    for prow, ext, text in db.execute(select(CandidateRow.prompt_row_id, CandidateRow.external_id, CandidateRow.text)
-                                      .where(CandidateRow.project_id == project_id)):
-        texts[(prow, ext)] = text
+    q = (select(Item.id, Item.prompt_row_id, Item.candidate_ids, PromptRow.external_id, PromptRow.content)
+         .join(PromptRow, PromptRow.id == Item.prompt_row_id).where(Item.project_id == project_id))
+    cq = (select(CandidateRow.prompt_row_id, CandidateRow.external_id, CandidateRow.text, CandidateRow.policy)
+          .where(CandidateRow.project_id == project_id))
+    if item_id is not None:
+        q = q.where(Item.id == item_id)
+        cq = cq.where(CandidateRow.prompt_row_id == select(Item.prompt_row_id).where(Item.id == item_id).scalar_subquery())
+    items = db.execute(q).all()
+    texts: dict[tuple[int, str], tuple[str, str]] = {}
+    for prow, ext, text, policy in db.execute(cq):
+        texts[(prow, ext)] = (text, policy)
+    # candidates: (id, text, policy); issue 15: the policy that wrote each candidate is exported
     return {i.id: {"prompt_id": i.external_id, "prompt": i.content,
-                   "candidates": [(c, texts[(i.prompt_row_id, c)]) for c in i.candidate_ids]} for i in items}
+                   "candidates": [(c, *texts[(i.prompt_row_id, c)]) for c in i.candidate_ids]} for i in items}
+
+
+# ---------------------------------------------------------------- lead tools: the per-labeler dashboard
+
+
+def prompt_ids(db: Session, project_id: int) -> dict[int, str]:
+    return dict(db.execute(select(Item.id, PromptRow.external_id).join(PromptRow, PromptRow.id == Item.prompt_row_id)
+                           .where(Item.project_id == project_id)).all())
+
+
+def median(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def agreement_with_consensus(raws: list[Raw]) -> dict[str, tuple[int, int]]:
+    """Labeler → (agreeing, total) pair judgements against the consensus (``quality.consensus``)
+    of the *other* labelers of each item they ranked with others: leaving oneself out keeps a
+    labeler from agreeing with their own vote."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rs in by_item(raws).values():
+        if len(rs) < 2 or rs[0].is_gold:
+            continue
+        for r in rs:
+            others = [o.order for o in rs if o is not r]
+            a, t = quality.pair_agreement_counts([r.order, quality.consensus(others)])
+            out[r.labeler][0] += a
+            out[r.labeler][1] += t
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def dashboard(db: Session, project_id: int, states: dict[str, str]):
+    """Per labeler, over current rankings (a correction in place of what it superseded): agreement
+    with consensus, gold accuracy, median seconds from serving to submitting (``Raw.time_on_task``:
+    the ranking's ``served_at`` to its ``created_at``; a correction has none), rankings per UTC day."""
+    from rankloop.labeling.schemas import LabelerDashboard
+
+    raws = raw_rankings(db, project_id)
+    acc = gold_accuracy(raws, gold_orders(db, project_id))
+    agr = agreement_with_consensus(raws)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for r in raws:
+        if r.time_on_task is not None:
+            seconds[r.labeler].append(max(0.0, r.time_on_task))
+    count: dict[str, int] = defaultdict(int)
+    days: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in raws:
+        count[r.labeler] += 1
+        days[r.labeler][r.created_at.strftime("%Y-%m-%d")] += 1
+    out = []
+    for name in sorted(set(count) | set(states)):
+        a = agr.get(name)
+        out.append(LabelerDashboard(
+            username=name, state=states.get(name, "qualified"), rankings=count.get(name, 0),
+            agreement_with_consensus=a[0] / a[1] if a and a[1] else None,
+            gold_answered=acc.get(name, (0, None))[0], gold_accuracy=acc.get(name, (0, None))[1],
+            median_seconds=median(seconds.get(name, [])), per_day=dict(sorted(days.get(name, {}).items()))))
+    return out

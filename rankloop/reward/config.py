@@ -11,6 +11,7 @@ from pydantic import Field
 
 from rankloop.config import TrainerConfig
 from rankloop.io import PreferenceFormat
+from rankloop.records import AllBadPolicy, UnsafePolicy
 
 
 class RewardTrainConfig(TrainerConfig):
@@ -39,3 +40,13 @@ class RewardTrainConfig(TrainerConfig):
     normalise_on: str = Field("train", description="Reference set for the stored offset/scale (mean 0, std 1): "
                               "'train', 'eval', 'none' or a preference file.")
     normalise_max: int = Field(2000, gt=0, description="At most this many reference rankings are scored for normalisation.")
+
+    # ---- richer feedback (issue 15 item 1; docs/reward.md "Flags, strength and ratings")
+    all_bad: AllBadPolicy = Field("keep", description="An all-bad ranking: keep its order (a reward model learns "
+                                  "relative quality, the least bad still scores above the worst) or drop it.")
+    unsafe: UnsafePolicy = Field("never_chosen", description="never_chosen: a candidate flagged unsafe is never the "
+                                 "better of a pair (taken out of the ranking unless it is last; a ranking flagged unsafe "
+                                 "without saying which candidate is dropped); keep: as ranked.")
+    ratings: str | None = Field(None, description="ratings.jsonl (Likert 1–7 per candidate, from the labeling "
+                                "export): each labeler's scores of one prompt's candidates become a ranking "
+                                "(best score first, equal scores tied) added to the training data.")

@@ -30,10 +30,11 @@ from rich.console import Console
 from transformers import AutoConfig
 
 from rankloop.config import ConfigError, save_config, weights_dtype
-from rankloop.io import DataError, ReadStats, read_preferences
+from rankloop.io import DataError, ReadStats, read_preferences, read_ratings
 from rankloop.models import (apply_lora, count_parameters, enable_gradient_checkpointing, freeze_bottom, is_causal_scorer,
                              load_sequence_scorer, load_tokenizer, model_max_positions)
 from rankloop.packing import PackedBatch, worth_packing
+from rankloop.records import RankedExample, apply_flags, orderings_from_ratings
 from rankloop.reward.config import RewardTrainConfig
 from rankloop.reward.eval import EncodedRanking, encode_examples, ranking_metrics, score_encoded
 from rankloop.reward.loss import pair_metrics, ranking_loss
@@ -271,6 +272,7 @@ def load_data(cfg: RewardTrainConfig, console: Console, encode=encode_examples) 
     examples = read_preferences(cfg.data, fmt=fmt, skip_invalid=cfg.skip_invalid, stats=stats)
     if stats.skipped:
         console.print(f"skipped {stats.skipped} of {stats.rows} rows of {cfg.data} (--skip-invalid); first: {stats.reasons[0]}")
+    examples = with_feedback(cfg, examples, console)
     ranked = [ex for ex in examples if len(ex.ranking.order) > 1]
     tied_only = len(examples) - len(ranked)
     if tied_only:
@@ -282,9 +284,34 @@ def load_data(cfg: RewardTrainConfig, console: Console, encode=encode_examples) 
     train = encode(ranked, tok, max_length)
     eval_set = None
     if cfg.eval_data:
-        eval_ex = read_preferences(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=ReadStats())
+        read = read_preferences(cfg.eval_data, skip_invalid=cfg.skip_invalid, stats=ReadStats())
+        eval_ex = apply_flags(read, all_bad=cfg.all_bad, unsafe=cfg.unsafe)
+        if read and not eval_ex:
+            raise DataError(cfg.eval_data, None, f"no ranking left to evaluate on after the labelers' flags "
+                            f"(all_bad={cfg.all_bad}, unsafe={cfg.unsafe}): every one is all-bad or unsafe")
         eval_set = encode(eval_ex, tok, max_length)
     return RewardData(tok, train, eval_set, max_length, stats.skipped, tied_only)
+
+
+def with_feedback(cfg, examples: list[RankedExample], console: Console) -> list[RankedExample]:
+    """The labeler's flags applied (``cfg.all_bad``, ``cfg.unsafe``: ``records.apply_flags``) and,
+    for a reward model given ``ratings``, the orderings its Likert scores make added (issue 15 item 1).
+    Without flags in the data and without ratings this returns ``examples`` itself."""
+    kept = apply_flags(examples, all_bad=cfg.all_bad, unsafe=cfg.unsafe)
+    if len(kept) != len(examples) or any(a is not b for a, b in zip(kept, examples)):
+        changed = sum(1 for a, b in zip(kept, examples) if a is not b) if len(kept) == len(examples) else None
+        console.print(f"flags (all_bad={cfg.all_bad}, unsafe={cfg.unsafe}): {len(examples) - len(kept)} of "
+                      f"{len(examples)} rankings left out" + (f", {changed} with unsafe candidates taken out" if changed else ""))
+    ratings_path = getattr(cfg, "ratings", None)
+    if ratings_path:
+        stats = ReadStats()
+        ratings = read_ratings(ratings_path, skip_invalid=cfg.skip_invalid, stats=stats, need_texts=True)
+        orderings = orderings_from_ratings(ratings)
+        console.print(f"ratings: {len(orderings)} within-prompt orderings from {len(ratings)} Likert ratings of {ratings_path}")
+        if not orderings and ratings:
+            console.print("[yellow]ratings: no labeler gave two candidates of a prompt different scores: no ordering[/]")
+        kept = kept + orderings
+    return kept
 
 
 def pack_settings(cfg: RewardTrainConfig, model, console: Console | None) -> dict | None:

@@ -4,12 +4,12 @@ that supersede, progress, time on task, one's own password."""
 from __future__ import annotations
 
 import pytest
+from labhelp import best_first, labeler, make_records
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rankloop.labeling.client import LabelingError
 from rankloop.labeling.models import Skip, Slot
-from labhelp import best_first, labeler, make_records
 
 
 def project(admin, n=3, k=3, overlap=1, gold=None, gold_rate=0.0, name="day", **kw):
@@ -234,3 +234,183 @@ def test_own_password_change_needs_current_and_revokes_other_sessions(tc, admin)
     with pytest.raises(LabelingError):
         LabelingClient(tc).login("a", "first-password")
     LabelingClient(tc).login("a", "second-password")
+
+
+# ------------------------------------------------------------------ markdown, safely (render.py)
+
+
+ATTACKS = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    '<div onclick="alert(1)">raw block</div>\n\ntext',
+    "<!-- comment --><style>body{display:none}</style>",
+    "[x](javascript:alert(1))",
+    "[x](JaVaScRiPt:alert(1))",
+    "[x](java&#115;cript:alert(1))",
+    "[x](data:text/html;base64,PHNjcmlwdD4=)",
+    '<a href="javascript:alert(1)">a</a>',
+    "![pixel](https://tracker.example/p.png)",
+    '[t](https://e.org "x\\" onmouseover=\\"alert(1)")',
+    "<https://auto.example/link>",
+]
+
+
+def elements(html: str) -> list[tuple[str, dict]]:
+    from html.parser import HTMLParser
+
+    out: list[tuple[str, dict]] = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            out.append((tag, dict(attrs)))
+
+    P().feed(html)
+    return out
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_markdown_renders_attacks_inert(attack):
+    from rankloop.labeling.render import TAGS, to_html
+
+    html = to_html(attack)
+    for tag, attrs in elements(html):
+        assert tag in TAGS and tag not in ("script", "img", "style", "div", "iframe"), html
+        assert not any(a.startswith("on") or a in ("style", "src") and tag not in ("th", "td") for a in attrs), html
+        if tag == "a":
+            assert attrs["href"].split(":")[0] in ("http", "https", "mailto"), html
+            assert attrs["rel"] == "noopener noreferrer nofollow" and attrs["target"] == "_blank"
+    assert "<!--" not in html
+
+
+def test_markdown_code_links_direction():
+    from rankloop.labeling.render import markdown, to_html
+
+    html = to_html("Use `x`:\n\n```\nprint(1)\n```\n\n[docs](https://example.org) مرحبا\nnext line")
+    assert "<pre><code" in html and "print(1)" in html and "<code>x</code>" in html
+    assert 'rel="noopener noreferrer nofollow"' in html and 'target="_blank"' in html
+    assert html.count('dir="auto"') >= 2 and "<br" in html  # a single newline is a line break
+    assert markdown("**b**") == markdown("**b**") and str(markdown(None)) == ""
+
+
+def test_task_page_forms_need_csrf_and_name_the_project(tc, admin):
+    import re
+
+    p = project(admin, n=2, k=3, overlap=1)
+    admin.create_user("ann", "ann-password")
+    admin.add_member(p["id"], "ann")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', tc.get("/login").text).group(1)
+    tc.post("/login", data={"username": "ann", "password": "ann-password", "csrf_token": token})
+    page = tc.get("/label", follow_redirects=True)
+    task = str(page.url).rsplit("/", 1)[1].split("?")[0]
+    assert 'id="project-name" dir="auto">day<' in page.text and "Remaining for you: <strong>2</strong>" in page.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    assert tc.post(f"/label/{task}/skip", data={"reason": "unclear"}, follow_redirects=False).status_code == 403
+    r = tc.post(f"/label/{task}/skip", data={"reason": "", "csrf_token": csrf})
+    assert r.status_code == 422  # a blank reason: the page again, with why
+    r = tc.post(f"/label/{task}/skip", data={"reason": "unclear", "note": "?", "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and "notice=skipped" in r.headers["location"]
+    assert tc.post("/account/password", data={"current_password": "ann-password", "new_password": "x" * 9,
+                                              "new_password_again": "x" * 9}).status_code == 403
+    r = tc.post("/account/password", data={"current_password": "ann-password", "new_password": "x" * 9,
+                                           "new_password_again": "y" * 9, "csrf_token": csrf})
+    assert "the two new passwords differ" in r.text
+    assert "My recent submissions" in tc.get("/label/recent").text
+
+
+# ------------------------------------------------------------------ the schema change (migration 0004)
+
+
+def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
+    """A 0002 database with a ranking upgrades in place (edit window 600, the ranking current); a
+    correction (no slot of its own) and a skip can then be stored; downgrading to 0002 drops them
+    and keeps the original."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect, text
+
+    from rankloop.labeling.db import MIGRATIONS, resolve_url
+
+    url = resolve_url(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "0002")
+    engine = create_engine(url)
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as c:
+        c.execute(text(f"INSERT INTO users (id, username, password_hash, role, active, created_at) VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
+        c.execute(text(f"INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
+                       f"VALUES (1, 'p', '', 2, 'ranking', 1, 0, 60, '{now}')"))
+        c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
+        c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
+        c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) VALUES (1, 1, 1, 0, 1, 'done', false)"))
+        # (no explicit id: PostgreSQL's sequence would not know it was taken)
+        first = c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                               f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k', false, '{now}') "
+                               "RETURNING id")).scalar_one()
+    command.upgrade(cfg, "0004")
+    with engine.begin() as c:
+        assert c.execute(text("SELECT edit_window_seconds FROM projects")).scalar_one() == 600
+        c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, idempotency_key, "
+                       f"is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k2', false, '{now}', {first})"))
+        c.execute(text(f"INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, created_at) VALUES (1, 1, 1, 1, 'other', '{now}')"))
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), engine.begin() as c:  # a ranking is superseded at most once
+            c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                           f"idempotency_key, is_gold, created_at, supersedes_id) VALUES (NULL, 1, 1, 1, '[]', false, false, 'k3', "
+                           f"false, '{now}', {first})"))
+    with pytest.raises(IntegrityError), engine.begin() as c:  # a slot is still answered once
+            c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
+                           f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k4', false, '{now}')"))
+    command.downgrade(cfg, "0002")
+    assert "skips" not in inspect(engine).get_table_names()
+    with engine.begin() as c:
+        assert c.execute(text("SELECT id FROM rankings")).scalars().all() == [first]
+    command.upgrade(cfg, "heads")
+    engine.dispose()
+
+
+def test_exported_app_fields_read_back():
+    """``rankings.jsonl`` rows with the app's fields parse back into the same record (and rows
+    without them are written as before)."""
+    from rankloop.records import CandidateText, RankedExample, Ranking
+
+    cands = [CandidateText(id="a", text="x"), CandidateText(id="b", text="y")]
+    r = RankedExample(prompt_id="q", prompt="p", candidates=cands,
+                      ranking=Ranking(prompt_id="q", order=[["b"], ["a"]], ranking_id=7, supersedes=3, current=True,
+                                      time_on_task=12.5, active_seconds=9.0))
+    row = r.to_row()
+    assert {k: row[k] for k in ("ranking_id", "supersedes", "current", "time_on_task", "active_seconds")} == {
+        "ranking_id": 7, "supersedes": 3, "current": True, "time_on_task": 12.5, "active_seconds": 9.0}
+    assert RankedExample.model_validate(row) == r
+    plain = RankedExample(prompt_id="q", prompt="p", candidates=cands, ranking=Ranking(prompt_id="q", order=[["a"], ["b"]]))
+    assert set(plain.to_row()) == {"prompt_id", "prompt", "candidates", "ranking", "labeler"}
+
+
+def test_edit_page_form_without_the_script(tc, admin):
+    import json
+    import re
+
+    p = project(admin, n=1, k=3, overlap=1)
+    admin.create_user("ann", "ann-password")
+    admin.add_member(p["id"], "ann")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', tc.get("/login").text).group(1)
+    tc.post("/login", data={"username": "ann", "password": "ann-password", "csrf_token": token})
+    page = tc.get("/label", follow_redirects=True)
+    task = str(page.url).rsplit("/", 1)[1].split("?")[0]
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    ids = sorted(re.findall(r'<li class="card" data-id="([^"]+)"', page.text))
+    tc.post(f"/label/{task}", data={"order": json.dumps([[i] for i in ids]), "idempotency_key": "k1", "csrf_token": csrf})
+    (rid,) = [r["id"] for r in admin.rankings(p["id"])]
+    page = tc.get(f"/label/edit/{rid}")
+    assert page.status_code == 200 and f'action="/label/edit/{rid}"' in page.text and 'id="skip-box"' not in page.text
+    assert f"data-order=\"{json.dumps([[i] for i in ids]).replace(chr(34), '&#34;')}\"" in page.text
+    r = tc.post(f"/label/edit/{rid}", data={"order": json.dumps([ids[::-1]]), "idempotency_key": "k2", "csrf_token": csrf},
+                follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/label/recent?notice=edited"
+    assert admin.rankings(p["id"])[-1]["order"] == [ids[::-1]] and admin.rankings(p["id"])[-1]["supersedes_id"] == rid
+    r = tc.post(f"/label/edit/{rid}", data={"order": json.dumps([ids]), "idempotency_key": "k3", "csrf_token": csrf})
+    assert r.status_code == 409 and "already corrected" in r.text
+    assert tc.get(f"/label/edit/{rid}").status_code == 409

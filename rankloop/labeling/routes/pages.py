@@ -20,11 +20,11 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile  # what request.form() gives (fastapi's is a subclass)
 
-from rankloop.labeling import importer, stats
+from rankloop.labeling import feedback, importer, judgements, stats
 from rankloop.labeling.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, AdminUser, CurrentUser, OptionalUser, PathId, QueryId,
                                     SessionDep, client_address, cookie_name, status_of)
-from rankloop.labeling.schemas import (MAX_SKIP_NOTE, MAX_TEXT, SKIP_REASONS, DemonstrationIn, PasswordChange, ProjectCreate,
-                                       ReviewIn, SkipIn, SubmitIn, UserCreate)
+from rankloop.labeling.schemas import (INSTRUCTGPT_LABELS, MAX_SKIP_NOTE, MAX_TEXT, SKIP_REASONS, DemonstrationIn, PasswordChange,
+                                       ProjectCreate, ReviewIn, SkipIn, SubmitIn, UserCreate)
 from rankloop.labeling.security import SESSION_DAYS, Principal, same
 from rankloop.labeling.services import (Conflict, DomainError, Invalid, NotFound, Throttled, auth, demonstrations, parse,
                                         projects, users)
@@ -39,6 +39,7 @@ NOTICES = {
     "edited": "Correction saved: it replaces your earlier ranking (which is kept in the history).",
     "password-changed": "Password changed. Your other sessions and API tokens are logged out.",
     "demo-reviewed": "Review saved.",
+    "settings-saved": "Settings saved (running app processes apply them within seconds).",  # lead tools
 }
 MAX_ORDER_CHARS = 64 * 1024  # the ranking form field: K ≤ 16 ids of ≤ 255 characters fit many times over
 TOKENS_SHOWN = 200
@@ -56,7 +57,7 @@ def see_other(url: str) -> RedirectResponse:
 def home(user: OptionalUser) -> RedirectResponse:
     if user is None:
         return see_other("/login")
-    return see_other("/admin" if user.is_admin else "/label")
+    return see_other({"admin": "/admin", "reviewer": "/review"}.get(user.role, "/label"))
 
 
 # ---------------------------------------------------------------- logging in
@@ -105,7 +106,7 @@ def login_submit(request: Request, db: SessionDep, username: Annotated[str, Form
     except DomainError as e:
         return login_form(request, str(e), status_of(e))
     raw, _ = auth.issue_token(db, user.id, "session", csrf=secrets.token_urlsafe(32))
-    resp = see_other("/admin" if user.role == "admin" else "/label")
+    resp = see_other({"admin": "/admin", "reviewer": "/review"}.get(user.role, "/label"))
     resp.set_cookie(cookie_name(request, SESSION_COOKIE), raw, httponly=True, samesite="lax",
                     secure=request.app.state.secure_cookies, max_age=SESSION_DAYS * 86400, path="/")
     resp.delete_cookie(cookie_name(request, LOGIN_CSRF_COOKIE), path="/", secure=request.app.state.secure_cookies)
@@ -125,10 +126,14 @@ def logout(user: CurrentUser, request: Request, db: SessionDep) -> RedirectRespo
 
 
 @router.get("/label")
-def label_next(user: CurrentUser, request: Request, project_id: QueryId = None, notice: str | None = None) -> Response:
+def label_next(user: CurrentUser, request: Request, db: SessionDep, project_id: QueryId = None,
+               notice: str | None = None) -> Response:
     task = request.app.state.queue.next_task(user.user_id, user.is_admin, project_id)
     if task is None:
-        return render(request, "done.html", user, project_id=project_id, notice=NOTICES.get(notice or ""))
+        from rankloop.labeling.services import qualification  # lead tools: say why, when it is a hold
+
+        return render(request, "done.html", user, project_id=project_id, notice=NOTICES.get(notice or ""),
+                      holds=qualification.holds(db, user.user_id, project_id))
     q = [f"project_id={project_id}"] if project_id is not None else []
     if notice in NOTICES:
         q.append(f"notice={notice}")
@@ -239,6 +244,25 @@ def label_edit(ranking_id: PathId, user: CurrentUser, request: Request) -> Respo
         return render(request, "recent.html", user, rows=rows, project_id=None, error=str(e), status_code=409)
 
 
+@router.post("/label/edit/{ranking_id}")
+def label_edit_submit(ranking_id: PathId, user: CurrentUser, request: Request, order: Annotated[str, Form()],
+                      idempotency_key: Annotated[str, Form()], all_bad: Annotated[bool, Form()] = False,
+                      unsafe: Annotated[bool, Form()] = False, rationale: Annotated[str, Form()] = "") -> Response:
+    """The edit page's form without its script (the script sends the same to the API)."""
+    try:
+        body = parse(SubmitIn, order=read_order(order), idempotency_key=idempotency_key, all_bad=all_bad, unsafe=unsafe,
+                     rationale=rationale.strip() or None)
+        request.app.state.queue.edit(ranking_id, user.user_id, body)
+    except NotFound:
+        raise
+    except Conflict as e:
+        rows = request.app.state.queue.my_rankings(user.user_id, None, 50)
+        return render(request, "recent.html", user, rows=rows, project_id=None, error=str(e), status_code=409)
+    except DomainError as e:
+        return _edit_page(request, user, ranking_id, error=str(e), status_code=status_of(e))
+    return see_other("/label/recent?notice=edited")
+
+
 @router.get("/account/password")
 def password_page(user: CurrentUser, request: Request) -> HTMLResponse:
     return render(request, "password.html", user, csrf=user.csrf)
@@ -267,7 +291,7 @@ def admin_page(request: Request, user: Principal, db: SessionDep, error: str | N
                status_code: int = 200) -> HTMLResponse:
     return render(request, "admin.html", user, projects=projects.list_projects(db), users=users.list_users(db),
                   tokens=auth.list_tokens(db, current_hash=user.token_hash, limit=TOKENS_SHOWN), csrf=user.csrf,
-                  error=error, notice=notice, status_code=status_code)
+                  error=error, notice=notice, status_code=status_code, instructgpt_labels=INSTRUCTGPT_LABELS)
 
 
 @router.get("/admin")
@@ -279,10 +303,14 @@ def admin_home(user: AdminUser, request: Request, db: SessionDep, notice: str | 
 def admin_create_project(user: AdminUser, request: Request, db: SessionDep, name: Annotated[str, Form()],
                          k: Annotated[int, Form()] = 4, mode: Annotated[str, Form()] = "ranking",
                          overlap: Annotated[int, Form()] = 1, gold_rate: Annotated[float, Form()] = 0.0,
-                         instructions: Annotated[str, Form()] = "") -> Response:
+                         instructions: Annotated[str, Form()] = "",
+                         fb_strength_scale: Annotated[str, Form()] = "", fb_likert: Annotated[bool, Form()] = False,
+                         fb_acceptability: Annotated[bool, Form()] = False, fb_comments: Annotated[bool, Form()] = False,
+                         fb_labels: Annotated[str, Form()] = "") -> Response:
     try:
+        fb = feedback.settings_from_form(fb_strength_scale, fb_likert, fb_acceptability, fb_comments, fb_labels)
         p = projects.create_project(db, parse(ProjectCreate, name=name, k=k, mode=mode, overlap=overlap, gold_rate=gold_rate,
-                                              instructions=instructions))
+                                              instructions=instructions, feedback=fb))
     except DomainError as e:
         return admin_page(request, user, db, error=str(e), status_code=status_of(e))
     return see_other(f"/admin/projects/{p.id}")
@@ -314,13 +342,17 @@ def admin_revoke_user_tokens(user_id: PathId, user: AdminUser, request: Request,
 
 
 def project_page(request: Request, user: Principal, db: SessionDep, project_id: int, error: str | None = None,
-                 notice: str | None = None, status_code: int = 200) -> HTMLResponse:
+                 notice: str | None = None, status_code: int = 200, **extra: Any) -> HTMLResponse:
+    from rankloop.labeling.services import invites, review  # lead tools
+
     p = projects.get_project(db, project_id)
     return render(request, "project.html", user, project=p, progress=stats.progress(db, project_id),
                   agreement=stats.agreement(db, project_id), consensus=stats.consensus(db, project_id)[:50],
                   members=projects.list_members(db, project_id), csrf=user.csrf, error=error, notice=notice,
+                  invites=invites.list_invites(db, project_id)[:50], review_queue=len(review.queue(db, p)),
                   status_code=status_code,
-                  demo_counts=demonstrations.review_counts(db, project_id) if p.mode == "demonstration" else None)
+                  demo_counts=demonstrations.review_counts(db, project_id) if p.mode == "demonstration" else None,
+                  **extra)
 
 
 @router.get("/admin/projects/{project_id}")
@@ -348,6 +380,32 @@ async def admin_import(project_id: PathId, user: AdminUser, request: Request, db
     return project_page(request, user, db, project_id,
                         notice=f"imported {out.prompts} new prompts, {out.candidates} candidates, {out.items} items "
                                f"({out.gold_items} gold)")
+
+
+@router.post("/admin/projects/{project_id}/import-judgements")
+async def admin_import_judgements(project_id: PathId, user: AdminUser, request: Request, db: SessionDep) -> Response:
+    """The project page's upload of judgements made elsewhere (``judgements.import_judgements``)."""
+    p = projects.get_project(db, project_id)
+    form = await request.form()
+    f = form.get("file")
+    fmt, prefix = str(form.get("format") or "auto"), str(form.get("rater_prefix") or "")
+    try:
+        if not isinstance(f, UploadFile) or not f.filename:
+            raise Invalid("choose a JSONL file of judgements")
+        if fmt not in ("auto", *judgements.FORMATS):
+            raise Invalid(f"unknown format; choose one of auto, {', '.join(judgements.FORMATS)}")
+        if len(prefix) > 32:
+            raise Invalid("the rater prefix is over 32 characters")
+        out = judgements.import_judgements(db, p, await f.read(), f.filename, fmt,  # type: ignore[arg-type]
+                                           rater_prefix=prefix, skip_invalid=form.get("skip_invalid") == "on",
+                                           open_slots=form.get("open_slots") == "on")
+    except DomainError as e:
+        return project_page(request, user, db, project_id, error=str(e), status_code=status_of(e))
+    request.app.state.queue.forget(project_id=project_id)
+    skipped = f"; skipped {out.skipped} bad rows ({'; '.join(out.errors[:3])})" if out.skipped else ""
+    return project_page(request, user, db, project_id,
+                        notice=f"imported {out.judgements} judgements by {out.raters} raters ({out.raters_new} new) on "
+                               f"{out.items_judged} items ({out.items} new), {out.repeats} repeats{skipped}")
 
 
 @router.post("/admin/projects/{project_id}/invite")

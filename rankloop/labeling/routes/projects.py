@@ -11,12 +11,13 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from rankloop.labeling import export as export_mod
-from rankloop.labeling import importer, stats
+from rankloop.labeling import importer, judgements, stats
 from rankloop.labeling.deps import AdminUser, CurrentUser, PathId, SessionDep
 from rankloop.labeling.models import Project, User
 from rankloop.labeling.services import demonstrations, projects
-from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, MemberIn, ProgressOut, ProjectCreate,
-                                       ProjectOut, ProjectUpdate, RankingOut, UserOut)
+from rankloop.labeling.schemas import (AgreementOut, ConsensusOut, ImportIn, ImportOut, JudgementsImportOut, MemberIn, ProgressOut, ProjectCreate,
+                                       ProjectOut, ProjectUpdate, RankingOut, RatingOut, UserOut)
+from rankloop.records import AllBadPolicy, UnsafePolicy, strength_margin
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -60,6 +61,27 @@ async def import_files(project_id: PathId, _: AdminUser, db: SessionDep,
                                        prompts.filename if prow is not None else "prompts",
                                        drafts_optional=project.mode == "demonstration")
     return importer.import_items(db, project, ps, cs, gold)
+
+
+# ---------------------------------------------------------------- importing judgements (issue 15 item 2)
+
+
+@router.post("/{project_id}/import-judgements", response_model=JudgementsImportOut,
+             summary="Import judgements made elsewhere (rankings, TRL, HH-RLHF or pairwise JSONL), raters and times kept")
+async def import_judgements(
+    project_id: PathId, _: AdminUser, db: SessionDep, request: Request,
+    file: Annotated[UploadFile, File(description="the JSONL file (see docs/labeling.md, 'Importing existing judgements')")],
+    format: judgements.JudgementFormat = "auto",
+    rater_prefix: Annotated[str, Query(max_length=32, description="put before every rater name (keeps vendors apart)")] = "",
+    default_rater: Annotated[str, Query(min_length=1, max_length=64, description="the rater of rows that name none")] = "imported",
+    skip_invalid: Annotated[bool, Query(description="skip bad rows (counted) instead of refusing the file")] = False,
+    open_slots: Annotated[bool, Query(description="also open the project's overlap places on new items")] = False,
+) -> JudgementsImportOut:
+    p = projects.get_project(db, project_id)
+    out = judgements.import_judgements(db, p, await file.read(), file.filename or "upload", format, default_rater,
+                                       rater_prefix, skip_invalid, open_slots)
+    request.app.state.queue.forget(project_id=project_id)
+    return out
 
 
 @router.get("/{project_id}/members", response_model=list[UserOut])
@@ -106,28 +128,49 @@ def rankings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RankingOu
     return [RankingOut(id=r.id, task_id=r.slot_id, item_id=r.item_id, prompt_id=payload[r.item_id]["prompt_id"],
                        labeler=r.labeler, order=r.order, all_bad=r.all_bad, unsafe=r.unsafe, rationale=r.rationale,
                        created_at=r.created_at, is_gold=r.is_gold, supersedes_id=r.supersedes_id, current=r.current,
-                       time_on_task=r.time_on_task, active_seconds=r.active_seconds)
+                       time_on_task=r.time_on_task, active_seconds=r.active_seconds, strength=r.strength, source=r.source,
+                       strength_scale=r.strength_scale, unsafe_ids=r.unsafe_ids or [],
+                       margin=strength_margin(r.strength, r.strength_scale) if r.strength_scale is not None and
+                       r.strength is not None else r.margin)
             for r in stats.raw_rankings(db, project_id, history=True)]
 
 
+@router.get("/{project_id}/ratings", response_model=list[RatingOut], summary="Every per-candidate rating, as given")
+def ratings(project_id: PathId, _: AdminUser, db: SessionDep) -> list[RatingOut]:
+    projects.get_project(db, project_id)
+    return export_mod.rating_rows(db, project_id)
+
+
 @router.get("/{project_id}/export", response_class=PlainTextResponse,
-            summary="Download rankings.jsonl (format=rankings), TRL comparisons (format=trl) or "
-                    "demonstrations.jsonl (format=demonstrations: accepted ones; include_pending=true adds pending)")
+            summary="Download rankings.jsonl (format=rankings), TRL comparisons (format=trl), per-candidate "
+                    "ratings.jsonl (format=ratings) or demonstrations.jsonl (format=demonstrations: accepted ones; "
+                    "include_pending=true adds pending)")
 def export(project_id: PathId, _: AdminUser, db: SessionDep,
-           format: Literal["rankings", "trl", "demonstrations"] = "rankings",
+           format: Literal["rankings", "trl", "ratings", "demonstrations"] = "rankings",
            min_agreement: Annotated[float | None, Query(ge=0, le=1)] = None,
            min_gold_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
            include_superseded: Annotated[bool, Query(description="rankings format: also corrected rankings' earlier "
                                                      "versions (current: false)")] = False,
            include_pending: Annotated[bool, Query(description="demonstrations format: also those not reviewed yet "
-                                                  "(rejected ones never)")] = False) -> PlainTextResponse:
+                                                  "(rejected ones never)")] = False,
+           prefer_adjudicated: Annotated[bool, Query(description="an adjudicated item as its reviewer's ranking "
+                                                     "(provenance: adjudicated) instead of its raw rankings")] = True,
+           all_bad: Annotated[AllBadPolicy, Query(description="format=trl: drop all-bad rankings' pairs, or keep them")] = "drop",
+           unsafe: Annotated[UnsafePolicy, Query(description="format=trl: never_chosen (an unsafe candidate is never "
+                                                 "'chosen') or keep")] = "never_chosen") -> PlainTextResponse:
     p = projects.get_project(db, project_id)
     if format == "demonstrations":
         rows = demonstrations.export_rows(db, p.id, include_pending)
     else:
-        examples, _info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy,
-                                             history=include_superseded and format == "rankings")
-        rows = [e.to_row() for e in examples] if format == "rankings" else export_mod.trl_rows(examples)
+        examples, info = export_mod.collect(db, p.id, min_agreement, min_gold_accuracy,
+                                            history=include_superseded and format == "rankings",
+                                            prefer_adjudicated=prefer_adjudicated)
+        if format == "rankings":
+            rows = [e.to_row() for e in examples]
+        elif format == "trl":
+            rows = export_mod.trl_rows(examples, all_bad=all_bad, unsafe=unsafe)
+        else:
+            rows = [r.to_row() for r in export_mod.collect_ratings(db, p.id, info["ranking_ids"])]
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return PlainTextResponse(body, media_type="application/x-ndjson",
                              headers={"Content-Disposition": attachment(f"{p.name}-{format}.jsonl")})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rankloop.labeling.db import writing
-from rankloop.labeling.models import Member, Project, Slot, User
+from rankloop.labeling.models import Item, Member, Project, Slot, User
 from rankloop.labeling.schemas import ProjectCreate, ProjectUpdate, UserCreate
 from rankloop.labeling.services import users
 from rankloop.labeling.services.errors import Conflict, Invalid, NotFound, brief, listing, parse
@@ -47,12 +47,19 @@ def visible_project(db: Session, project_id: int, user_id: int, is_admin: bool) 
     return p
 
 
+def _check_feedback(mode: str, fb: dict | None) -> None:
+    if fb and fb.get("strength_scale") is not None and mode != "pairwise":
+        raise Invalid("feedback.strength_scale: a preference strength is for pairwise projects "
+                      f"(this one ranks {mode!r})")
+
+
 def create_project(db: Session, new: ProjectCreate) -> Project:
     data = new.model_dump()
     if data["mode"] == "pairwise":
         data["k"] = 2
     elif data["mode"] == "demonstration":
         data["k"] = 0  # nothing is ranked; a prompt has any number of drafts
+    _check_feedback(data["mode"], data["feedback"])
     p = Project(**data)
     try:
         with writing(db):
@@ -63,11 +70,60 @@ def create_project(db: Session, new: ProjectCreate) -> Project:
 
 
 def update_project(db: Session, project_id: int, change: ProjectUpdate) -> Project:
+    """Change settings of a live project. A new ``overlap`` re-plans the slots (``replan_slots``) in
+    the same transaction, under a lock on the project row (PostgreSQL: two admins changing it at
+    once queue; SQLite's writers are serialised already)."""
+    data = change.model_dump(exclude_none=True)
+    pause_off = data.pop("pause_off", False)
     with writing(db):
-        p = get_project(db, project_id)
-        for k, v in change.model_dump(exclude_none=True).items():
+        p = db.get(Project, project_id, with_for_update=True)
+        if p is None:
+            raise NotFound(f"project {project_id} not found")
+        _check_feedback(p.mode, data.get("feedback"))
+        overlap = data.pop("overlap", None)
+        for k, v in data.items():
             setattr(p, k, v)
+        if pause_off:
+            p.pause_below = None
+        if overlap is not None and overlap != p.overlap:
+            replan_slots(db, p, overlap)
+            p.overlap = overlap
     return p
+
+
+# ---------------------------------------------------------------- lead tools: live overlap
+
+
+def replan_slots(db: Session, project: Project, overlap: int) -> dict[str, int]:
+    """Give every non-gold item ``overlap`` slots, inside the caller's transaction.
+
+    Raising: each item gets the missing slots (numbered after its highest). Lowering: each item
+    keeps at least ``overlap`` slots and every done or leased one; the open slots beyond that go,
+    highest numbers first. The delete is conditional (``status = 'open'``): a slot claimed while
+    this runs stays (PostgreSQL: the claim's row lock makes the delete re-check it), so an item
+    may keep one more slot than asked, never lose an answer or a held task."""
+    rows = db.execute(select(Slot.item_id, Slot.id, Slot.slot_no, Slot.status)
+                      .where(Slot.project_id == project.id, Slot.slot_no.is_not(None))).all()
+    items = db.execute(select(Item.id).where(Item.project_id == project.id, Item.is_gold.is_(False))).scalars().all()
+    per_item: dict[int, list] = {i: [] for i in items}
+    for r in rows:
+        per_item.setdefault(r.item_id, []).append(r)
+    new, gone = [], []
+    for item_id, slots in per_item.items():
+        if len(slots) < overlap:
+            top = max((s.slot_no for s in slots), default=-1)
+            new += [{"project_id": project.id, "item_id": item_id, "slot_no": top + 1 + j, "status": "open", "is_gold": False}
+                    for j in range(overlap - len(slots))]
+        elif len(slots) > overlap:
+            spare = sorted((s for s in slots if s.status == "open"), key=lambda s: -s.slot_no)
+            gone += [s.id for s in spare[: len(slots) - overlap]]
+    for i in range(0, len(new), 5000):
+        db.execute(insert(Slot), new[i:i + 5000])
+    retired = 0
+    for i in range(0, len(gone), 5000):
+        retired += db.execute(delete(Slot).where(Slot.id.in_(gone[i:i + 5000]), Slot.status == "open")
+                              .execution_options(synchronize_session=False)).rowcount
+    return {"created": len(new), "retired": retired}
 
 
 def list_members(db: Session, project_id: int) -> list[User]:

@@ -222,7 +222,8 @@
   }
 
   // ------------------------------------------------------------ submit
-  var FIELDS = { rationale: "Rationale", order: "Ranking", all_bad: "Both/all bad", unsafe: "Unsafe content" };
+  var FIELDS = { rationale: "Rationale", order: "Ranking", all_bad: "Both/all bad", unsafe: "Unsafe content",
+                 strength: "How much better", score: "Quality", comment: "Comment", labels: "Labels" };
 
   // The server's reply in the labeler's words: never the raw validation dump, never the input.
   function explain(status, body) {
@@ -276,6 +277,9 @@
     var missing = problem();
     if (missing) { showError(missing); if (tooLongBy() > 0) rationale.focus(); else say(""); return; }
     var order = mode === "pairwise" ? pairOrder() : groups();
+    // Richer feedback (static/feedback.js): what it still needs, e.g. a strength for a strict choice.
+    var fbMissing = window.rankloopFeedback ? window.rankloopFeedback.problem(order) : null;
+    if (fbMissing) { showError(fbMissing); say(""); return; }
     if (mode === "ranking" && !ranked()) {
       var shown = JSON.stringify(order);
       if (acceptedAsShown !== shown) {
@@ -327,6 +331,10 @@
       rationale: text || null
     };
     body.active_seconds = activeSeconds();
+    if (window.rankloopFeedback) {  // strength, unsafe_ids, ratings (static/feedback.js)
+      var extra = window.rankloopFeedback.collect(order);
+      Object.keys(extra).forEach(function (k) { body[k] = extra[k]; });
+    }
     var url = editId ? "/api/rankings/" + encodeURIComponent(editId) + "/edit" : "/api/tasks/" + encodeURIComponent(taskId) + "/submit";
     fetch(url, {
       method: "POST",

@@ -5,6 +5,7 @@
   ``active_seconds``; ``slot_id`` becomes nullable: a correction is a new row with no slot of its
   own (its chain's first row holds the slot, whose UNIQUE still means "answered once").
 - ``projects.edit_window_seconds`` (600 for existing projects).
+- index ``rankings (labeler_id, project_id)``: a labeler's counter and recent submissions.
 
 Downgrading deletes the corrections (the rows that supersede another) and the skips: the older
 schema has no place for them.
@@ -49,12 +50,14 @@ def upgrade() -> None:
         b.add_column(sa.Column('active_seconds', sa.Float(), nullable=True))
         b.create_unique_constraint('uq_rankings_supersedes_id', ['supersedes_id'])
         b.create_foreign_key('fk_rankings_supersedes_id', 'rankings', ['supersedes_id'], ['id'], ondelete='CASCADE')
+        b.create_index('ix_rankings_labeler', ['labeler_id', 'project_id'], unique=False)
 
 
 def downgrade() -> None:
     rankings = sa.table('rankings', sa.column('supersedes_id', sa.Integer()))
     op.execute(rankings.delete().where(rankings.c.supersedes_id.is_not(None)))
     with op.batch_alter_table('rankings', schema=None) as b:
+        b.drop_index('ix_rankings_labeler')
         b.drop_constraint('fk_rankings_supersedes_id', type_='foreignkey')
         b.drop_constraint('uq_rankings_supersedes_id', type_='unique')
         b.drop_column('active_seconds')
