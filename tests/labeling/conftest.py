@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from labhelp import ADMIN, PG_SKIP, PG_URL
+from labhelp import ADMIN, ARGS, CHROMIUM, PG_SKIP, PG_URL
 
 
 def _pg_admin_conn():
@@ -93,3 +93,19 @@ def _cheap_argon2(monkeypatch):
     from rankloop.labeling import security
 
     monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright, one per test module (never a downloaded browser)."""
+    import shutil
+    from pathlib import Path
+
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set RANKLOOP_CHROMIUM); never downloading one")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()

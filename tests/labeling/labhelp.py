@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -75,3 +76,26 @@ def start_server(database_url: str, port: int, log: Path, admin: tuple[str, str]
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"server did not start within {timeout} s; see {log}")
+
+
+# ---- the browser tests' shared pieces: Debian's chromium, and a live app on a free port
+CHROMIUM = os.environ.get("RANKLOOP_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def live_app(d: Path):
+    """A real uvicorn server over a new SQLite database in ``d``: (base URL, logged-in admin client)."""
+    from rankloop.labeling.client import LabelingClient
+
+    port = free_port()
+    proc = start_server(f"sqlite:///{d / 'labels.db'}", port, d / "server.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        admin = LabelingClient(base)
+        admin.login(*ADMIN)
+        yield base, admin
+    finally:
+        proc.kill()
+        proc.wait(10)

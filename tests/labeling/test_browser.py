@@ -4,64 +4,40 @@ screenshots kept in test-artifacts/."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-from labhelp import ADMIN, ARTIFACTS, free_port, start_server
-from rankloop.labeling.client import LabelingClient
+from labhelp import ARTIFACTS, live_app
 from rankloop.records import Candidate, Prompt
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("RANKLOOP_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 LONG = "A long answer that must stay readable. " * 120
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set RANKLOOP_CHROMIUM); never downloading one")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("browser")
-    port = free_port()
-    proc = start_server(f"sqlite:///{d / 'labels.db'}", port, d / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    admin = LabelingClient(base)
-    admin.login(*ADMIN)
-    p = admin.create_project("web", k=3, overlap=1, instructions="Rank the answers by helpfulness.\nTies are fine.")
-    prompts = [Prompt(id="evil", text="Prompt with markup: " + EVIL), Prompt(id="drag", text="Second prompt"),
-               Prompt(id="long", text="Third prompt")]
-    cands = [Candidate(id="e1", prompt_id="evil", text=EVIL), Candidate(id="e2", prompt_id="evil", text="plain two"),
-             Candidate(id="e3", prompt_id="evil", text="plain three <b>not bold</b>"),
-             Candidate(id="d1", prompt_id="drag", text="drag one"), Candidate(id="d2", prompt_id="drag", text="drag two"),
-             Candidate(id="d3", prompt_id="drag", text="drag three"),
-             Candidate(id="l1", prompt_id="long", text=LONG), Candidate(id="l2", prompt_id="long", text="short"),
-             Candidate(id="l3", prompt_id="long", text="x" * 3000)]
-    admin.import_candidates(p["id"], prompts, cands)
-    admin.create_user("ann", "ann-password")
-    admin.add_member(p["id"], "ann")
-    pp = admin.create_project("pairs", mode="pairwise", overlap=1)
-    admin.import_candidates(pp["id"], [Prompt(id="q", text="Which is better?")],
-                            [Candidate(id="qa", prompt_id="q", text="left " + EVIL), Candidate(id="qb", prompt_id="q", text="right")])
-    admin.add_member(pp["id"], "ann")
-    yield base, admin, p["id"], pp["id"]
-    proc.kill()
-    proc.wait(10)
+    with live_app(tmp_path_factory.mktemp("browser")) as (base, admin):
+        p = admin.create_project("web", k=3, overlap=1, instructions="Rank the answers by helpfulness.\nTies are fine.")
+        prompts = [Prompt(id="evil", text="Prompt with markup: " + EVIL), Prompt(id="drag", text="Second prompt"),
+                   Prompt(id="long", text="Third prompt")]
+        cands = [Candidate(id="e1", prompt_id="evil", text=EVIL), Candidate(id="e2", prompt_id="evil", text="plain two"),
+                 Candidate(id="e3", prompt_id="evil", text="plain three <b>not bold</b>"),
+                 Candidate(id="d1", prompt_id="drag", text="drag one"), Candidate(id="d2", prompt_id="drag", text="drag two"),
+                 Candidate(id="d3", prompt_id="drag", text="drag three"),
+                 Candidate(id="l1", prompt_id="long", text=LONG), Candidate(id="l2", prompt_id="long", text="short"),
+                 Candidate(id="l3", prompt_id="long", text="x" * 3000)]
+        admin.import_candidates(p["id"], prompts, cands)
+        admin.create_user("ann", "ann-password")
+        admin.add_member(p["id"], "ann")
+        pp = admin.create_project("pairs", mode="pairwise", overlap=1)
+        admin.import_candidates(pp["id"], [Prompt(id="q", text="Which is better?")],
+                                [Candidate(id="qa", prompt_id="q", text="left " + EVIL), Candidate(id="qb", prompt_id="q", text="right")])
+        admin.add_member(pp["id"], "ann")
+        yield base, admin, p["id"], pp["id"]
 
 
 def ids_by_number(page) -> dict[int, str]:

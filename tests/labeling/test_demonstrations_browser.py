@@ -6,15 +6,12 @@ accept / edit / reject and the export, CSRF on the review form. Screenshots in t
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from labhelp import ADMIN, ARTIFACTS, free_port, start_server
-from rankloop.labeling.client import LabelingClient
+from labhelp import ADMIN, ARTIFACTS, live_app
 from rankloop.records import Candidate, Prompt
-from test_browser import ARGS, CHROMIUM, EVIL
+from test_browser import EVIL
 
 pytestmark = pytest.mark.browser
 
@@ -23,29 +20,12 @@ CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "conte
 GUIDE = "Write the answer you would want.\nBe kind; no <em>markup</em> needed."
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set RANKLOOP_CHROMIUM); never downloading one")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo-browser")
-    port = free_port()
-    proc = start_server(f"sqlite:///{d / 'labels.db'}", port, d / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    admin = LabelingClient(base)
-    admin.login(*ADMIN)
-    yield base, admin
-    proc.kill()
-    proc.wait(10)
+    with live_app(tmp_path_factory.mktemp("demo-browser")) as app:
+        yield app
 
 
 _names = iter(range(1, 1000))

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from labhelp import ADMIN, ARTIFACTS, free_port, start_server
-from rankloop.labeling.client import LabelingClient
+from labhelp import ARTIFACTS, live_app
 from rankloop.records import Candidate, Prompt
-from test_browser import browser  # noqa: F401  (the module's chromium fixture)
+
 
 pytestmark = pytest.mark.browser
 
@@ -20,29 +19,22 @@ LABELS = ["Hallucination", EVIL_LABEL]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("feedback-browser")
-    port = free_port()
-    proc = start_server(f"sqlite:///{d / 'labels.db'}", port, d / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    admin = LabelingClient(base)
-    admin.login(*ADMIN)
-    admin.create_user("fay", "fay-password")
-    pp = admin.create_project("pairs", mode="pairwise", feedback={"strength_scale": 8, "likert": True,
-                                                                  "acceptability": True, "labels": LABELS, "comments": True})
-    admin.import_candidates(pp["id"], [Prompt(id="q", text="Which is better?")],
-                            [Candidate(id="qa", prompt_id="q", text="left answer"), Candidate(id="qb", prompt_id="q", text="right answer")])
-    admin.add_member(pp["id"], "fay")
-    rp = admin.create_project("ranked", k=3, feedback={"likert": True})
-    admin.import_candidates(rp["id"], [Prompt(id="r", text="Rank these.")],
-                            [Candidate(id=f"r{i}", prompt_id="r", text=f"ranked answer {i}") for i in range(3)])
-    admin.add_member(rp["id"], "fay")
-    plain = admin.create_project("plain", mode="pairwise")
-    admin.import_candidates(plain["id"], [Prompt(id="s", text="Plain pair.")],
-                            [Candidate(id="sa", prompt_id="s", text="one"), Candidate(id="sb", prompt_id="s", text="two")])
-    admin.add_member(plain["id"], "fay")
-    yield base, admin, pp["id"], rp["id"], plain["id"]
-    proc.kill()
-    proc.wait(10)
+    with live_app(tmp_path_factory.mktemp("feedback-browser")) as (base, admin):
+        admin.create_user("fay", "fay-password")
+        pp = admin.create_project("pairs", mode="pairwise", feedback={"strength_scale": 8, "likert": True,
+                                                                      "acceptability": True, "labels": LABELS, "comments": True})
+        admin.import_candidates(pp["id"], [Prompt(id="q", text="Which is better?")],
+                                [Candidate(id="qa", prompt_id="q", text="left answer"), Candidate(id="qb", prompt_id="q", text="right answer")])
+        admin.add_member(pp["id"], "fay")
+        rp = admin.create_project("ranked", k=3, feedback={"likert": True})
+        admin.import_candidates(rp["id"], [Prompt(id="r", text="Rank these.")],
+                                [Candidate(id=f"r{i}", prompt_id="r", text=f"ranked answer {i}") for i in range(3)])
+        admin.add_member(rp["id"], "fay")
+        plain = admin.create_project("plain", mode="pairwise")
+        admin.import_candidates(plain["id"], [Prompt(id="s", text="Plain pair.")],
+                                [Candidate(id="sa", prompt_id="s", text="one"), Candidate(id="sb", prompt_id="s", text="two")])
+        admin.add_member(plain["id"], "fay")
+        yield base, admin, pp["id"], rp["id"], plain["id"]
 
 
 def login(page, base, project_id):

@@ -6,47 +6,24 @@ and un-pausing. Screenshots kept in test-artifacts/."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-from labhelp import ADMIN, ARTIFACTS, free_port, start_server
+from labhelp import ADMIN, ARTIFACTS, live_app
 from rankloop.labeling.client import LabelingClient
 from rankloop.records import Candidate, Prompt
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("RANKLOOP_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set RANKLOOP_CHROMIUM); never downloading one")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lead-browser")
-    port = free_port()
-    proc = start_server(f"sqlite:///{d / 'labels.db'}", port, d / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    admin = LabelingClient(base)
-    admin.login(*ADMIN)
-    yield base, admin
-    proc.kill()
-    proc.wait(10)
+    with live_app(tmp_path_factory.mktemp("lead-browser")) as app:
+        yield app
 
 
 def new_project(admin, name, n=3, k=3, overlap=2, gold=None, evil=False):

@@ -64,7 +64,7 @@ def test_admin_pages_create_import_invite_and_watch(tc, sqlite_url):
 
 
 def test_bad_ranking_form_is_shown_again_with_the_reason(tc, admin):
-    from labhelp import labeler, make_records
+    from labhelp import make_records
 
     p = admin.create_project("f", k=3)
     admin.import_candidates(p["id"], *make_records(1, 3))
