@@ -4,7 +4,11 @@ A real uvicorn server process serves the app on loopback (SQLite file in WAL mod
 a URL is given or $RANKLOOP_TEST_POSTGRES_URL is set). Each simulated labeler holds one keep-alive
 connection and loops: POST /api/tasks/next, then POST /api/tasks/{id}/submit with a ranking, until
 the fixed number of submissions is reached. A share of submissions is sent twice with the same
-idempotency key (a double click) to exercise deduplication.
+idempotency key (a double click) to exercise deduplication. A labeler's day is in the path too
+(issue 15): a share of tasks is skipped (the slot goes back to the pool), a share of submissions is
+corrected at once (a new row that supersedes it), and the project is gated — gold items served at
+the gold rate, each gold answer re-deciding the labeler's qualification state, every claim reading
+it (the bench's labelers answer gold items right, so none is paused).
 
 Each labeler's first cycle is a warm-up (all of them start in the same instant, so their first
 requests queue behind each other); submissions per second and latencies are measured from the
@@ -128,12 +132,16 @@ class Conn:
         return status, (json.loads(payload) if payload else None)
 
 
-async def run_load(port: int, tokens: dict[str, str], project_id: int, total: int, double_rate: float, seed: int):
+async def run_load(port: int, tokens: dict[str, str], project_id: int, total: int, double_rate: float, seed: int,
+                   skip_rate: float = 0.0, edit_rate: float = 0.0, gold: dict[str, list] | None = None):
     rng = random.Random(seed)
+    gold = gold or {}
     acked: dict[int, int] = {}  # ranking id -> task id
+    edited: dict[int, int] = {}  # correction's ranking id -> the ranking it supersedes
     lat_next: list[float] = []
     lat_submit: list[float] = []
-    counts = {"issued": 0, "double_clicks": 0, "double_dup_ok": 0, "errors": 0, "empty": 0, "warm": 0, "measured": 0}
+    counts = {"issued": 0, "double_clicks": 0, "double_dup_ok": 0, "errors": 0, "empty": 0, "warm": 0, "measured": 0,
+              "skips": 0, "edits": 0, "gold_answered": 0}
     window = {"start": None}
     n_labelers = len(tokens)
 
@@ -154,9 +162,22 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
             if st != 200:
                 counts["errors"] += 1
                 continue
+            if not first and task["prompt_id"] not in gold and rng.random() < skip_rate:
+                st, _ = await c.post(f"/api/tasks/{task['task_id']}/skip", {"reason": "unclear"})
+                counts["issued"] -= 1
+                if st == 200:
+                    counts["skips"] += 1
+                else:
+                    counts["errors"] += 1
+                continue
             ids = [x["id"] for x in task["candidates"]]
             rng.shuffle(ids)
-            body = {"order": [[i] for i in ids], "idempotency_key": uuid.uuid4().hex}
+            if task["prompt_id"] in gold:  # a gold item, answered right
+                counts["gold_answered"] += 1
+                order = gold[task["prompt_id"]]
+            else:
+                order = [[i] for i in ids]
+            body = {"order": order, "idempotency_key": uuid.uuid4().hex}
             t0 = time.perf_counter()
             st, out = await c.post(f"/api/tasks/{task['task_id']}/submit", body)
             if not first:
@@ -177,6 +198,14 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
                 st, out2 = await c.post(f"/api/tasks/{task['task_id']}/submit", body)
                 if st == 200 and out2["duplicate"] and out2["ranking_id"] == out["ranking_id"]:
                     counts["double_dup_ok"] += 1
+            if task["prompt_id"] not in gold and rng.random() < edit_rate:  # a correction, within the window
+                fix = {"order": list(reversed(body["order"])), "idempotency_key": uuid.uuid4().hex}
+                st, e = await c.post(f"/api/rankings/{out['ranking_id']}/edit", fix)
+                if st == 200 and not e["duplicate"]:
+                    counts["edits"] += 1
+                    edited[e["ranking_id"]] = out["ranking_id"]
+                else:
+                    counts["errors"] += 1
         c.w.close()
 
     t0 = time.perf_counter()
@@ -184,7 +213,7 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
     end = time.perf_counter()
     counts["total_seconds"] = end - t0
     elapsed = end - (window["start"] or t0)
-    return acked, lat_next, lat_submit, counts, elapsed
+    return acked, edited, lat_next, lat_submit, counts, elapsed
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -195,7 +224,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap: int, workers: int, double_rate: float,
-              log: Path) -> dict:
+              log: Path, skip_rate: float = 0.0, edit_rate: float = 0.0, gold_rate: float = 0.0) -> dict:
     from rankloop.labeling.client import LabelingClient
     from rankloop.records import Candidate, Prompt
 
@@ -212,6 +241,14 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
                  for i in range(n_items) for j in range(k)]
         for s in range(0, n_items, 1000):
             admin.import_candidates(p["id"], prompts[s:s + 1000], [c for c in cands if int(c.prompt_id[1:]) in range(s, s + 1000)])
+        gold: dict[str, list] = {}
+        if gold_rate > 0:  # a gated project: gold items at the gold rate, qualification state on every claim
+            n_gold = max(5, int(total * gold_rate / labelers) + 5)
+            gold = {f"g{i}": [[f"g{i}-{j}"] for j in range(k)] for i in range(n_gold)}
+            admin.import_candidates(p["id"], [Prompt(id=g, text=f"Gold item {g}.") for g in gold],
+                                    [Candidate(id=f"{g}-{j}", prompt_id=g, text=f"answer {j} to {g}") for g in gold
+                                     for j in range(k)], gold=gold)
+            admin.update_project(p["id"], gold_rate=gold_rate, pause_below=0.5)
         tokens = {}
         for i in range(labelers):
             name = f"bench-l{i}"
@@ -229,16 +266,22 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
             pass
         load_before = os.getloadavg()[0]
         cpu0, client0 = group_cpu_seconds(proc.pid), time.process_time()
-        acked, ln, ls, counts, elapsed = asyncio.run(run_load(port, tokens, p["id"], total, double_rate, 0))
+        acked, edited, ln, ls, counts, elapsed = asyncio.run(run_load(port, tokens, p["id"], total, double_rate, 0,
+                                                                      skip_rate, edit_rate, gold))
         server_cpu, client_cpu = group_cpu_seconds(proc.pid) - cpu0, time.process_time() - client0
         load_after = os.getloadavg()[0]
-        stored = admin.rankings(p["id"])
-        stored_ids = [r["id"] for r in stored]
+        everything = admin.rankings(p["id"])  # every row, corrections included
+        stored = [r for r in everything if r.get("supersedes_id") is None]
+        corrections = [r for r in everything if r.get("supersedes_id") is not None]
+        stored_ids = {r["id"] for r in stored}
         by_task: dict[int, int] = {}
-        for r in stored:
+        for r in stored:  # one slot, one ranking: never the same slot to two labelers, never stored twice
             by_task[r["task_id"]] = by_task.get(r["task_id"], 0) + 1
-        lost = sum(1 for rid in acked if rid not in set(stored_ids))
+        lost = sum(1 for rid in acked if rid not in stored_ids)
         duplicates = sum(n - 1 for n in by_task.values()) + max(0, len(stored) - len(acked))
+        got_fix = {r["id"]: r["supersedes_id"] for r in corrections}
+        lost += sum(1 for rid, old in edited.items() if got_fix.get(rid) != old)
+        duplicates += max(0, len(corrections) - len(edited))
         return {
             "backend": backend, "server_workers": workers, "labelers": labelers, "submissions": len(acked), "k": k,
             "overlap": overlap, "seconds": round(elapsed, 3), "submissions_measured": counts["measured"],
@@ -248,6 +291,8 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
             "submit_p50_ms": round(pct(ls, 50), 1), "submit_p99_ms": round(pct(ls, 99), 1),
             "lost": lost, "duplicates": duplicates, "errors": counts["errors"], "double_clicks": counts["double_clicks"],
             "double_clicks_deduplicated": counts["double_dup_ok"], "stored": len(stored),
+            "skips": counts["skips"], "edits": counts["edits"], "gold_answered": counts["gold_answered"],
+            "corrections_stored": len(corrections), "gated": bool(gold),
             "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
             "server_cpu_ms_per_submission": round(server_cpu * 1000 / max(1, len(acked)), 3),
             "client_cpu_ms_per_submission": round(client_cpu * 1000 / max(1, len(acked)), 3),
@@ -264,6 +309,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--overlap", type=int, default=2)
     ap.add_argument("--double-click-rate", type=float, default=0.05)
+    ap.add_argument("--skip-rate", type=float, default=0.03, help="share of tasks skipped (a labeler's day)")
+    ap.add_argument("--edit-rate", type=float, default=0.03, help="share of submissions corrected at once")
+    ap.add_argument("--gold-rate", type=float, default=0.05, help="gold rate of the gated (qualification) project; 0: "
+                    "no gold, no gating")
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--postgres-url", default=os.environ.get("RANKLOOP_BENCH_POSTGRES_URL") or os.environ.get("RANKLOOP_TEST_POSTGRES_URL"))
     ap.add_argument("--postgres-workers", type=int, default=2, help="uvicorn processes in front of PostgreSQL")
@@ -284,12 +333,14 @@ def main() -> None:
                 raise SystemExit(f"unknown backend {backend!r}")
             print(f"{backend}: {args.labelers} labelers, {args.submissions} submissions …", flush=True)
             results.append(bench_one(backend, url, args.labelers, args.submissions, args.k, args.overlap, workers,
-                                     args.double_click_rate, ROOT / "bench" / "results" / f"labeling_load_{backend}.log"))
+                                     args.double_click_rate, ROOT / "bench" / "results" / f"labeling_load_{backend}.log",
+                                     args.skip_rate, args.edit_rate, args.gold_rate))
 
     cols = [("backend", "backend"), ("server_workers", "procs"), ("labelers", "labelers"), ("submissions", "subs"),
             ("submissions_per_s", "subs/s"), ("next_p50_ms", "next p50"), ("next_p99_ms", "next p99"),
             ("submit_p50_ms", "submit p50"), ("submit_p99_ms", "submit p99"), ("lost", "lost"), ("duplicates", "dups"),
-            ("double_clicks_deduplicated", "dbl-clicks ok"), ("server_cpu_ms_per_submission", "srv cpu ms/sub"),
+            ("double_clicks_deduplicated", "dbl-clicks ok"), ("skips", "skips"), ("edits", "edits"),
+            ("gold_answered", "gold"), ("server_cpu_ms_per_submission", "srv cpu ms/sub"),
             ("server_cpu_share_of_wall", "srv cores"), ("loadavg_after", "load")]
     widths = [max(len(h), *(len(str(r[c])) for r in results)) if results else len(h) for c, h in cols]
     print("  ".join(h.rjust(w) for (_, h), w in zip(cols, widths)))
