@@ -26,7 +26,9 @@ def test_cpu_smoke_writes_every_figure(tmp_path):
     assert r["parameters"] > 0
     trl_here = not str(r["trl"]).startswith("not importable")
     want = RANKLOOP + (TRL if trl_here else [])
-    assert not r["errors"], r["errors"]
+    # without TRL (CI installs only the test extra) its runs are recorded as skipped, and only those
+    errors = {k: v for k, v in r["errors"].items() if trl_here or not (k in TRL and v.startswith("skipped: trl"))}
+    assert not errors, errors
     assert sorted(r["runs"]) == sorted(want)
     for name in want:
         run = r["runs"][name]
