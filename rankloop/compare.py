@@ -9,7 +9,8 @@ The arms:
 
 - ``ppo``, ``rloo``, ``grpo``: one round against that reward model, each at three KL strengths
   (a fixed β: PPO's and RLOO's per-sequence KL penalty in the reward, GRPO's k3 term in the loss);
-  the rollout budget matched (``iterations`` × 32 responses for each);
+  the rollout budget matched (``iterations`` × PPO's batch of responses, as batch/4 prompts × K = 4
+  for RLOO and GRPO);
 - ``dpo``: offline DPO on those rankings, three β;
 - ``dpo-iter``: iterative DPO — the same first round, then ``iter_rounds - 1`` more rounds in
   which the new policy's samples are ranked by the same simulated labelers and DPO retrains on
