@@ -1,8 +1,9 @@
 """The restructure changes no result (issue 10): fixed-seed ``train-rm`` and ``ppo`` runs reproduce
 the metrics and final weights recorded in ``tests/golden/`` — to the last digit on the kind of
 machine that recorded them (same torch, same CPU kernels; each kind has its own recording, see
-``golden_runs.golden``), to 1e-5 relative on a kind with none, where other SIMD kernels may round
-differently. Re-record (``python tests/golden_runs.py``) only for an
+``golden_runs.golden``), to 1e-3 relative on a kind with none, where other SIMD kernels round
+differently and ten optimiser steps carry that on (measured: 3e-4 between an AMX Sapphire Rapids and
+the AVX512 recording; clip fractions, which a last-digit change moves by one token, not compared). Re-record (``python tests/golden_runs.py``) only for an
 intended change of results, and say which in the commit."""
 
 import pytest
@@ -17,5 +18,5 @@ def test_same_results_as_recorded(name, tmp_path):
         diffs = compare(got, want["result"])
         assert not diffs, f"{len(diffs)} differences from {path}, first: {diffs[:8]}"
     else:
-        diffs = compare(got, want["result"], rel=1e-5)
-        assert not diffs, f"{len(diffs)} differences beyond 1e-5 from {path}, first: {diffs[:8]}"
+        diffs = compare(got, want["result"], rel=1e-3)
+        assert not diffs, f"{len(diffs)} differences beyond 1e-3 from {path}, first: {diffs[:8]}"
