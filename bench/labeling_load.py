@@ -133,7 +133,8 @@ class Conn:
 
 
 async def run_load(port: int, tokens: dict[str, str], project_id: int, total: int, double_rate: float, seed: int,
-                   skip_rate: float = 0.0, edit_rate: float = 0.0, gold: dict[str, list] | None = None):
+                   skip_rate: float = 0.0, edit_rate: float = 0.0, gold: dict[str, list] | None = None,
+                   think_s: float = 0.0):
     rng = random.Random(seed)
     gold = gold or {}
     acked: dict[int, int] = {}  # ranking id -> task id
@@ -170,6 +171,8 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
                 else:
                     counts["errors"] += 1
                 continue
+            if think_s > 0:  # reading and ranking: exponential think time (an open-ish load, not a closed loop)
+                await asyncio.sleep(rng.expovariate(1 / think_s))
             ids = [x["id"] for x in task["candidates"]]
             rng.shuffle(ids)
             if task["prompt_id"] in gold:  # a gold item, answered right
@@ -224,7 +227,8 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap: int, workers: int, double_rate: float,
-              log: Path, skip_rate: float = 0.0, edit_rate: float = 0.0, gold_rate: float = 0.0) -> dict:
+              log: Path, skip_rate: float = 0.0, edit_rate: float = 0.0, gold_rate: float = 0.0,
+              think_ms: float = 0.0) -> dict:
     from rankloop.labeling.client import LabelingClient
     from rankloop.records import Candidate, Prompt
 
@@ -267,7 +271,7 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
         load_before = os.getloadavg()[0]
         cpu0, client0 = group_cpu_seconds(proc.pid), time.process_time()
         acked, edited, ln, ls, counts, elapsed = asyncio.run(run_load(port, tokens, p["id"], total, double_rate, 0,
-                                                                      skip_rate, edit_rate, gold))
+                                                                      skip_rate, edit_rate, gold, think_ms / 1000))
         server_cpu, client_cpu = group_cpu_seconds(proc.pid) - cpu0, time.process_time() - client0
         load_after = os.getloadavg()[0]
         everything = admin.rankings(p["id"])  # every row, corrections included
@@ -284,7 +288,7 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
         duplicates += max(0, len(corrections) - len(edited))
         return {
             "backend": backend, "server_workers": workers, "labelers": labelers, "submissions": len(acked), "k": k,
-            "overlap": overlap, "seconds": round(elapsed, 3), "submissions_measured": counts["measured"],
+            "overlap": overlap, "think_ms": think_ms, "seconds": round(elapsed, 3), "submissions_measured": counts["measured"],
             "submissions_per_s": round(counts["measured"] / elapsed, 1),
             "submissions_per_s_including_warmup": round(len(acked) / counts["total_seconds"], 1),
             "next_p50_ms": round(pct(ln, 50), 1), "next_p99_ms": round(pct(ln, 99), 1),
@@ -313,6 +317,11 @@ def main() -> None:
     ap.add_argument("--edit-rate", type=float, default=0.03, help="share of submissions corrected at once")
     ap.add_argument("--gold-rate", type=float, default=0.05, help="gold rate of the gated (qualification) project; 0: "
                     "no gold, no gating")
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="mean think time between a task's arrival and its submission (exponential). 0: a closed loop, "
+                    "each labeler asks again the moment an answer arrives — then N labelers keep N requests in flight "
+                    "and by Little's law latency = N / throughput, so p99 grows with N whatever the server does; a "
+                    "think time makes N labelers offer at most N / think submissions/s")
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--postgres-url", default=os.environ.get("RANKLOOP_BENCH_POSTGRES_URL") or os.environ.get("RANKLOOP_TEST_POSTGRES_URL"))
     ap.add_argument("--postgres-workers", type=int, default=2, help="uvicorn processes in front of PostgreSQL")
@@ -334,9 +343,10 @@ def main() -> None:
             print(f"{backend}: {args.labelers} labelers, {args.submissions} submissions …", flush=True)
             results.append(bench_one(backend, url, args.labelers, args.submissions, args.k, args.overlap, workers,
                                      args.double_click_rate, ROOT / "bench" / "results" / f"labeling_load_{backend}.log",
-                                     args.skip_rate, args.edit_rate, args.gold_rate))
+                                     args.skip_rate, args.edit_rate, args.gold_rate, args.think_ms))
 
-    cols = [("backend", "backend"), ("server_workers", "procs"), ("labelers", "labelers"), ("submissions", "subs"),
+    cols = [("backend", "backend"), ("server_workers", "procs"), ("labelers", "labelers"), ("think_ms", "think ms"),
+            ("submissions", "subs"),
             ("submissions_per_s", "subs/s"), ("next_p50_ms", "next p50"), ("next_p99_ms", "next p99"),
             ("submit_p50_ms", "submit p50"), ("submit_p99_ms", "submit p99"), ("lost", "lost"), ("duplicates", "dups"),
             ("double_clicks_deduplicated", "dbl-clicks ok"), ("skips", "skips"), ("edits", "edits"),
@@ -346,7 +356,7 @@ def main() -> None:
     print("  ".join(h.rjust(w) for (_, h), w in zip(cols, widths)))
     for r in results:
         print("  ".join(str(r[c]).rjust(w) for (c, _), w in zip(cols, widths)))
-    print("steady state, after a warm-up of one cycle per labeler (all 50 start at the same instant);\n"
+    print(f"steady state, after a warm-up of one cycle per labeler (all {args.labelers} start at the same instant);\n"
           "latencies in ms; 'srv cpu ms/sub' = server CPU per submission (next + submit), 'srv cores' = CPU the server\n"
           "got during the run; 'load' = 1-minute load average after the run (other jobs on the machine included)")
     meta = {"machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "target": {"sqlite_submissions_per_s": 300,
