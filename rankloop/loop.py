@@ -39,13 +39,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, TypeVar
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, create_model, field_serializer, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from rich.console import Console
 
-from rankloop.config import Config, ConfigError, save_config
+from rankloop.config import Config, ConfigError, read_config_file, save_config
 from rankloop.io import read_candidates, read_preferences, read_prompts, write_json, write_jsonl, write_rankings
 from rankloop.records import Candidate, Prompt
 from rankloop.reward.config import RewardTrainConfig
@@ -339,7 +338,7 @@ class LoopConfig(Config):
         other labeling settings). A relative ``prompts``, ``eval_prompts`` or ``rm_eval_data``
         that names no file from here but one beside the config file is read from beside it."""
         path = Path(path)
-        data = _read_mapping(path)
+        data = read_config_file(path)
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
@@ -371,18 +370,6 @@ class LoopConfig(Config):
         if self.gold is not None:
             return self.gold
         return self.labeling.gold if self.labeling.mode == "simulated" else None
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of field: value")
-    return data
 
 
 def reward_train_config(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path,
