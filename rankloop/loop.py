@@ -28,6 +28,7 @@ the KL the evaluation measures, the quantity of the over-optimisation plots (Gao
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -36,15 +37,14 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Literal, TypeVar
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, create_model, field_serializer, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from rich.console import Console
 
-from rankloop.config import Config, ConfigError, save_config
+from rankloop.config import Config, ConfigError, read_config_file, save_config
 from rankloop.io import read_candidates, read_preferences, read_prompts, write_json, write_jsonl, write_rankings
 from rankloop.records import Candidate, Prompt
 from rankloop.reward.config import RewardTrainConfig
@@ -338,7 +338,7 @@ class LoopConfig(Config):
         other labeling settings). A relative ``prompts``, ``eval_prompts`` or ``rm_eval_data``
         that names no file from here but one beside the config file is read from beside it."""
         path = Path(path)
-        data = _read_mapping(path)
+        data = read_config_file(path)
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
@@ -370,18 +370,6 @@ class LoopConfig(Config):
         if self.gold is not None:
             return self.gold
         return self.labeling.gold if self.labeling.mode == "simulated" else None
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of field: value")
-    return data
 
 
 def reward_train_config(cfg: LoopConfig, data: Path, eval_data: Path | None, out: Path,
@@ -881,6 +869,38 @@ def _start_server(app, host: str, port: int):
     return server, t
 
 
+@contextlib.contextmanager
+def _human_session(cfg: LoopConfig, app, admin_pw: str, name: str, load: Callable[[Any], int], todo: str,
+                   waiting: str, done: Callable[[Any, int, dict], bool]) -> Iterator[tuple[Any, int]]:
+    """Human mode of a labeling step: serve ``app`` on ``labeling.host``/``port``, log in as the admin,
+    ``load(admin)`` the project (its id), tell the operator where to go (``todo``: the sentence after
+    "Project … is loaded"), then poll the project's progress every ``labeling.poll_seconds`` under a
+    ``waiting`` bar until ``done(admin, pid, progress)``. Yields ``(admin, pid)`` (the admin's client,
+    still logged in) for the caller to read the results; the server stops on leaving, also on error."""
+    from rankloop.labeling.client import LabelingClient
+
+    lab = cfg.labeling
+    server, thread = _start_server(app, lab.host, lab.port)
+    try:
+        with LabelingClient(f"http://{lab.host}:{lab.port}") as admin:
+            admin.login(lab.admin_user, admin_pw)
+            pid = load(admin)
+            console.print(f"\n[bold]Labeling app:[/] http://{lab.host}:{lab.port}/login  "
+                          f"admin [bold]{lab.admin_user}[/] / [bold]{admin_pw}[/]\n"
+                          f"Project [bold]{name}[/] (id {pid}) is loaded{todo}\n")
+            with _bar(cfg, waiting, admin.progress(pid)["slots"]) as (bar, task):
+                while True:
+                    prog = admin.progress(pid)
+                    bar.update(task, completed=prog["slots_done"])
+                    if done(admin, pid, prog):
+                        break
+                    time.sleep(lab.poll_seconds)
+            yield admin, pid
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Candidate], out: Path) -> LabelResult:
     """Import the round's items into the labeling app, get them ranked, export the rankings."""
     from fastapi.testclient import TestClient
@@ -940,29 +960,16 @@ def step_label(cfg: LoopConfig, rnd: int, prompts: list[Prompt], cands: list[Can
         agreement = expected_agreement(groups, sigma, texts)
         figures.update(stats)
     else:
-        server, thread = _start_server(app, lab.host, lab.port)
-        try:
-            with LabelingClient(f"http://{lab.host}:{lab.port}") as admin:
-                admin.login(lab.admin_user, admin_pw)
-                pid = load(admin)
-                console.print(f"\n[bold]Labeling app:[/] http://{lab.host}:{lab.port}/login  "
-                              f"admin [bold]{lab.admin_user}[/] / [bold]{admin_pw}[/]\n"
-                              f"Project [bold]{name}[/] (id {pid}) is loaded. Create labeler accounts and invite "
-                              f"them on the admin page; the loop continues when every ranking is in.\n")
-                with _bar(cfg, "waiting for rankings", admin.progress(pid)["slots"]) as (bar, task):
-                    while True:
-                        prog = admin.progress(pid)
-                        bar.update(task, completed=prog["slots_done"])
-                        if prog["slots_done"] >= prog["slots"]:
-                            break
-                        time.sleep(lab.poll_seconds)
-                try:
-                    figures.update({f"app_{k}": v for k, v in admin.agreement(pid).items()})
-                except LabelingError:
-                    pass
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        def ranked(admin: LabelingClient, pid: int, prog: dict) -> bool:
+            return prog["slots_done"] >= prog["slots"]
+
+        with _human_session(cfg, app, admin_pw, name, load, ". Create labeler accounts and invite them on the admin "
+                            "page; the loop continues when every ranking is in.", "waiting for rankings",
+                            ranked) as (admin, pid):
+            try:
+                figures.update({f"app_{k}": v for k, v in admin.agreement(pid).items()})
+            except LabelingError:
+                pass
     exported = export_project(url, name, out, min_agreement=lab.min_agreement)
     exported.pop("project", None)  # the name again
     figures.update(exported)
@@ -1426,26 +1433,13 @@ def step_demonstrations(cfg: LoopConfig, prompts: list[Prompt], out: Path) -> De
             figures.update(review_demonstrations(admin, pid, gold, dm.min_gold))
             n = export(admin, pid)
     else:
-        server, thread = _start_server(app, lab.host, lab.port)
-        try:
-            with LabelingClient(f"http://{lab.host}:{lab.port}") as admin:
-                admin.login(lab.admin_user, admin_pw)
-                pid = load(admin)
-                console.print(f"\n[bold]Labeling app:[/] http://{lab.host}:{lab.port}/login  "
-                              f"admin [bold]{lab.admin_user}[/] / [bold]{admin_pw}[/]\n"
-                              f"Project [bold]{name}[/] (id {pid}) is loaded: write an answer to each prompt, "
-                              "then review them; the loop continues when every answer is in and reviewed.\n")
-                with _bar(cfg, "waiting for demonstrations", admin.progress(pid)["slots"]) as (bar, task):
-                    while True:
-                        prog = admin.progress(pid)
-                        bar.update(task, completed=prog["slots_done"])
-                        if prog["slots_done"] >= prog["slots"] and not admin.demonstrations(pid, review="pending"):
-                            break
-                        time.sleep(lab.poll_seconds)
-                n = export(admin, pid)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        def reviewed(admin: LabelingClient, pid: int, prog: dict) -> bool:
+            return prog["slots_done"] >= prog["slots"] and not admin.demonstrations(pid, review="pending")
+
+        with _human_session(cfg, app, admin_pw, name, load, ": write an answer to each prompt, then review them; the "
+                            "loop continues when every answer is in and reviewed.", "waiting for demonstrations",
+                            reviewed) as (admin, pid):
+            n = export(admin, pid)
     if n == 0:
         raise RuntimeError(f"{name}: no accepted demonstrations to train SFT on")
     return DemonstrationResult(source=dm.mode, demonstrations=n, prompts=len(prompts), figures=figures)

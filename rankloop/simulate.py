@@ -33,7 +33,7 @@ import math
 import random
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 GoldFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -178,6 +178,25 @@ def ensure_labelers(admin, project_id: int, names: Sequence[str], password: str)
     return clients
 
 
+def round_robin_tasks(clients: Sequence, project_id: int) -> Iterator[tuple[int, dict]]:
+    """Turns over ``clients`` (logged-in ``LabelingClient``s): yield ``(i, task)``, the next task of
+    client ``i`` in ``project_id``, one task per client per turn, until none has a task left.
+
+    A client whose queue is empty drops out; the caller submits each task before asking for the
+    next, so the order of API calls is: next_task of 0, the caller's submit, next_task of 1, ...
+    """
+    active = list(range(len(clients)))
+    while active:
+        still = []
+        for i in active:
+            task = clients[i].next_task(project_id)
+            if task is None:
+                continue
+            yield i, task
+            still.append(i)
+        active = still
+
+
 def label_project(admin, project_id: int, labelers: Sequence[SimulatedLabeler], password: str,
                   on_submit: Callable[[], None] | None = None) -> dict:
     """Every simulated labeler works through its queue until the project has no task left.
@@ -187,24 +206,16 @@ def label_project(admin, project_id: int, labelers: Sequence[SimulatedLabeler], 
     Returns the counts and the app's own agreement figures.
     """
     clients = ensure_labelers(admin, project_id, [lab.name for lab in labelers], password)
-    active = list(range(len(labelers)))
     submitted = 0
-    while active:
-        still = []
-        for i in active:
-            task = clients[i].next_task(project_id)
-            if task is None:
-                continue
-            cands = [(c["id"], c["text"]) for c in task["candidates"]]
-            order = labelers[i].rank(_prompt_text(task["prompt"]), cands)
-            # A fresh key per task: a retry of this very call would reuse it and be stored once.
-            key = uuid.uuid5(uuid.NAMESPACE_URL, f"rankloop-sim/{project_id}/{task['task_id']}/{labelers[i].name}").hex
-            clients[i].submit(task["task_id"], order, idempotency_key=key)
-            submitted += 1
-            if on_submit is not None:
-                on_submit()
-            still.append(i)
-        active = still
+    for i, task in round_robin_tasks(clients, project_id):
+        cands = [(c["id"], c["text"]) for c in task["candidates"]]
+        order = labelers[i].rank(_prompt_text(task["prompt"]), cands)
+        # A fresh key per task: a retry of this very call would reuse it and be stored once.
+        key = uuid.uuid5(uuid.NAMESPACE_URL, f"rankloop-sim/{project_id}/{task['task_id']}/{labelers[i].name}").hex
+        clients[i].submit(task["task_id"], order, idempotency_key=key)
+        submitted += 1
+        if on_submit is not None:
+            on_submit()
     out: dict = {"submitted": submitted, "labelers": len(labelers)}
     out.update({f"app_{k}": v for k, v in admin.agreement(project_id).items()})
     return out
@@ -246,25 +257,17 @@ def demonstrate_project(admin, project_id: int, demonstrators: Sequence[Simulate
     task is left, as ``label_project`` does for rankings (logged-in app users, one task each in
     turn, an idempotency key per task)."""
     clients = ensure_labelers(admin, project_id, [d.name for d in demonstrators], password)
-    active = list(range(len(demonstrators)))
     submitted = 0
-    while active:
-        still = []
-        for i in active:
-            task = clients[i].next_task(project_id)
-            if task is None:
-                continue
-            if task.get("kind") != "demonstration":
-                raise ValueError(f"project {project_id}: expected demonstration tasks, got {task.get('kind')!r}")
-            text = demonstrators[i].demonstrate(_prompt_text(task["prompt"]))
-            key = uuid.uuid5(uuid.NAMESPACE_URL,
-                             f"rankloop-sim-demo/{project_id}/{task['task_id']}/{demonstrators[i].name}").hex
-            clients[i].submit_demonstration(task["task_id"], text, edited_from=None, idempotency_key=key)
-            submitted += 1
-            if on_submit is not None:
-                on_submit()
-            still.append(i)
-        active = still
+    for i, task in round_robin_tasks(clients, project_id):
+        if task.get("kind") != "demonstration":
+            raise ValueError(f"project {project_id}: expected demonstration tasks, got {task.get('kind')!r}")
+        text = demonstrators[i].demonstrate(_prompt_text(task["prompt"]))
+        key = uuid.uuid5(uuid.NAMESPACE_URL,
+                         f"rankloop-sim-demo/{project_id}/{task['task_id']}/{demonstrators[i].name}").hex
+        clients[i].submit_demonstration(task["task_id"], text, edited_from=None, idempotency_key=key)
+        submitted += 1
+        if on_submit is not None:
+            on_submit()
     return {"submitted": submitted, "demonstrators": len(demonstrators)}
 
 

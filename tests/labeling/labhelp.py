@@ -99,3 +99,40 @@ def live_app(d: Path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# ---- the migration tests' shared pieces: a database at an old revision, with one answered slot
+OLD_NOW = "2026-01-01 00:00:00"
+
+
+def database_at(db_url: str, revision: str):
+    """Migrate the (empty) database at ``db_url`` up to ``revision`` with the app's alembic
+    scripts; returns the alembic ``Config`` (to upgrade/downgrade further) and an engine on it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from rankloop.labeling.db import MIGRATIONS, resolve_url
+
+    url = resolve_url(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, revision)
+    return cfg, create_engine(url)
+
+
+def seed_answered_slot(c, mode: str = "ranking") -> None:
+    """Rows of the 0002 schema on connection ``c``, every id 1: labeler 'ann', project 'p' (k 2,
+    ``mode``), prompt 'q', an item and its slot, done by ann (the ranking itself is the caller's)."""
+    from sqlalchemy import text
+
+    c.execute(text("INSERT INTO users (id, username, password_hash, role, active, created_at) "
+                   f"VALUES (1, 'ann', 'x', 'labeler', true, '{OLD_NOW}')"))
+    c.execute(text("INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
+                   f"VALUES (1, 'p', '', 2, '{mode}', 1, 0, 60, '{OLD_NOW}')"))
+    c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
+    c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
+    c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) "
+                   "VALUES (1, 1, 1, 0, 1, 'done', false)"))

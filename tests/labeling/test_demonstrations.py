@@ -302,3 +302,68 @@ def test_skip_gives_a_demonstration_task_back_and_drops_its_autosave(tc, admin, 
     assert a.next_task()["prompt_id"] != t["prompt_id"]  # never offered to a again
     got = b.next_task()
     assert got["task_id"] == t["task_id"] and got["saved"] is None  # back in the pool, without a's text
+
+
+def test_loop_human_demonstrations_wait_for_every_answer_and_its_review(tmp_path):
+    """The loop's demonstration step with people (``demonstrations.mode: human``): the app serves
+    over real HTTP with the prompts loaded, and the step returns only once every prompt has its
+    answer and no answer is waiting for review; then it exports the accepted ones and stops the app."""
+    import threading
+
+    from labhelp import free_port
+
+    from rankloop.labeling.client import LabelingClient
+    from rankloop.loop import LoopConfig, step_demonstrations
+
+    port = free_port()
+    cfg = LoopConfig(output=str(tmp_path / "run"), policy="unused", prompts="unused",
+                     labeling={"mode": "human", "port": port, "admin_password": "admin-pw-123", "poll_seconds": 0.1},
+                     demonstrations={"enabled": True, "mode": "human"})
+    prompts = [Prompt(id=f"p{i}", text=f"Say something kind, number {i}") for i in range(3)]
+    (tmp_path / "run").mkdir()  # run_loop makes it before any step
+    out = tmp_path / "demonstrations.jsonl"
+    result: list = []
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            result.append(step_demonstrations(cfg, prompts, out))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    base = f"http://127.0.0.1:{port}"
+    admin, project, deadline = LabelingClient(base), None, time.time() + 60
+    while time.time() < deadline and not errors:
+        try:
+            admin.login("admin", "admin-pw-123")
+            project = next((p for p in admin.projects() if p["name"] == "rankloop-demonstrations"), None)
+            if project and admin.progress(project["id"])["items"] == 3:
+                break
+        except Exception:  # noqa: BLE001 - the server is not up yet
+            pass
+        time.sleep(0.1)
+    assert project is not None and not errors, errors
+    admin.create_user("wren", "wren-password")
+    admin.add_member(project["id"], "wren")
+    wren = LabelingClient(base)
+    wren.login("wren", "wren-password")
+    while (task := wren.next_task(project["id"])) is not None:
+        wren.submit_demonstration(task["task_id"], f"A kind answer to {task['prompt']}", edited_from=None,
+                                  idempotency_key=f"k-{task['task_id']}")
+    time.sleep(0.5)  # every answer is in, none reviewed: the step keeps waiting
+    assert t.is_alive() and not errors, errors
+    pending = admin.demonstrations(project["id"], review="pending")
+    assert len(pending) == 3
+    for d in pending[:2]:
+        admin.review_demonstration(d["id"], "accepted")
+    admin.review_demonstration(pending[2]["id"], "rejected")
+    t.join(timeout=60)
+    assert not t.is_alive() and not errors, errors
+    (res,) = result
+    assert (res.source, res.demonstrations, res.prompts) == ("human", 2, 3)
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert len(rows) == 2 and {r["labeler"] for r in rows} == {"wren"}
+    with pytest.raises(Exception):
+        LabelingClient(base, timeout=2).login("admin", "admin-pw-123")  # the app stopped

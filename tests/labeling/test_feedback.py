@@ -211,28 +211,13 @@ def test_migration_0006_upgrades_a_0002_database_with_data_and_back(db_url):
     """A database at 0002 with a ranking gains the feedback columns and the ratings table (the old
     ranking keeps its data, no strength), and downgrades back keeping the ranking."""
     from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
 
-    from rankloop.labeling.db import MIGRATIONS, resolve_url
+    from labhelp import OLD_NOW as now, database_at, seed_answered_slot
 
-    url = resolve_url(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "0002")
-    engine = create_engine(url)
-    now = "2026-01-01 00:00:00"
+    cfg, engine = database_at(db_url, "0002")
     with engine.begin() as c:
-        c.execute(text("INSERT INTO users (id, username, password_hash, role, active, created_at) "
-                       f"VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
-        c.execute(text("INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
-                       f"VALUES (1, 'p', '', 2, 'pairwise', 1, 0, 60, '{now}')"))
-        c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
-        c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
-        c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) "
-                       "VALUES (1, 1, 1, 0, 1, 'done', false)"))
+        seed_answered_slot(c, "pairwise")
         c.execute(text("INSERT INTO rankings (id, slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                        f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, 1, '[]', true, false, 'k', false, '{now}')"))
     command.upgrade(cfg, "0006")

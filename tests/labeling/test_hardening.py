@@ -662,18 +662,11 @@ def test_migration_0002_upgrades_a_0001_database_with_data(db_url):
     """A database made by 0001, with a never-expiring token and a ranking, upgrades in place: the
     token gets an expiry, the ranking stays, keys become per project; and it downgrades back."""
     from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
 
-    from rankloop.labeling.db import MIGRATIONS, resolve_url
+    from labhelp import database_at
 
-    url = resolve_url(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "0001")
-    engine = create_engine(url)
+    cfg, engine = database_at(db_url, "0001")
     now = "2026-01-01 00:00:00"
     with engine.begin() as c:
         c.execute(text("INSERT INTO users (id, username, password_hash, role, active, created_at) "

@@ -380,28 +380,13 @@ def test_migration_0007_upgrades_a_0002_database_with_data(db_url):
     """Existing accounts become non-external and existing rankings have no strength or provenance;
     the downgrade drops the three columns again."""
     from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
 
-    from rankloop.labeling.db import MIGRATIONS, resolve_url
+    from labhelp import OLD_NOW as now, database_at, seed_answered_slot
 
-    url = resolve_url(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "0002")
-    engine = create_engine(url)
-    now = "2026-01-01 00:00:00"
+    cfg, engine = database_at(db_url, "0002")
     with engine.begin() as c:
-        c.execute(text(f"INSERT INTO users (id, username, password_hash, role, active, created_at) "
-                       f"VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
-        c.execute(text(f"INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
-                       f"VALUES (1, 'p', '', 2, 'ranking', 1, 0, 60, '{now}')"))
-        c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
-        c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
-        c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) "
-                       "VALUES (1, 1, 1, 0, 1, 'done', false)"))
+        seed_answered_slot(c, "ranking")
         c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                        f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k', false, '{now}')"))
     command.upgrade(cfg, "0007")

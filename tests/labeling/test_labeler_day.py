@@ -292,18 +292,26 @@ def test_markdown_code_links_direction():
     assert markdown("**b**") == markdown("**b**") and str(markdown(None)) == ""
 
 
-def test_task_page_forms_need_csrf_and_name_the_project(tc, admin):
+def _ann_on_the_task_page(tc, admin, n: int):
+    """A project of ``n`` items (k 3) with labeler ann, logged in through the login form (the
+    browser's way, cookies in ``tc``) and sent to her first task: (the project, the task page,
+    its task id, the page's CSRF token)."""
     import re
 
-    p = project(admin, n=2, k=3, overlap=1)
+    p = project(admin, n=n, k=3, overlap=1)
     admin.create_user("ann", "ann-password")
     admin.add_member(p["id"], "ann")
     token = re.search(r'name="csrf_token" value="([^"]+)"', tc.get("/login").text).group(1)
     tc.post("/login", data={"username": "ann", "password": "ann-password", "csrf_token": token})
     page = tc.get("/label", follow_redirects=True)
     task = str(page.url).rsplit("/", 1)[1].split("?")[0]
-    assert 'id="project-name" dir="auto">day<' in page.text and "Remaining for you: <strong>2</strong>" in page.text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return p, page, task, csrf
+
+
+def test_task_page_forms_need_csrf_and_name_the_project(tc, admin):
+    _, page, task, csrf = _ann_on_the_task_page(tc, admin, n=2)
+    assert 'id="project-name" dir="auto">day<' in page.text and "Remaining for you: <strong>2</strong>" in page.text
     assert tc.post(f"/label/{task}/skip", data={"reason": "unclear"}, follow_redirects=False).status_code == 403
     r = tc.post(f"/label/{task}/skip", data={"reason": "", "csrf_token": csrf})
     assert r.status_code == 422  # a blank reason: the page again, with why
@@ -325,26 +333,13 @@ def test_migration_0004_upgrades_a_0002_database_and_downgrades(db_url):
     correction (no slot of its own) and a skip can then be stored; downgrading to 0002 drops them
     and keeps the original."""
     from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
 
-    from rankloop.labeling.db import MIGRATIONS, resolve_url
+    from labhelp import OLD_NOW as now, database_at, seed_answered_slot
 
-    url = resolve_url(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "0002")
-    engine = create_engine(url)
-    now = "2026-01-01 00:00:00"
+    cfg, engine = database_at(db_url, "0002")
     with engine.begin() as c:
-        c.execute(text(f"INSERT INTO users (id, username, password_hash, role, active, created_at) VALUES (1, 'ann', 'x', 'labeler', true, '{now}')"))
-        c.execute(text(f"INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
-                       f"VALUES (1, 'p', '', 2, 'ranking', 1, 0, 60, '{now}')"))
-        c.execute(text("INSERT INTO prompts (id, project_id, external_id, content, meta) VALUES (1, 1, 'q', '\"q\"', '{}')"))
-        c.execute(text("INSERT INTO items (id, project_id, prompt_row_id, candidate_ids, is_gold) VALUES (1, 1, 1, '[]', false)"))
-        c.execute(text("INSERT INTO slots (id, project_id, item_id, slot_no, labeler_id, status, is_gold) VALUES (1, 1, 1, 0, 1, 'done', false)"))
+        seed_answered_slot(c, "ranking")
         # (no explicit id: PostgreSQL's sequence would not know it was taken)
         first = c.execute(text("INSERT INTO rankings (slot_id, project_id, item_id, labeler_id, ranking, all_bad, unsafe, "
                                f"idempotency_key, is_gold, created_at) VALUES (1, 1, 1, 1, '[]', false, false, 'k', false, '{now}') "
@@ -393,14 +388,7 @@ def test_edit_page_form_without_the_script(tc, admin):
     import json
     import re
 
-    p = project(admin, n=1, k=3, overlap=1)
-    admin.create_user("ann", "ann-password")
-    admin.add_member(p["id"], "ann")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', tc.get("/login").text).group(1)
-    tc.post("/login", data={"username": "ann", "password": "ann-password", "csrf_token": token})
-    page = tc.get("/label", follow_redirects=True)
-    task = str(page.url).rsplit("/", 1)[1].split("?")[0]
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    p, page, task, csrf = _ann_on_the_task_page(tc, admin, n=1)
     ids = sorted(re.findall(r'<li class="card" data-id="([^"]+)"', page.text))
     tc.post(f"/label/{task}", data={"order": json.dumps([[i] for i in ids]), "idempotency_key": "k1", "csrf_token": csrf})
     (rid,) = [r["id"] for r in admin.rankings(p["id"])]

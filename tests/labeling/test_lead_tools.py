@@ -530,18 +530,11 @@ def test_reviewer_login_lands_on_the_review_page(tc, admin):
 
 def test_migration_0005_upgrades_a_0002_database_with_a_project(db_url):
     from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from rankloop.labeling.db import MIGRATIONS, resolve_url
+    from labhelp import database_at
 
-    url = resolve_url(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "0002")
-    engine = create_engine(url)
+    cfg, engine = database_at(db_url, "0002")
     with engine.begin() as c:
         c.execute(text("INSERT INTO projects (id, name, instructions, k, mode, overlap, gold_rate, lease_seconds, created_at) "
                        "VALUES (1, 'old', '', 2, 'ranking', 1, 0, 60, '2026-01-01 00:00:00')"))
