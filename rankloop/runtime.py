@@ -145,17 +145,36 @@ def full_state_dict(acc, model) -> dict | None:
 @contextlib.contextmanager
 def gathered(acc, prepared) -> Iterator[None]:
     """Under FSDP, the prepared module's weights whole for the block (``unshard`` … ``reshard``), so a
-    forward pass may call the Hugging Face model inside it directly (evaluation, normalisation)
-    rather than through the prepared wrapper, whose forward hooks do the gathering otherwise. Every
-    process must enter it. A no-op outside FSDP."""
+    forward pass may call the Hugging Face model inside it directly (evaluation, normalisation, the RL
+    learners' decode loop) rather than through the prepared wrapper, whose forward hooks do the
+    gathering otherwise. Every process must enter it (each unit's all-gather is collective); inside
+    it nothing is collective, so processes may run different numbers of forward passes (each decodes
+    its own rows). A no-op outside FSDP.
+
+    Every FSDP unit under ``prepared`` is unsharded (torch's ``unshard`` is not recursive: with one
+    unit per decoder layer, ``fsdp_transformer_layer_cls_to_wrap``, the layers are units of their
+    own), and for the block no unit reshards after a forward pass that goes through its hooks (FSDP2
+    keeps the parameters gathered when a group's ``post_forward_mesh_info`` is None, as for its
+    root), so a hooked forward inside the block gathers nothing again."""
     if not is_fsdp(acc):
         yield
         return
-    prepared.unshard()
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in prepared.modules() if isinstance(m, FSDPModule)]
+    kept = []
+    for m in units:
+        for group in m._get_fsdp_state()._fsdp_param_groups:
+            kept.append((group, group.post_forward_mesh_info))
+            group.post_forward_mesh_info = None
+        m.unshard()
     try:
         yield
     finally:
-        prepared.reshard()
+        for group, info in kept:
+            group.post_forward_mesh_info = info
+        for m in units:
+            m.reshard()
 
 
 def check_fsdp_settings(acc, cfg) -> None:
