@@ -57,8 +57,9 @@ def make_accelerator(log_with: list | None = None, project_dir: str | Path | Non
     from rankloop.config import ConfigError, mixed_precision
 
     if distributed_mode() == "fsdp" and not fsdp:
-        raise ConfigError("this command does not run under FSDP yet (only train-sft and train-rm do; see docs/gpu.md): "
-                          "launch it without the FSDP accelerate config (ACCELERATE_USE_FSDP) to run it data-parallel")
+        raise ConfigError("FSDP launch (ACCELERATE_USE_FSDP), but this caller does not declare its loop FSDP-ready "
+                          "(make_accelerator(..., fsdp=True); train-sft, train-rm, train-dpo, ppo, rloo and grpo do — "
+                          "see docs/gpu.md): launch it without the FSDP accelerate config to run it data-parallel")
     if distributed_mode() == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise ConfigError("DeepSpeed ZeRO-3 is not supported by any rankloop command yet (it shards the parameters; "
                           "see docs/gpu.md): use ZeRO-2, or FSDP with train-sft")
@@ -178,8 +179,9 @@ def gathered(acc, prepared) -> Iterator[None]:
 
 
 def check_fsdp_settings(acc, cfg) -> None:
-    """What a supervised run cannot do under FSDP yet, refused before any work: LoRA (the merged
-    export deep-copies a sharded model) and ``--resume`` (the optimiser state is sharded per process)."""
+    """What a run (supervised or RL) cannot do under FSDP yet, refused before any work: LoRA (the merged
+    export deep-copies a sharded model; PPO's reference would be the sharded policy with its adapter
+    off) and ``--resume`` (the optimiser state is sharded per process)."""
     if not is_fsdp(acc):
         return
     from rankloop.config import ConfigError
@@ -189,8 +191,8 @@ def check_fsdp_settings(acc, cfg) -> None:
                           "data-parallel (without the FSDP accelerate config)")
     if getattr(cfg, "resume", False):
         raise ConfigError("--resume under FSDP is not supported yet (the optimiser state is sharded per process); "
-                          "an FSDP run's checkpoints are loadable model directories: start a new run from one "
-                          "with --model")
+                          "an FSDP run's final model is a loadable model directory: start a new run from it "
+                          "(--model, or --policy for ppo/rloo/grpo)")
 
 
 class JSONLTracker(GeneralTracker):

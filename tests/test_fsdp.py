@@ -1,6 +1,7 @@
-"""FSDP2 through accelerate (examples/accelerate/fsdp2.yaml) on 2 CPU processes over gloo: train-sft sharded ≡ one process (loss, eval
-loss, grad norm, final weights), its checkpoints loadable model directories; the commands whose
-loops are not FSDP-ready refuse an FSDP launch instead of deadlocking."""
+"""FSDP2 through accelerate (examples/accelerate/fsdp2.yaml) on 2 CPU processes over gloo: train-sft, train-rm and
+train-dpo sharded ≡ one process (loss, eval metrics, grad norm, final weights), their checkpoints loadable model
+directories; what FSDP refuses (--lora, --resume; a loop not declared FSDP-ready; ZeRO-3). The RL learners'
+FSDP tests sit beside their DDP ones in tests/rl (test_rloo.py, test_grpo.py, test_ppo.py)."""
 
 import json
 import os
@@ -151,13 +152,28 @@ def test_train_dpo_refuses_lora_under_fsdp(tmp_path, tiny_gpt2):
     assert "--lora under FSDP is not supported yet" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_commands_not_ready_for_fsdp_refuse_it(tmp_path, tiny_gpt2):
+def test_a_loop_not_declared_fsdp_ready_refuses_an_fsdp_launch(monkeypatch):
+    """Every command's loop is FSDP-ready today; a loop that does not say so (``fsdp=False``) is refused
+    at the accelerator rather than deadlocking in a main-process-only forward pass."""
+    from rankloop.config import ConfigError
+    from rankloop.runtime import make_accelerator
+
+    for k, v in FSDP_ENV.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="does not declare its loop FSDP-ready"):
+        make_accelerator()
+
+
+@pytest.mark.slow
+def test_ppo_refuses_lora_and_resume_under_fsdp(tmp_path, tiny_gpt2):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "a", "prompt": "the cat"}) + "\n")
-    proc = run_cli("ppo", "--policy", tiny_gpt2, "--prompts", prompts, "--reward", "length", "--output",
-                   tmp_path / "ppo", "--iterations", "1", check=False, env=FSDP_ENV)
-    assert proc.returncode != 0
-    assert "does not run under FSDP yet (only train-sft and train-rm do" in proc.stderr, proc.stderr[-2000:]
+    base = ["ppo", "--policy", tiny_gpt2, "--prompts", prompts, "--reward", "length", "--output", tmp_path / "ppo",
+            "--iterations", "1", "--batch-size", "2", "--minibatch-size", "2", "--no-progress"]
+    proc = _launch_fsdp(*base, "--lora")
+    assert proc.returncode != 0 and "--lora under FSDP is not supported yet" in proc.stderr, proc.stderr[-2000:]
+    proc = _launch_fsdp(*base, "--resume")
+    assert proc.returncode != 0 and "--resume under FSDP is not supported yet" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_zero3_is_refused_by_every_command(tmp_path, tiny_gpt2, sft_data):
