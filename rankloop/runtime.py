@@ -62,7 +62,7 @@ def make_accelerator(log_with: list | None = None, project_dir: str | Path | Non
                           "see docs/gpu.md): launch it without the FSDP accelerate config to run it data-parallel")
     if distributed_mode() == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise ConfigError("DeepSpeed ZeRO-3 is not supported by any rankloop command yet (it shards the parameters; "
-                          "see docs/gpu.md): use ZeRO-2, or FSDP with train-sft")
+                          "see docs/gpu.md): use ZeRO-2, or FSDP2 (examples/accelerate/fsdp2.yaml)")
     mp = "no" if cfg is None else mixed_precision(cfg.dtype, cfg.precision)
     if mp == "fp16" and not torch.cuda.is_available():
         # accelerate runs no float16 autocast (and no loss scaling) on CPU: it would silently train in float32
@@ -156,12 +156,17 @@ def gathered(acc, prepared) -> Iterator[None]:
     unit per decoder layer, ``fsdp_transformer_layer_cls_to_wrap``, the layers are units of their
     own), and for the block no unit reshards after a forward pass that goes through its hooks (FSDP2
     keeps the parameters gathered when a group's ``post_forward_mesh_info`` is None, as for its
-    root), so a hooked forward inside the block gathers nothing again."""
+    root), so a hooked forward inside the block gathers nothing again. The prepared module is made
+    FSDP's root first (torch's lazy initialisation), as its own first forward would."""
     if not is_fsdp(acc):
         yield
         return
     from torch.distributed.fsdp import FSDPModule
 
+    if isinstance(prepared, FSDPModule):
+        # FSDP2 makes root the first unit whose forward runs: a layer called first (the decode loop, before
+        # any training step) would claim it, and the prepared module's own forward fail afterwards.
+        prepared._get_fsdp_state()._lazy_init()
     units = [m for m in prepared.modules() if isinstance(m, FSDPModule)]
     kept = []
     for m in units:

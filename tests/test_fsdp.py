@@ -60,11 +60,13 @@ def test_train_sft_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, sft_da
     assert json.loads((two / "train_summary.json").read_text())["steps"] == 4
 
 
-def _launch_fsdp(*args) -> subprocess.CompletedProcess:
-    """``rankloop ARGS`` on 2 CPU processes, as a user launches it: accelerate with the example config."""
+def _launch_fsdp(*args, wrap: str | None = None) -> subprocess.CompletedProcess:
+    """``rankloop ARGS`` on 2 CPU processes, as a user launches it: accelerate with the example config
+    (``wrap``: the decoder-layer class made an FSDP unit of its own, else the whole model is one)."""
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/fsdp2.yaml"),
-         "--num_processes", "2", "--main_process_port", "29538", "-m", "rankloop.cli", *map(str, args)],
+         "--num_processes", "2", "--main_process_port", "29538",
+         *(["--fsdp_transformer_layer_cls_to_wrap", wrap] if wrap else []), "-m", "rankloop.cli", *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, timeout=400, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -97,7 +99,8 @@ def test_train_rm_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
 
 
 @pytest.mark.slow
-def test_train_dpo_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
+@pytest.mark.parametrize("wrap", [None, "GPT2Block"])  # the whole model one FSDP unit, or one unit per layer
+def test_train_dpo_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, wrap):
     """The policy sharded, the reference replicated (its log-probs cached before the policy is prepared);
     evaluation, held-out KL sampling included, on every process."""
     from rankloop.io import write_rankings
@@ -111,7 +114,7 @@ def test_train_dpo_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
     one = tmp_path / "one"
     run_cli("train-dpo", *common, "--output", one, "--batch-size", "4")
     two = tmp_path / "two"
-    proc = _launch_fsdp("train-dpo", *common, "--output", two, "--batch-size", "2")
+    proc = _launch_fsdp("train-dpo", *common, "--output", two, "--batch-size", "2", wrap=wrap)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stderr
     ckpt = two / "checkpoints" / "step-00000002"
@@ -126,7 +129,7 @@ def test_train_dpo_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
         for k in ("loss", "reward/accuracy", "reward/margin", "eval/pairwise_accuracy", "eval/margin", "eval/kl_ref"):
             if k in a:
                 assert a[k] == pytest.approx(b[k], abs=1e-5), k
-        for k in ("logps/chosen", "logps/rejected", "eval/logps_chosen", "eval/logps_rejected"):  # sums of ~100 tokens
+        for k in ("logps/chosen", "logps/rejected", "eval/logps_chosen", "eval/logps_rejected"):  # per-response sums, ~-200
             if k in a:
                 assert a[k] == pytest.approx(b[k], rel=1e-6), k
     assert m1[0]["grad_norm"] == pytest.approx(m2[0]["grad_norm"], rel=1e-5)

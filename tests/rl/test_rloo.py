@@ -83,10 +83,11 @@ def sigkill_then_resume_equals_uninterrupted(learner, policy, prompts, tmp_path)
                {k: v for k, v in y.items() if not k.startswith("time/")}
 
 
-def two_processes_equal_one(learner, policy, prompts, tmp_path, port, fsdp: bool = False):
+def two_processes_equal_one(learner, policy, prompts, tmp_path, port, fsdp: bool = False, wrap: str | None = None):
     """2 gloo processes ≡ 1: data-parallel (torchrun), or with ``fsdp`` FSDP2 as a user launches it
-    (accelerate with examples/accelerate/fsdp2.yaml): the policy sharded, the reference and the reward
-    replicated, sampling on the gathered weights."""
+    (accelerate with examples/accelerate/fsdp2.yaml: the policy sharded, the reference and the reward
+    replicated, sampling on the gathered weights); ``wrap`` names the decoder-layer class made an FSDP
+    unit of its own (``fsdp_transformer_layer_cls_to_wrap``)."""
     # A larger Adam eps (see test_ppo's grad-accumulation test): float noise in near-zero gradients
     # — many groups of the length reward tie — would otherwise be blown up to whole steps.
     conf = tmp_path / "conf.yaml"
@@ -96,7 +97,8 @@ def two_processes_equal_one(learner, policy, prompts, tmp_path, port, fsdp: bool
     assert r.returncode == 0, r.stderr
     two = tmp_path / "two"
     launch = ([PY, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/fsdp2.yaml"),
-               "--num_processes", "2", "--main_process_port", str(port)] if fsdp else
+               "--num_processes", "2", "--main_process_port", str(port),
+               *(["--fsdp_transformer_layer_cls_to_wrap", wrap] if wrap else [])] if fsdp else
               [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
     r = subprocess.run([*launch, "-m", "rankloop.cli", *cli_args(learner, policy, prompts, two, 2, "--config", str(conf))],
                        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
@@ -174,8 +176,10 @@ def test_two_process_data_parallel_equals_one_process(tiny_gpt2, prompts_file, t
 
 
 @pytest.mark.slow
-def test_two_processes_fsdp2_equal_one_process(tiny_gpt2, prompts_file, tmp_path):
-    two_processes_equal_one("rloo", tiny_gpt2, prompts_file, tmp_path, 29541, fsdp=True)
+@pytest.mark.parametrize("wrap", [None, "GPT2Block"])  # the whole model one FSDP unit, or one unit per layer
+def test_two_processes_fsdp2_equal_one_process(tiny_gpt2, prompts_file, tmp_path, wrap):
+    two_processes_equal_one("rloo", tiny_gpt2, prompts_file, tmp_path, 29541 if wrap is None else 29542, fsdp=True,
+                            wrap=wrap)
 
 
 # ---------------------------------------------------------------- bad input
