@@ -57,11 +57,12 @@ def make_accelerator(log_with: list | None = None, project_dir: str | Path | Non
     from rankloop.config import ConfigError, mixed_precision
 
     if distributed_mode() == "fsdp" and not fsdp:
-        raise ConfigError("this command does not run under FSDP yet (only train-sft and train-rm do; see docs/gpu.md): "
-                          "launch it without the FSDP accelerate config (ACCELERATE_USE_FSDP) to run it data-parallel")
+        raise ConfigError("FSDP launch (ACCELERATE_USE_FSDP), but this caller does not declare its loop FSDP-ready "
+                          "(make_accelerator(..., fsdp=True); train-sft, train-rm, train-dpo, ppo, rloo and grpo do — "
+                          "see docs/gpu.md): launch it without the FSDP accelerate config to run it data-parallel")
     if distributed_mode() == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise ConfigError("DeepSpeed ZeRO-3 is not supported by any rankloop command yet (it shards the parameters; "
-                          "see docs/gpu.md): use ZeRO-2, or FSDP with train-sft")
+                          "see docs/gpu.md): use ZeRO-2, or FSDP2 (examples/accelerate/fsdp2.yaml)")
     mp = "no" if cfg is None else mixed_precision(cfg.dtype, cfg.precision)
     if mp == "fp16" and not torch.cuda.is_available():
         # accelerate runs no float16 autocast (and no loss scaling) on CPU: it would silently train in float32
@@ -145,22 +146,47 @@ def full_state_dict(acc, model) -> dict | None:
 @contextlib.contextmanager
 def gathered(acc, prepared) -> Iterator[None]:
     """Under FSDP, the prepared module's weights whole for the block (``unshard`` … ``reshard``), so a
-    forward pass may call the Hugging Face model inside it directly (evaluation, normalisation)
-    rather than through the prepared wrapper, whose forward hooks do the gathering otherwise. Every
-    process must enter it. A no-op outside FSDP."""
+    forward pass may call the Hugging Face model inside it directly (evaluation, normalisation, the RL
+    learners' decode loop) rather than through the prepared wrapper, whose forward hooks do the
+    gathering otherwise. Every process must enter it (each unit's all-gather is collective); inside
+    it nothing is collective, so processes may run different numbers of forward passes (each decodes
+    its own rows). A no-op outside FSDP.
+
+    Every FSDP unit under ``prepared`` is unsharded (torch's ``unshard`` is not recursive: with one
+    unit per decoder layer, ``fsdp_transformer_layer_cls_to_wrap``, the layers are units of their
+    own), and for the block no unit reshards after a forward pass that goes through its hooks (FSDP2
+    keeps the parameters gathered when a group's ``post_forward_mesh_info`` is None, as for its
+    root), so a hooked forward inside the block gathers nothing again. The prepared module is made
+    FSDP's root first (torch's lazy initialisation), as its own first forward would."""
     if not is_fsdp(acc):
         yield
         return
-    prepared.unshard()
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(prepared, FSDPModule):
+        # FSDP2 makes root the first unit whose forward runs: a layer called first (the decode loop, before
+        # any training step) would claim it, and the prepared module's own forward fail afterwards.
+        prepared._get_fsdp_state()._lazy_init()
+    units = [m for m in prepared.modules() if isinstance(m, FSDPModule)]
+    kept = []
+    for m in units:
+        for group in m._get_fsdp_state()._fsdp_param_groups:
+            kept.append((group, group.post_forward_mesh_info))
+            group.post_forward_mesh_info = None
+        m.unshard()
     try:
         yield
     finally:
-        prepared.reshard()
+        for group, info in kept:
+            group.post_forward_mesh_info = info
+        for m in units:
+            m.reshard()
 
 
 def check_fsdp_settings(acc, cfg) -> None:
-    """What a supervised run cannot do under FSDP yet, refused before any work: LoRA (the merged
-    export deep-copies a sharded model) and ``--resume`` (the optimiser state is sharded per process)."""
+    """What a run (supervised or RL) cannot do under FSDP yet, refused before any work: LoRA (the merged
+    export deep-copies a sharded model; PPO's reference would be the sharded policy with its adapter
+    off) and ``--resume`` (the optimiser state is sharded per process)."""
     if not is_fsdp(acc):
         return
     from rankloop.config import ConfigError
@@ -170,8 +196,8 @@ def check_fsdp_settings(acc, cfg) -> None:
                           "data-parallel (without the FSDP accelerate config)")
     if getattr(cfg, "resume", False):
         raise ConfigError("--resume under FSDP is not supported yet (the optimiser state is sharded per process); "
-                          "an FSDP run's checkpoints are loadable model directories: start a new run from one "
-                          "with --model")
+                          "an FSDP run's final model is a loadable model directory: start a new run from it "
+                          "(--model, or --policy for ppo/rloo/grpo)")
 
 
 class JSONLTracker(GeneralTracker):

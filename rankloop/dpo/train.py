@@ -52,8 +52,9 @@ from rankloop.records import RankedExample, render_prompt
 from rankloop.reward.eval import EncodedRanking, ranking_metrics
 from rankloop.reward.loss import pair_metrics
 from rankloop.reward.train import RankingBatch, RewardData, collate, load_data
-from rankloop.runtime import (EpochCache, build_training, open_supervised_run, optimizer_step, plan_steps,
-                              progress_bar, save_checkpoint, save_final, split_batch, tracking)
+from rankloop.runtime import (EpochCache, build_training, full_state_dict, gathered, is_fsdp, open_supervised_run,
+                              optimizer_step, plan_steps, progress_bar, save_checkpoint, save_final, split_batch,
+                              tracking)
 
 __all__ = ["DPOConfig", "train_dpo"]
 
@@ -398,19 +399,23 @@ def held_out_kl(lm: nn.Module, ref: Reference, tokenizer, prompts: list[str], cf
 def evaluate(acc, policy: ResponseLogps, ref: Reference | None, ref_logps: ReferenceLogps, data: RewardData,
              cfg: DPOConfig, pack: dict | None, step: int) -> dict | None:
     """Implicit-reward ranking metrics, chosen/rejected log-probs and the KL on held-out prompts (main
-    process), logged as ``eval/*`` rows."""
+    process; under FSDP every process, inside ``gathered``: a forward pass of the sharded policy is
+    collective, so each computes the same row and the main one logs it), logged as ``eval/*`` rows."""
     if data.eval_set is None:
         return None
     m = None
-    if acc.is_main_process:
-        with acc.autocast():  # the unwrapped policy and the reference: autocast as in training
-            m = _evaluate_main(acc, policy, ref, ref_logps, data, cfg, pack, step)
+    if acc.is_main_process or is_fsdp(acc):
+        # The unwrapped policy and the reference: autocast as in training; under FSDP the policy's
+        # weights whole for the block (the forward passes and the KL's decode loop call the LM directly).
+        with acc.autocast(), gathered(acc, policy):
+            m = _evaluate_all(acc, policy, ref, ref_logps, data, cfg, pack, step)
     acc.wait_for_everyone()
     return m
 
 
-def _evaluate_main(acc, policy, ref, ref_logps: ReferenceLogps, data: RewardData, cfg: DPOConfig, pack, step: int):
-    """evaluate's work on the main process: the metrics row, logged and returned."""
+def _evaluate_all(acc, policy, ref, ref_logps: ReferenceLogps, data: RewardData, cfg: DPOConfig, pack, step: int):
+    """evaluate's work (the main process, or every process under FSDP): the metrics row, logged by the
+    main process and returned."""
     lm = acc.unwrap_model(policy).lm
     logp = dataset_logps(ResponseLogps(lm, cfg.logprob_chunk), data.eval_set, data.tokenizer.pad_token_id, pack,
                          cfg.eval_batch_size)
@@ -428,7 +433,8 @@ def _evaluate_main(acc, policy, ref, ref_logps: ReferenceLogps, data: RewardData
            "eval/logps_chosen_ref": m["logps_chosen_ref"], "eval/logps_rejected": m["logps_rejected"]}
     if "kl_ref" in m:
         row["eval/kl_ref"] = m["kl_ref"]
-    acc.log(row, step=step)
+    if acc.is_main_process:
+        acc.log(row, step=step)
     return m
 
 
@@ -438,7 +444,9 @@ def _evaluate_main(acc, policy, ref, ref_logps: ReferenceLogps, data: RewardData
 def train_dpo(cfg: DPOConfig) -> Path:
     """Train the policy on the rankings with DPO; returns the output directory (the final policy loads
     with ``from_pretrained``, LoRA merged)."""
-    acc, console, run, guard = open_supervised_run(cfg)
+    # FSDP-ready: the policy is sharded; the reference (frozen) is replicated, its log-probs cached
+    # before the policy is prepared; evaluation runs on every process; saves gather the shards.
+    acc, console, run, guard = open_supervised_run(cfg, fsdp=True)
     main = acc.is_main_process
 
     # 1. Set-up: where to start ---------------------------------------------------------------
@@ -520,6 +528,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
         # 5. Final evaluation, save -----------------------------------------------------------------
         final_eval = evaluate(acc, policy, ref, ref_logps, data, cfg, pack, plan.total_steps)
+    weights = full_state_dict(acc, model) if is_fsdp(acc) else None  # FSDP: gathered by every process
     if main:
         summary = {"steps": plan.total_steps, "rankings": len(data.train), "skipped": data.skipped,
                    "tied_only": data.tied_only, "trainable_parameters": trainable, "parameters": total,
@@ -528,7 +537,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
         if final_eval is not None:
             summary["eval"] = {k: v for k, v in final_eval.items() if k != "scores"}
             _report_eval(console, final_eval, len(data.eval_set))
-        save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary})
+        save_final(model, data.tokenizer, run.out, {"train_config.json": cfg, "train_summary.json": summary},
+                   state_dict=weights)
         console.print(f"saved the policy to {run.out}")
     acc.wait_for_everyone()
     return run.out

@@ -36,7 +36,7 @@ from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, gather_rows, kl_controller,
                                minibatches, open_run, optimizer_update, prompt_batch, sample_responses, save_checkpoint,
                                save_final, score_responses)
-from rankloop.runtime import FiniteGuard, make_accelerator, progress_bar, tracking, trackers
+from rankloop.runtime import FiniteGuard, check_fsdp_settings, make_accelerator, progress_bar, tracking, trackers
 
 
 class Advantages(NamedTuple):
@@ -78,7 +78,9 @@ def train_group(cfg: GroupConfig, algo: GroupLearner, reward_fn: RewardFn | None
 
 
 def _train(cfg: GroupConfig, algo: GroupLearner, reward_fn: RewardFn | None, prompts: list | None) -> Path:
-    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output, cfg)
+    # FSDP-ready: the policy sharded, the reference and a reward model replicated (see docs/gpu.md)
+    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output, cfg, fsdp=True)
+    check_fsdp_settings(acc, cfg)
     world, rank = acc.num_processes, acc.process_index
     K = cfg.samples_per_prompt
     check_divisible(cfg.batch_size, cfg.minibatch_size, cfg.grad_accum_steps, world)

@@ -41,7 +41,8 @@ from rankloop.rl.rollout import Rollout
 from rankloop.rl.steps import (Learner, build_learner, check_divisible, collect_rollout, kl_controller, minibatches,
                                open_run, optimizer_update, prompt_batch, sample_responses, save_checkpoint, save_final,
                                score_responses)
-from rankloop.runtime import FiniteGuard, NonFiniteError, make_accelerator, progress_bar, tracking, trackers
+from rankloop.runtime import (FiniteGuard, NonFiniteError, check_fsdp_settings, make_accelerator, progress_bar,
+                              tracking, trackers)
 
 __all__ = ["PPOConfig", "NonFiniteError", "run_ppo"]
 
@@ -78,7 +79,10 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list | N
 
 
 def _train(cfg: PPOConfig, reward_fn: RewardFn | None, prompts: list | None) -> Path:
-    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output, cfg)
+    # FSDP-ready: the policy and its value head (or separate critic) sharded, the reference and a reward
+    # model replicated; sampling and the rollout's forward on the gathered weights (see docs/gpu.md)
+    acc = make_accelerator(trackers(cfg.output, "iteration", cfg.tensorboard), cfg.output, cfg, fsdp=True)
+    check_fsdp_settings(acc, cfg)
     world, rank = acc.num_processes, acc.process_index
     check_divisible(cfg.batch_size, cfg.minibatch_size, cfg.grad_accum_steps, world)
     learner = build_learner(cfg, acc, reward_fn, prompts,

@@ -23,7 +23,8 @@ from rankloop.rl.config import RLConfig
 from rankloop.rl.kl import AdaptiveKLController, FixedKLController
 from rankloop.rl.rewards import RewardError, RewardFn, WeightedReward, call_reward, check_reward_meta, load_rewards
 from rankloop.rl.rollout import PolicyWithValue, Reference, Rollout, forward_in_chunks, gather_rollout, make_critic
-from rankloop.runtime import FiniteGuard, NonFiniteError, RunDir, rng_state, set_rng_state
+from rankloop.runtime import (FiniteGuard, NonFiniteError, RunDir, full_state_dict, gathered, is_fsdp, rng_state,
+                              set_rng_state)
 from rankloop.sampling import SampleBatch, default_stop_ids, encode_prompts, prompt_text
 
 RESUME_SAFE = {"iterations", "resume", "progress", "tensorboard", "save_every", "keep_checkpoints"}
@@ -40,7 +41,7 @@ class Learner(NamedTuple):
     metas: list[dict]  # every prompt's ``meta`` (a verifiable reward's answer)
     ids: list[str]  # every prompt's id
     stop_ids: list[int]
-    model: Any  # PolicyWithValue, as prepared by accelerate (DDP-wrapped with several processes)
+    model: Any  # PolicyWithValue, as prepared by accelerate (DDP-wrapped with several processes; FSDP: sharded)
     policy: Any  # the same PolicyWithValue, unwrapped (no value head for the critic-free learners)
     reference: Reference
     optimizer: Any
@@ -48,9 +49,14 @@ class Learner(NamedTuple):
     kl_ctl: FixedKLController | AdaptiveKLController
     reward_fn: RewardFn
     autocast: Any = None  # () → the autocast context of the unprepared passes (rollout, reference, reward)
+    gathered: Any = None  # () → under FSDP the policy's weights whole for the block (``runtime.gathered``)
 
     def amp(self):
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
+
+    def whole(self):
+        """The policy's weights whole (FSDP: every process enters; nothing inside is collective)."""
+        return self.gathered() if self.gathered is not None else contextlib.nullcontext()
 
 
 class PromptBatch(NamedTuple):
@@ -144,8 +150,11 @@ def build_learner(cfg: RLConfig, acc, reward_fn: RewardFn | None, prompts: list 
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     model, optimizer = acc.prepare(policy, optimizer)
+    # FSDP replaces the parameters by sharded ones (the optimiser is re-pointed by accelerate): the
+    # list to clip is the prepared model's. (DDP keeps them: the same objects.)
+    trainable = [p for p in acc.unwrap_model(model).parameters() if p.requires_grad]
     return Learner(tokenizer, texts, metas, ids, stop_ids, model, acc.unwrap_model(model), reference, optimizer,
-                   trainable, kl_ctl, reward_fn, acc.autocast)
+                   trainable, kl_ctl, reward_fn, acc.autocast, lambda: gathered(acc, model))
 
 
 def open_run(cfg: RLConfig, learner: Learner, acc, name: str) -> tuple[RunDir, FiniteGuard, int]:
@@ -238,7 +247,9 @@ def sample_responses(learner: Learner, prompts: list[str], rows: list[int], cfg:
                             row_seeds=tuple(_row_seed(cfg.seed, it, r * k + j) for r in rows for j in range(k)),
                             logprobs=cfg.old_logprobs == "sampler")
     try:
-        with learner.amp():
+        # FSDP: the decode loop on the policy's gathered weights, each process its own rows and its own
+        # number of steps (nothing collective inside: no per-token all-gather, no lock-step).
+        with learner.amp(), learner.whole():
             return KVCacheGenerator(learner.policy.lm, learner.tokenizer, cfg.generation_batch_size).generate(
                 prompts, params)
     except FloatingPointError as e:  # the sampler's own non-finite-logits check
@@ -287,7 +298,8 @@ def collect_rollout(learner: Learner, sample: SampleBatch, scores, raw, cfg: RLC
     """log π_ref from the reference; log π_θold, entropy (and V_θold) from the sampler (or a forward
     pass, ``old_logprobs = "forward"``); then every process gets the whole batch."""
     try:
-        with learner.amp(), learner.reference.on(acc.device):
+        # (FSDP: the policy whole, as for sampling; the reference is replicated, a frozen model of its own)
+        with learner.amp(), learner.reference.on(acc.device), learner.whole():
             fw = forward_in_chunks(learner.policy, learner.reference, sample.input_ids.to(acc.device),
                                    sample.attention_mask.to(acc.device), sample.response_ids.to(acc.device),
                                    sample.prompt_ids.size(1), cfg.temperature, cfg.forward_batch_size,
@@ -333,38 +345,58 @@ def optimizer_update(learner: Learner, acc, means, max_grad_norm: float | None) 
 
 def save_checkpoint(run: RunDir, learner: Learner, cfg: RLConfig, iteration: int, guard: FiniteGuard) -> Path:
     """The trainable weights, optimiser, RNG and KL controller after ``iteration``, written atomically;
-    refused (naming the weight) if any weight is non-finite, so the last good checkpoint stays last."""
+    refused (naming the weight) if any weight is non-finite, so the last good checkpoint stays last.
+    Under FSDP every process calls it (the shards are gathered onto the main process) and the
+    optimiser state, sharded per process, is not written (``--resume`` is refused there): the
+    checkpoint holds the whole trainable weights and says ``"fsdp": true``."""
     import torch
     from safetensors.torch import save_file
 
-    for name, p in learner.policy.named_parameters():
+    fsdp = is_fsdp(run.acc)
+    if fsdp:
+        trainable = {n for n, p in learner.policy.named_parameters() if p.requires_grad}
+        full = full_state_dict(run.acc, learner.policy)  # every process: the gather is collective
+        named = {} if full is None else {n: t for n, t in full.items() if n in trainable}
+    else:
+        named = {n: p for n, p in learner.policy.named_parameters() if p.requires_grad}
+    for name, p in (named.items() if fsdp else learner.policy.named_parameters()):
         guard.check(p, f"weights ({name})", iteration, "checkpoint")
 
     def write(tmp: Path) -> None:
-        weights = {n: p.detach().cpu().contiguous() for n, p in learner.policy.named_parameters() if p.requires_grad}
+        weights = {n: p.detach().cpu().contiguous() for n, p in named.items()}
         save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(learner.optimizer.state_dict(), tmp / "optimizer.pt")
+        if not fsdp:
+            torch.save(learner.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        write_json(tmp / "state.json", {"iteration": iteration, "kl_controller": learner.kl_ctl.state_dict(),
-                                        "config": cfg.model_dump()})
+        state = {"iteration": iteration, "kl_controller": learner.kl_ctl.state_dict(), "config": cfg.model_dump()}
+        if fsdp:
+            state["fsdp"] = True
+        write_json(tmp / "state.json", state)
 
     return run.save(iteration, write)
 
 
 def save_final(learner: Learner, cfg: RLConfig, acc) -> None:
     """The final policy, loadable with ``from_pretrained`` (LoRA merged; the adapter also kept in
-    ``adapter/``), its tokenizer, and ``value_head.safetensors`` beside it when there is one."""
+    ``adapter/``), its tokenizer, and ``value_head.safetensors`` beside it when there is one. Under FSDP
+    every process calls it: the weights are gathered from the shards (``full_state_dict``)."""
     from safetensors.torch import save_file
 
     out = Path(cfg.output)
+    full = full_state_dict(acc, learner.policy) if is_fsdp(acc) else None  # every process: collective
     if acc.is_main_process:
         final_lm = learner.policy.lm
-        if cfg.lora:
-            final_lm.save_pretrained(str(out / "adapter"))
-            final_lm = final_lm.merge_and_unload()
-        final_lm.save_pretrained(str(out))
+        if full is not None:  # (LoRA is refused under FSDP)
+            final_lm.save_pretrained(str(out), state_dict={k.removeprefix("lm."): v for k, v in full.items()
+                                                           if k.startswith("lm.")})
+        else:
+            if cfg.lora:
+                final_lm.save_pretrained(str(out / "adapter"))
+                final_lm = final_lm.merge_and_unload()
+            final_lm.save_pretrained(str(out))
         learner.tokenizer.save_pretrained(str(out))
         if learner.policy.value_head is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in learner.policy.value_state_dict().items()},
-                      str(out / "value_head.safetensors"))
+            head = (learner.policy.value_state_dict() if full is None else
+                    {k: v for k, v in full.items() if k.startswith(("value_head.", "critic."))})
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(out / "value_head.safetensors"))
     acc.wait_for_everyone()

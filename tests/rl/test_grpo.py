@@ -65,6 +65,11 @@ def test_two_process_data_parallel_equals_one_process(tiny_gpt2, prompts_file, t
     two_processes_equal_one("grpo", tiny_gpt2, prompts_file, tmp_path, 29533)
 
 
+@pytest.mark.slow
+def test_two_processes_fsdp2_equal_one_process(tiny_gpt2, prompts_file, tmp_path):
+    two_processes_equal_one("grpo", tiny_gpt2, prompts_file, tmp_path, 29543, fsdp=True)
+
+
 # ---------------------------------------------------------------- the verifiable reward
 
 

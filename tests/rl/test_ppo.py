@@ -303,6 +303,41 @@ def test_two_process_data_parallel_equals_one_process(tiny_gpt2, prompts_file, t
         assert a["ppo/approx_kl"] == pytest.approx(b["ppo/approx_kl"], rel=1e-3, abs=1e-7)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("critic, wrap, port", [("shared", None, 29545), ("separate", "GPT2Block", 29546)])
+def test_two_processes_fsdp2_equal_one_process(tiny_gpt2, prompts_file, tmp_path, critic, wrap, port):
+    """FSDP2 as a user launches it (accelerate with examples/accelerate/fsdp2.yaml): the policy and its
+    value head (or separate critic) sharded, the reference and the reward replicated, sampling on the
+    gathered weights; the whole model one FSDP unit, or (``wrap``) one unit per decoder layer."""
+    conf = tmp_path / "critic.yaml"
+    conf.write_text(f"critic: {critic}\n")
+    one = tmp_path / "one"
+    r = _cli([*_ppo_args(tiny_gpt2, prompts_file, one, 2), "--config", str(conf)])
+    assert r.returncode == 0, r.stderr
+    two = tmp_path / "two"
+    r = subprocess.run([PY, "-m", "accelerate.commands.launch", "--config_file",
+                        str(ROOT / "examples/accelerate/fsdp2.yaml"), "--num_processes", "2", "--main_process_port",
+                        str(port), *(["--fsdp_transformer_layer_cls_to_wrap", wrap] if wrap else []),
+                        "-m", "rankloop.cli", *_ppo_args(tiny_gpt2, prompts_file, two, 2), "--config", str(conf)],
+                       cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((two / "checkpoints" / "iter-000002" / "state.json").read_text())
+    assert state["fsdp"] is True and not (two / "checkpoints" / "iter-000002" / "optimizer.pt").exists()
+    # Tolerance: as the DDP test's (the same sums reduced in another order).
+    assert_same(weights(one), weights(two), atol=5e-5)
+    heads = [load_file(str(d / "value_head.safetensors")) for d in (one, two)]
+    assert_same(*heads, atol=5e-5)
+    assert any(v.abs().max() > 0 for v in heads[1].values())  # (trained away from its zero initialisation)
+    assert any(k.startswith("critic.") for k in heads[1]) is (critic == "separate")
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(m1) == len(m2) == 2
+    for a, b in zip(m1, m2):
+        assert a["objective/reward"] == pytest.approx(b["objective/reward"], abs=1e-6)
+        assert a["ppo/approx_kl"] == pytest.approx(b["ppo/approx_kl"], rel=1e-3, abs=1e-7)
+        assert a["ppo/value_loss"] == pytest.approx(b["ppo/value_loss"], rel=1e-4)
+
+
 def test_reference_other_than_the_policy_anchors_the_kl(tiny_gpt2, prompts_file, tmp_path):
     """A second round starts from the round-1 policy but keeps the KL against the original model:
     the first rollout's KL is then > 0 (it would be exactly 0 against the round-1 policy itself)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rankloop.config import ConfigError
 from rankloop.rl.rewards import RewardError
@@ -82,7 +83,11 @@ def sigkill_then_resume_equals_uninterrupted(learner, policy, prompts, tmp_path)
                {k: v for k, v in y.items() if not k.startswith("time/")}
 
 
-def two_processes_equal_one(learner, policy, prompts, tmp_path, port):
+def two_processes_equal_one(learner, policy, prompts, tmp_path, port, fsdp: bool = False, wrap: str | None = None):
+    """2 gloo processes ≡ 1: data-parallel (torchrun), or with ``fsdp`` FSDP2 as a user launches it
+    (accelerate with examples/accelerate/fsdp2.yaml: the policy sharded, the reference and the reward
+    replicated, sampling on the gathered weights); ``wrap`` names the decoder-layer class made an FSDP
+    unit of its own (``fsdp_transformer_layer_cls_to_wrap``)."""
     # A larger Adam eps (see test_ppo's grad-accumulation test): float noise in near-zero gradients
     # — many groups of the length reward tie — would otherwise be blown up to whole steps.
     conf = tmp_path / "conf.yaml"
@@ -91,11 +96,21 @@ def two_processes_equal_one(learner, policy, prompts, tmp_path, port):
     r = cli(cli_args(learner, policy, prompts, one, 2, "--config", str(conf)))
     assert r.returncode == 0, r.stderr
     two = tmp_path / "two"
-    r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                        "-m", "rankloop.cli", *cli_args(learner, policy, prompts, two, 2, "--config", str(conf))],
+    launch = ([PY, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/fsdp2.yaml"),
+               "--num_processes", "2", "--main_process_port", str(port),
+               *(["--fsdp_transformer_layer_cls_to_wrap", wrap] if wrap else [])] if fsdp else
+              [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
+    r = subprocess.run([*launch, "-m", "rankloop.cli", *cli_args(learner, policy, prompts, two, 2, "--config", str(conf))],
                        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((two / "checkpoints" / "iter-000002" / "state.json").read_text())
+    assert state.get("fsdp", False) is fsdp  # it did run sharded (or not)
+    if fsdp:
+        assert not (two / "checkpoints" / "iter-000002" / "optimizer.pt").exists()
+        ckpt = load_file(str(two / "checkpoints" / "iter-000002" / "trainable.safetensors"))
+        final = weights(two)
+        assert all(torch.equal(ckpt[f"lm.{k}"], v) for k, v in final.items() if f"lm.{k}" in ckpt)
     assert_same(weights(one), weights(two), atol=2e-6)
     for a, b in zip(rows(one), rows(two)):
         assert a["objective/reward"] == pytest.approx(b["objective/reward"], abs=1e-6)
@@ -158,6 +173,13 @@ def test_cli_sigkill_then_resume_equals_uninterrupted(tiny_gpt2, prompts_file, t
 @pytest.mark.slow
 def test_two_process_data_parallel_equals_one_process(tiny_gpt2, prompts_file, tmp_path):
     two_processes_equal_one("rloo", tiny_gpt2, prompts_file, tmp_path, 29531)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrap", [None, "GPT2Block"])  # the whole model one FSDP unit, or one unit per layer
+def test_two_processes_fsdp2_equal_one_process(tiny_gpt2, prompts_file, tmp_path, wrap):
+    two_processes_equal_one("rloo", tiny_gpt2, prompts_file, tmp_path, 29541 if wrap is None else 29542, fsdp=True,
+                            wrap=wrap)
 
 
 # ---------------------------------------------------------------- bad input
