@@ -76,8 +76,9 @@ def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Pop
     raise SystemExit(f"server did not start; see {log}")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """user+system CPU seconds of every process in the server's process group (uvicorn workers too)."""
+def _cpu_seconds(match, children: bool = False) -> float:
+    """user+system CPU seconds of every live process for which ``match(command name, pgrp)`` holds
+    (``children``: plus that of its exited, waited-for children)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for d in os.listdir("/proc"):
@@ -85,12 +86,24 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         try:
             with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                head, rest = f.read().rsplit(")", 1)
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # field 5 (pgrp) counted from after the command name
-            total += (int(fields[11]) + int(fields[12])) / tick
+        fields = rest.split()
+        if match(head.split("(", 1)[1], int(fields[2])):  # field 5 (pgrp) counted from after the command name
+            total += (int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)) / tick
     return total
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds of every process in the server's process group (uvicorn workers too)."""
+    return _cpu_seconds(lambda comm, pgrp: pgrp == pgid)
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of the PostgreSQL server's processes: its live backends (one per pooled connection)
+    and, through the postmaster's children's times, those that have exited."""
+    return _cpu_seconds(lambda comm, pgrp: comm == "postgres", children=True)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -269,10 +282,11 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
         except ImportError:
             pass
         load_before = os.getloadavg()[0]
-        cpu0, client0 = group_cpu_seconds(proc.pid), time.process_time()
+        cpu0, client0, db0 = group_cpu_seconds(proc.pid), time.process_time(), postgres_cpu_seconds()
         acked, edited, ln, ls, counts, elapsed = asyncio.run(run_load(port, tokens, p["id"], total, double_rate, 0,
                                                                       skip_rate, edit_rate, gold, think_ms / 1000))
         server_cpu, client_cpu = group_cpu_seconds(proc.pid) - cpu0, time.process_time() - client0
+        db_cpu = postgres_cpu_seconds() - db0 if backend == "postgres" else 0.0
         load_after = os.getloadavg()[0]
         everything = admin.rankings(p["id"])  # every row, corrections included
         stored = [r for r in everything if r.get("supersedes_id") is None]
@@ -300,6 +314,7 @@ def bench_one(backend: str, url: str, labelers: int, total: int, k: int, overlap
             "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
             "server_cpu_ms_per_submission": round(server_cpu * 1000 / max(1, len(acked)), 3),
             "client_cpu_ms_per_submission": round(client_cpu * 1000 / max(1, len(acked)), 3),
+            "postgres_cpu_ms_per_submission": round(db_cpu * 1000 / max(1, len(acked)), 3),
             "server_cpu_share_of_wall": round(server_cpu / counts["total_seconds"], 2),
         }
     finally:
@@ -351,7 +366,8 @@ def main() -> None:
             ("submit_p50_ms", "submit p50"), ("submit_p99_ms", "submit p99"), ("lost", "lost"), ("duplicates", "dups"),
             ("double_clicks_deduplicated", "dbl-clicks ok"), ("skips", "skips"), ("edits", "edits"),
             ("gold_answered", "gold"), ("server_cpu_ms_per_submission", "srv cpu ms/sub"),
-            ("server_cpu_share_of_wall", "srv cores"), ("loadavg_after", "load")]
+            ("server_cpu_share_of_wall", "srv cores"), ("postgres_cpu_ms_per_submission", "pg cpu ms/sub"),
+            ("loadavg_after", "load")]
     widths = [max(len(h), *(len(str(r[c])) for r in results)) if results else len(h) for c, h in cols]
     print("  ".join(h.rjust(w) for (_, h), w in zip(cols, widths)))
     for r in results:

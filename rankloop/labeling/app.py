@@ -97,7 +97,7 @@ def create_app(database_url: str | None = None, *, migrate: bool = True, admin: 
     url = resolve_url(database_url or settings.database_url)
     if migrate:
         upgrade(url)
-    engine = make_engine(url, background_checkpoint=True)
+    engine = make_engine(url, background_checkpoint=True, pool_size=settings.db_pool_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

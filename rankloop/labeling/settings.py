@@ -32,6 +32,8 @@ class LabelingSettings(BaseSettings):
     token_days: float = Field(90.0, gt=0, description="lifetime of a script token when none is asked for")
     token_max_days: float = Field(365.0, gt=0, description="longest lifetime a script token may be given")
     login_max_failures: int = Field(10, ge=1, description="wrong passwords per (username, address) before backoff")
+    db_pool_size: int = Field(20, ge=1, le=1000, description="PostgreSQL connections per app process (a fixed pool: "
+                              "processes × this must stay under the server's max_connections)")
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
