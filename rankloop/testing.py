@@ -6,7 +6,8 @@
   built from words of the tiny tokenizer's corpus; its true quality is (#good words − #bad words)
   plus noise in the word mix, and candidates are ranked by it (equal quality → one tie group), so
   a reward model can learn the rule from the text alone;
-- ``nan_reward``: a reward that is always NaN, to exercise the non-finite guard.
+- ``nan_reward``: a reward that is always NaN, to exercise the non-finite guard;
+- ``wait_for_project``: the project a human-mode loop step serves, once its items are loaded.
 """
 
 from __future__ import annotations
@@ -101,3 +102,24 @@ def synthetic_rankings(n: int, k: int = 4, seed: int = 0, ties: bool = True, wor
 def nan_reward(prompts: list[str], responses: list[str]) -> list[float]:
     """Always NaN: exercises the non-finite guard."""
     return [math.nan for _ in responses]
+
+
+def wait_for_project(base: str, name: str, items: int, errors: list, timeout: float, poll: float = 0.1):
+    """Poll the labeling app at ``base`` (logged in as the loop's admin, ``admin`` / ``admin-pw-123``)
+    until project ``name`` holds ``items`` items: the project dict, or None at ``timeout`` seconds or
+    once the loop's thread has put an exception in ``errors``. Returns ``(client, project)``."""
+    import time
+
+    from rankloop.labeling.client import LabelingClient
+
+    admin, project, deadline = LabelingClient(base), None, time.time() + timeout
+    while time.time() < deadline and not errors:
+        try:
+            admin.login("admin", "admin-pw-123")
+            project = next((p for p in admin.projects() if p["name"] == name), None)
+            if project and admin.progress(project["id"])["items"] == items:
+                break
+        except Exception:  # noqa: BLE001 - the server is not up yet
+            pass
+        time.sleep(poll)
+    return admin, project

@@ -30,13 +30,7 @@ def test_train_sft_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, sft_da
     one = tmp_path / "one"
     run_cli("train-sft", *common, "--output", one, "--batch-size", "8")
     two = tmp_path / "two"
-    # As a user launches it: accelerate with the example config (which sets ACCELERATE_USE_FSDP, FSDP_VERSION=2, …).
-    proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/fsdp2.yaml"),
-         "--num_processes", "2", "--main_process_port", "29537", "-m", "rankloop.cli", "train-sft", *map(str, common),
-         "--output", str(two), "--batch-size", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400, check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = _launch_fsdp("train-sft", *common, "--output", two, "--batch-size", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stderr
     ckpt = two / "checkpoints" / "step-00000002"

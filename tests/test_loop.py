@@ -160,6 +160,7 @@ def test_human_mode_waits_for_people(tmp_path, base_model):
     """--labelers human: the app runs over real HTTP with the project loaded; a person (here a
     script with the labeler's account) ranks every item and the loop goes on by itself."""
     from rankloop.labeling.client import LabelingClient
+    from rankloop.testing import wait_for_project
     from rankloop.loop import LoopConfig, run_loop
 
     port = _free_port()
@@ -177,18 +178,7 @@ def test_human_mode_waits_for_people(tmp_path, base_model):
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    admin = LabelingClient(f"http://127.0.0.1:{port}")
-    deadline = time.time() + 300
-    project = None
-    while time.time() < deadline and not errors:
-        try:
-            admin.login("admin", "admin-pw-123")
-            project = next((p for p in admin.projects() if p["name"] == "rankloop-round-0"), None)
-            if project and admin.progress(project["id"])["items"] == 8:
-                break
-        except Exception:  # noqa: BLE001 - the server is not up yet
-            pass
-        time.sleep(0.2)
+    admin, project = wait_for_project(f"http://127.0.0.1:{port}", "rankloop-round-0", 8, errors, timeout=300, poll=0.2)
     assert project is not None and not errors, errors
     admin.create_user("alice", "alice-pw-1234")
     admin.add_member(project["id"], "alice")

@@ -313,6 +313,7 @@ def test_loop_human_demonstrations_wait_for_every_answer_and_its_review(tmp_path
     from labhelp import free_port
 
     from rankloop.labeling.client import LabelingClient
+    from rankloop.testing import wait_for_project
     from rankloop.loop import LoopConfig, step_demonstrations
 
     port = free_port()
@@ -334,16 +335,7 @@ def test_loop_human_demonstrations_wait_for_every_answer_and_its_review(tmp_path
     t = threading.Thread(target=run, daemon=True)
     t.start()
     base = f"http://127.0.0.1:{port}"
-    admin, project, deadline = LabelingClient(base), None, time.time() + 60
-    while time.time() < deadline and not errors:
-        try:
-            admin.login("admin", "admin-pw-123")
-            project = next((p for p in admin.projects() if p["name"] == "rankloop-demonstrations"), None)
-            if project and admin.progress(project["id"])["items"] == 3:
-                break
-        except Exception:  # noqa: BLE001 - the server is not up yet
-            pass
-        time.sleep(0.1)
+    admin, project = wait_for_project(base, "rankloop-demonstrations", 3, errors, timeout=60)
     assert project is not None and not errors, errors
     admin.create_user("wren", "wren-password")
     admin.add_member(project["id"], "wren")
