@@ -24,4 +24,22 @@ app.add_typer(labeling, name="labeling")
 
 def main() -> None:
     """The console script (``rankloop``; ``python -m rankloop.cli`` runs it too)."""
-    app()
+    try:
+        app()
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under a multi-process launch, destroy the process group before the interpreter exits. Left to
+    the exit's destructors, gloo's worker threads could be torn down still joinable and abort the
+    process ("terminate called without an active exception", exit -6) after its work was done.
+    Local, not collective: each process closes its own."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
