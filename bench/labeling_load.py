@@ -12,10 +12,11 @@ it (the bench's labelers answer gold items right, so none is paused).
 
 Each labeler's first cycle is a warm-up (all of them start in the same instant, so their first
 requests queue behind each other); submissions per second and latencies are measured from the
-moment every labeler has finished it. Reports submissions per second, p50/p99 latency of both
-requests, and checks the database
-afterwards through the API: ``lost`` (acknowledged but not stored) and ``duplicates`` (stored more
-than once, or stored without an acknowledgement) must both be 0.
+moment every labeler has finished it to the moment the last submission is handed out (after it,
+labelers leave one by one: a tail at falling load, most of all with a think time). Reports
+submissions per second, p50/p99 latency of both requests, and checks the database afterwards
+through the API: ``lost`` (acknowledged but not stored) and ``duplicates`` (stored more than once,
+or stored without an acknowledgement) must both be 0.
 
     python bench/labeling_load.py                       # 50 labelers, 3000 submissions, SQLite (+ Postgres if set)
     python bench/labeling_load.py --postgres-url postgresql://postgres@127.0.0.1:5432/bench
@@ -73,6 +74,7 @@ def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Pop
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
+    stop_server(proc)  # (a supervisor left behind would restart failing workers for ever, loading the machine)
     raise SystemExit(f"server did not start; see {log}")
 
 
@@ -152,11 +154,12 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
     gold = gold or {}
     acked: dict[int, int] = {}  # ranking id -> task id
     edited: dict[int, int] = {}  # correction's ranking id -> the ranking it supersedes
-    lat_next: list[float] = []
-    lat_submit: list[float] = []
+    lat_next: list[tuple[float, float]] = []  # (start, seconds)
+    lat_submit: list[tuple[float, float]] = []
+    done_at: list[float] = []  # when each (non-warm-up) submission was acknowledged
     counts = {"issued": 0, "double_clicks": 0, "double_dup_ok": 0, "errors": 0, "empty": 0, "warm": 0, "measured": 0,
               "skips": 0, "edits": 0, "gold_answered": 0}
-    window = {"start": None}
+    window = {"start": None, "end": None}
     n_labelers = len(tokens)
 
     async def labeler(name: str) -> None:
@@ -165,10 +168,12 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
         first = True
         while counts["issued"] < total:
             counts["issued"] += 1
+            if counts["issued"] == total and window["end"] is None:  # from now on labelers leave: the load falls
+                window["end"] = time.perf_counter()
             t0 = time.perf_counter()
             st, task = await c.post(f"/api/tasks/next?project_id={project_id}")
             if not first:
-                lat_next.append(time.perf_counter() - t0)
+                lat_next.append((t0, time.perf_counter() - t0))
             if st == 204:
                 counts["empty"] += 1
                 counts["issued"] -= 1
@@ -197,7 +202,7 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
             t0 = time.perf_counter()
             st, out = await c.post(f"/api/tasks/{task['task_id']}/submit", body)
             if not first:
-                lat_submit.append(time.perf_counter() - t0)
+                lat_submit.append((t0, time.perf_counter() - t0))
             if st != 200 or out["duplicate"]:
                 counts["errors"] += 1
                 continue
@@ -207,8 +212,8 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
                 counts["warm"] += 1
                 if counts["warm"] == n_labelers:
                     window["start"] = time.perf_counter()
-            elif window["start"] is not None:
-                counts["measured"] += 1
+            else:
+                done_at.append(time.perf_counter())
             if rng.random() < double_rate:
                 counts["double_clicks"] += 1
                 st, out2 = await c.post(f"/api/tasks/{task['task_id']}/submit", body)
@@ -228,8 +233,13 @@ async def run_load(port: int, tokens: dict[str, str], project_id: int, total: in
     await asyncio.gather(*(labeler(n) for n in tokens))
     end = time.perf_counter()
     counts["total_seconds"] = end - t0
-    elapsed = end - (window["start"] or t0)
-    return acked, edited, lat_next, lat_submit, counts, elapsed
+    # the steady state: from the end of the warm-up to the moment the last submission was handed out
+    # (after it the labelers leave one by one, each after their think time: a tail at falling load)
+    start, stop = window["start"] or t0, window["end"] or end
+    elapsed = stop - start
+    counts["measured"] = sum(1 for t in done_at if start <= t <= stop)
+    inside = lambda xs: [x for t, x in xs if start <= t <= stop]  # noqa: E731
+    return acked, edited, inside(lat_next), inside(lat_submit), counts, elapsed
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -340,6 +350,8 @@ def main() -> None:
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--postgres-url", default=os.environ.get("RANKLOOP_BENCH_POSTGRES_URL") or os.environ.get("RANKLOOP_TEST_POSTGRES_URL"))
     ap.add_argument("--postgres-workers", type=int, default=2, help="uvicorn processes in front of PostgreSQL")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per backend; the table shows the run of median "
+                    "submissions/s, the JSON every run's figures too (one run varies by ±10%% on a shared 2-core machine)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "labeling_load.json")
     args = ap.parse_args()
 
@@ -355,10 +367,20 @@ def main() -> None:
                 url, workers = args.postgres_url, args.postgres_workers
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
-            print(f"{backend}: {args.labelers} labelers, {args.submissions} submissions …", flush=True)
-            results.append(bench_one(backend, url, args.labelers, args.submissions, args.k, args.overlap, workers,
-                                     args.double_click_rate, ROOT / "bench" / "results" / f"labeling_load_{backend}.log",
-                                     args.skip_rate, args.edit_rate, args.gold_rate, args.think_ms))
+            runs = []
+            for i in range(args.repeat):
+                print(f"{backend}: {args.labelers} labelers, {args.submissions} submissions"
+                      f"{f' (run {i + 1}/{args.repeat})' if args.repeat > 1 else ''} …", flush=True)
+                runs.append(bench_one(backend, url, args.labelers, args.submissions, args.k, args.overlap, workers,
+                                      args.double_click_rate, ROOT / "bench" / "results" / f"labeling_load_{backend}.log",
+                                      args.skip_rate, args.edit_rate, args.gold_rate, args.think_ms))
+            median = sorted(runs, key=lambda r: r["submissions_per_s"])[(len(runs) - 1) // 2]
+            if len(runs) > 1:
+                keep = ("submissions_per_s", "next_p50_ms", "next_p99_ms", "submit_p50_ms", "submit_p99_ms",
+                        "server_cpu_ms_per_submission", "postgres_cpu_ms_per_submission", "loadavg_after")
+                median = {**median, "repeat": len(runs), "runs": [{k: r[k] for k in keep} for r in runs],
+                          "lost": sum(r["lost"] for r in runs), "duplicates": sum(r["duplicates"] for r in runs)}
+            results.append(median)
 
     cols = [("backend", "backend"), ("server_workers", "procs"), ("labelers", "labelers"), ("think_ms", "think ms"),
             ("submissions", "subs"),
@@ -372,7 +394,8 @@ def main() -> None:
     print("  ".join(h.rjust(w) for (_, h), w in zip(cols, widths)))
     for r in results:
         print("  ".join(str(r[c]).rjust(w) for (c, _), w in zip(cols, widths)))
-    print(f"steady state, after a warm-up of one cycle per labeler (all {args.labelers} start at the same instant);\n"
+    print(f"steady state, after a warm-up of one cycle per labeler (all {args.labelers} start at the same instant)"
+          f"{f'; the run of median subs/s of {args.repeat} (lost, dups: all runs)' if args.repeat > 1 else ''};\n"
           "latencies in ms; 'srv cpu ms/sub' = server CPU per submission (next + submit), 'srv cores' = CPU the server\n"
           "got during the run; 'load' = 1-minute load average after the run (other jobs on the machine included)")
     meta = {"machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "target": {"sqlite_submissions_per_s": 300,

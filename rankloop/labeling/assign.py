@@ -5,8 +5,10 @@ open slot, or a leased one whose lease expired, of an item they hold no slot of.
 on constraints, not on luck:
 
 - ``UNIQUE (item_id, slot_no)``: a slot is one row, so two labelers cannot hold the same one; the
-  claim is a conditional ``UPDATE … WHERE status = 'open'`` whose row count says whether we won. On PostgreSQL the candidate row is picked with ``FOR UPDATE SKIP LOCKED`` so
-  concurrent claimers skip each other instead of queueing; on SQLite writers are serialised
+  claim is one ``UPDATE … WHERE status = 'open' AND id = (the first candidate) RETURNING``. On
+  PostgreSQL the candidate row is picked with ``FOR UPDATE SKIP LOCKED`` so concurrent claimers
+  skip each other instead of queueing (a row another claimer took meanwhile fails the re-check
+  and the next is picked); on SQLite writers are serialised
   (``Queue.writing``: a process lock and ``BEGIN IMMEDIATE``).
 - ``UNIQUE (item_id, labeler_id)``: never the same item twice to one labeler (a race that would
   break it fails the transaction, which is retried).
@@ -19,9 +21,14 @@ Leases that run out are reaped (the slot reopened, a gold slot dropped) at most 
 
 This is the hot path of the app (every labeler, every few seconds), so it runs fixed SQL on the
 pooled DB-API connection (SQLAlchemy's per-statement machinery costs more than SQLite's work
-here): three statements per request, project settings and memberships memoised for
-``SETTINGS_TTL`` seconds and item texts for the life of the process (items never change after
-import). The schema is still SQLAlchemy's and Alembic's (``models``, ``migrations``).
+here): a claim is three to five statements (held tasks, the gate read of a gated project, the
+claiming ``UPDATE … RETURNING``, the item when it is not memoised), a submission three (the slot,
+the ranking, the slot marked done). On PostgreSQL each transaction runs in libpq's pipeline mode
+and statements whose results can wait are sent together (``Queue.send``, ``Queue.commit_early``):
+a claim or a submission is two round trips to the server, not one per statement. Project settings
+and memberships are memoised for ``SETTINGS_TTL`` seconds and item texts for the life of the
+process (items never change after import). The schema is still SQLAlchemy's and Alembic's
+(``models``, ``migrations``).
 
 Gold items get a slot per labeler when served, at the project's ``gold_rate``: a labeler is given
 a gold item whenever fewer than ``gold_rate`` × (tasks so far + 1) of their tasks were gold.
@@ -98,23 +105,31 @@ class Settings:
 
 SQL = {
     "mine": "SELECT id, item_id, project_id FROM slots WHERE labeler_id = :uid AND status = 'leased' ORDER BY id",
-    "renew": "UPDATE slots SET lease_expires = :until WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
+    "renew": "UPDATE slots SET lease_expires = :until WHERE id = :sid AND labeler_id = :uid AND status = 'leased' "
+             "RETURNING id",
     "reap_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
                  "WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NOT NULL",
     "reap_gold": "DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL",
-    "claim": "SELECT s.id, s.item_id FROM slots s WHERE s.project_id = :pid AND s.status = 'open' "
+    # the claim: the first open slot of an item the labeler holds no slot of and did not skip, taken
+    # in the same statement (the subquery's row lock keeps it open until the update; SQLite: serialised)
+    "claim": "UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
+             "WHERE status = 'open' AND id = (SELECT s.id FROM slots s WHERE s.project_id = :pid AND s.status = 'open' "
              "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
              "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id) "
-             "ORDER BY s.id LIMIT 1{lock}",
-    "take": "UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
-            "WHERE id = :sid AND status = 'open'",
-    "my_counts": "SELECT count(*), coalesce(sum(CASE WHEN is_gold THEN 1 ELSE 0 END), 0) FROM slots "
-                 "WHERE labeler_id = :uid AND project_id = :pid",
-    "gold_item": "SELECT i.id FROM items i WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
-                 "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) AND NOT EXISTS "
-                 "(SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = i.id) ORDER BY i.id LIMIT 1",
-    "gold_slot": "INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
-                 "VALUES (:pid, :iid, NULL, :uid, 'leased', :true, :now, :until) RETURNING id",
+             "ORDER BY s.id LIMIT 1{lock}) RETURNING id, item_id",
+    # what a claim in a gated or gold-serving project decides on: the labeler's slots (all, gold) and
+    # qualification state (NULL, NULL: no row yet), in one read
+    "gate": "SELECT count(*), coalesce(sum(CASE WHEN is_gold THEN 1 ELSE 0 END), 0), "
+            "(SELECT state FROM labeler_states WHERE project_id = :pid AND user_id = :uid), "
+            "(SELECT since_ranking_id FROM labeler_states WHERE project_id = :pid AND user_id = :uid) "
+            "FROM slots WHERE labeler_id = :uid AND project_id = :pid",
+    # a gold item's slot, made for this labeler as it is served: their first unseen, unskipped one
+    "gold_claim": "INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
+                  "SELECT :pid, i.id, NULL, :uid, 'leased', :true, :now, :until FROM items i "
+                  "WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
+                  "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) AND NOT EXISTS "
+                  "(SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = i.id) ORDER BY i.id LIMIT 1 "
+                  "RETURNING id, item_id",
     "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key, "
             "s.leased_at, s.slot_no FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
     "key_used": "SELECT slot_id FROM rankings WHERE project_id = :pid AND labeler_id = :uid AND idempotency_key = :key",
@@ -129,16 +144,16 @@ SQL = {
                 "qualify_accuracy, pause_below, pause_window, feedback FROM projects WHERE id = :pid",
     "member_of": "SELECT project_id FROM members WHERE user_id = :uid ORDER BY project_id",
     "exists": "SELECT id FROM projects WHERE id = :pid",
-    "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, i.prompt_row_id, p.external_id, p.content "
-            "FROM items i JOIN prompts p ON p.id = i.prompt_row_id WHERE i.id = :iid",
-    "texts": "SELECT external_id, text FROM candidates WHERE prompt_row_id = :prow",
+    "item": "SELECT i.project_id, i.candidate_ids, i.is_gold, p.external_id, p.content, c.external_id, c.text "
+            "FROM items i JOIN prompts p ON p.id = i.prompt_row_id LEFT JOIN candidates c ON c.prompt_row_id = p.id "
+            "WHERE i.id = :iid",
     # demonstration tasks: the autosaved text, only ever the asking labeler's
     "saved_draft": "SELECT text, edited_from, updated_at FROM demo_drafts WHERE slot_id = :sid AND labeler_id = :uid",
     "drop_draft": "DELETE FROM demo_drafts WHERE slot_id = :sid AND labeler_id = :uid",
     # --- skips (issue 15 item 3): an overlap slot reopens for others; a gold slot (per labeler) goes
     "skip_open": "UPDATE slots SET status = 'open', labeler_id = NULL, leased_at = NULL, lease_expires = NULL "
-                 "WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
-    "skip_gold": "DELETE FROM slots WHERE id = :sid AND labeler_id = :uid AND status = 'leased'",
+                 "WHERE id = :sid AND labeler_id = :uid AND status = 'leased' RETURNING id",
+    "skip_gold": "DELETE FROM slots WHERE id = :sid AND labeler_id = :uid AND status = 'leased' RETURNING id",
     "insert_skip": "INSERT INTO skips (project_id, item_id, slot_id, labeler_id, reason, note, created_at) "
                    "VALUES (:pid, :iid, :sid, :uid, :reason, :note, :now) RETURNING id",
     "skipped": "SELECT id FROM skips WHERE slot_id = :sid AND labeler_id = :uid",
@@ -172,6 +187,20 @@ SQL = {
 DEMONSTRATION = "demonstration"
 
 
+class _Rows:
+    """Rows already read, behind a cursor's two read methods (``Queue.send`` on SQLite)."""
+
+    def __init__(self, rows: list[Any]):
+        self.rows = rows
+
+    def fetchone(self) -> Any:
+        return self.rows.pop(0) if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
 class Queue:
     """Task assignment and submission over one engine (one per app)."""
 
@@ -192,6 +221,9 @@ class Queue:
         else:
             self._json = lambda v: json.dumps(v, ensure_ascii=False)
         self._write_lock = getattr(engine, "info_write_lock", None)
+        # PostgreSQL: each write transaction in libpq's pipeline mode, so statements whose results
+        # are read later travel together (BEGIN with the first read, the writes with COMMIT)
+        self.pipelined = pg
         self._items: dict[int, ItemView] = {}
         self._settings: dict[int, tuple[float, Settings]] = {}
         self._members: dict[int, tuple[float, list[int]]] = {}
@@ -222,15 +254,16 @@ class Queue:
         with self._write_lock if self._write_lock is not None else nullcontext():
             raw = self.engine.raw_connection()
             try:
-                cur = raw.cursor()
-                if self.sqlite:
-                    cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cur
-                    raw.commit() if not self.sqlite else cur.execute("COMMIT")
-                except BaseException:
-                    raw.rollback() if not self.sqlite else cur.execute("ROLLBACK")
-                    raise
+                with raw.driver_connection.pipeline() if self.pipelined else nullcontext():
+                    cur = raw.cursor()
+                    if self.sqlite:
+                        cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield cur
+                        raw.commit() if not self.sqlite else cur.execute("COMMIT")
+                    except BaseException:
+                        raw.rollback() if not self.sqlite else cur.execute("ROLLBACK")
+                        raise
             finally:
                 raw.close()  # back to the pool
 
@@ -246,6 +279,20 @@ class Queue:
     def q(self, cur: Any, name: str, **params: Any) -> Any:
         cur.execute(self.sql[name], params)
         return cur
+
+    def send(self, cur: Any, name: str, **params: Any) -> Any:
+        """Run statement ``name`` now, its result read later: in a pipelined transaction (its own
+        cursor) it goes out with the next statement whose result is read, not on its own; on SQLite
+        (nothing to save) its rows are read at once."""
+        if not self.pipelined:
+            return _Rows(self.q(cur, name, **params).fetchall())
+        return self.q(cur.connection.cursor(), name, **params)
+
+    def commit_early(self, cur: Any) -> None:
+        """Commit now (PostgreSQL): the statements sent and not yet read travel with the COMMIT; their
+        results stay readable. ``writing`` then commits nothing, or what was read after this."""
+        if self.pipelined:
+            cur.connection.commit()
 
     def forget(self, project_id: int | None = None, user_id: int | None = None) -> None:
         """Drop memoised settings/memberships (after an admin changes them in this process)."""
@@ -283,13 +330,18 @@ class Queue:
             return [project_id]
         raise NotFound(f"project {project_id} not found among your projects")
 
-    def item(self, cur: Any, item_id: int) -> ItemView:
+    def item_send(self, cur: Any, item_id: int) -> Any:
+        """The item's read, sent now and read by ``item`` (None: it is memoised, nothing to read)."""
+        return None if item_id in self._items else self.send(cur, "item", iid=item_id)
+
+    def item(self, cur: Any, item_id: int, sent: Any = None) -> ItemView:
         v = self._items.get(item_id)
         if v is not None:
             return v
-        project_id, cids, is_gold, prow, prompt_id, content = self.q(cur, "item", iid=item_id).fetchone()
+        rows = (sent or self.q(cur, "item", iid=item_id)).fetchall()  # one row per candidate of the prompt (or one)
+        project_id, cids, is_gold, prompt_id, content = rows[0][:5]
         cids, content = self.read_json(cids), self.read_json(content)
-        texts = dict(self.q(cur, "texts", prow=prow).fetchall())
+        texts = {r[5]: r[6] for r in rows}
         v = ItemView(item_id, project_id, prompt_id, content, tuple((c, texts[c]) for c in cids), bool(is_gold), frozenset(cids))
         with self._lock:
             if len(self._items) > 100_000:
@@ -297,8 +349,9 @@ class Queue:
             self._items[item_id] = v
         return v
 
-    def _task(self, cur: Any, item_id: int, slot_id: int, pid: int, until: datetime, uid: int | None = None) -> TaskOut:
-        view, st = self.item(cur, item_id), self.settings(cur, pid)
+    def _task(self, cur: Any, item_id: int, slot_id: int, pid: int, until: datetime, uid: int | None = None,
+              sent: Any = None) -> TaskOut:
+        view, st = self.item(cur, item_id, sent), self.settings(cur, pid)
         cands = list(view.candidates)
         if st.mode == DEMONSTRATION:
             return self._demo_task(cur, view, st, slot_id, pid, until, uid)
@@ -329,36 +382,31 @@ class Queue:
         self.q(cur, "reap_open", now=self.ts(now))
         self.q(cur, "reap_gold", now=self.ts(now))
 
-    def _state(self, cur: Any, pid: int, uid: int, st: Settings) -> tuple[str, int]:
-        row = self.q(cur, "my_state", pid=pid, uid=uid).fetchone()
-        return (row[0], int(row[1])) if row is not None else (qualification.initial_state(st.qualify_items), 0)
+    def _gate_send(self, cur: Any, pid: int, uid: int) -> Any:
+        """The claim's read in a gated or gold-serving project, sent now (None: the project needs none)."""
+        st = self.settings(cur, pid)
+        return self.send(cur, "gate", pid=pid, uid=uid) if st.gated or st.gold_rate > 0 else None
 
-    def _claim(self, cur: Any, pid: int, uid: int, now: datetime) -> tuple[int, int, datetime] | None:
+    def _claim(self, cur: Any, pid: int, uid: int, now: datetime, gate: Any = None) -> tuple[int, int, datetime] | None:
         st = self.settings(cur, pid)
         until = now + timedelta(seconds=st.lease_seconds)
-        qualifying = False
-        if st.gated:  # failed or paused: nothing new here; qualifying: gold only, gold first
-            state = self._state(cur, pid, uid, st)[0]
-            if state in ("failed", "paused"):
-                return None
-            qualifying = state == "qualifying"
-        if qualifying or st.gold_rate > 0:
-            total, gold = (0, 0) if qualifying else self.q(cur, "my_counts", uid=uid, pid=pid).fetchone()
+        times = {"pid": pid, "uid": uid, "now": self.ts(now), "until": self.ts(until)}
+        if st.gated or st.gold_rate > 0:
+            total, gold, state, _ = (gate or self._gate_send(cur, pid, uid)).fetchone()
+            qualifying = False
+            if st.gated:  # failed or paused: nothing new here; qualifying: gold only, gold first
+                state = state or qualification.initial_state(st.qualify_items)
+                if state in ("failed", "paused"):
+                    return None
+                qualifying = state == "qualifying"
             if qualifying or gold < st.gold_rate * (total + 1):
-                gid = self.q(cur, "gold_item", pid=pid, uid=uid).fetchone()
-                if gid is not None:
-                    sid = self.q(cur, "gold_slot", pid=pid, iid=gid[0], uid=uid, true=True, now=self.ts(now),
-                                 until=self.ts(until)).fetchone()[0]
-                    return sid, gid[0], until
+                row = self.q(cur, "gold_claim", true=True, **times).fetchone()
+                if row is not None:
+                    return row[0], row[1], until
             if qualifying:  # no gold item left for them: they wait (the lead sees "qualifying")
                 return None
-        for _ in range(RETRIES):
-            row = self.q(cur, "claim", pid=pid, uid=uid).fetchone()
-            if row is None:
-                return None
-            if self.q(cur, "take", uid=uid, now=self.ts(now), until=self.ts(until), sid=row[0]).rowcount == 1:
-                return row[0], row[1], until
-        return None
+        row = self.q(cur, "claim", **times).fetchone()
+        return (row[0], row[1], until) if row is not None else None
 
     def next_task(self, uid: int, is_admin: bool, project_id: int | None = None) -> TaskOut | None:
         """The task the labeler holds (lease renewed), else a newly claimed one; None when none is left."""
@@ -369,18 +417,23 @@ class Queue:
                     if not pids:
                         return None
                     now = now_utc()
-                    for sid, iid, pid in self.q(cur, "mine", uid=uid).fetchall():
+                    mine = self.send(cur, "mine", uid=uid)
+                    # one project asked for: its claim's read goes out with ``mine`` (one round trip)
+                    gate = self._gate_send(cur, pids[0], uid) if len(pids) == 1 else None
+                    for sid, iid, pid in mine.fetchall():
                         if pid not in pids:
                             continue
                         until = now + timedelta(seconds=self.settings(cur, pid).lease_seconds)
-                        # (0 rows: another process reaped the expired lease meanwhile; claim afresh)
-                        if self.q(cur, "renew", until=self.ts(until), sid=sid, uid=uid).rowcount == 1:
+                        # (no row: another process reaped the expired lease meanwhile; claim afresh)
+                        if self.q(cur, "renew", until=self.ts(until), sid=sid, uid=uid).fetchone() is not None:
                             return self._task(cur, iid, sid, pid, until, uid)
                     self._reap(cur, now)
                     for pid in pids:
-                        got = self._claim(cur, pid, uid, now)
+                        got = self._claim(cur, pid, uid, now, gate if len(pids) == 1 else None)
                         if got is not None:
-                            return self._task(cur, got[1], got[0], pid, got[2], uid)
+                            sent = self.item_send(cur, got[1])
+                            self.commit_early(cur)  # the claim is kept; the item's read comes with the COMMIT
+                            return self._task(cur, got[1], got[0], pid, got[2], uid, sent)
                     return None
             except self.integrity_error:  # a concurrent claim by the same labeler: start over
                 if attempt == RETRIES - 1:
@@ -426,15 +479,21 @@ class Queue:
                     st = self.settings(cur, pid)
                     fb = check_submission(st.feedback, st.mode, order, shown, body)
                     now = self.ts(now_utc())
-                    rid = self.q(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
-                                 all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
-                                 key=body.idempotency_key, is_gold=bool(is_gold), now=now, served=leased_at,
-                                 active=body.active_seconds, supersedes=None, strength=fb.strength, scale=fb.strength_scale,
-                                 unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None).fetchone()[0]
-                    self._ratings(cur, fb, rid, pid, item_id, uid, now)
+                    ins = self.send(cur, "insert_ranking", sid=task_id, pid=pid, iid=item_id, uid=uid, order=self._json(order),
+                                    all_bad=body.all_bad, unsafe=fb.unsafe, rationale=body.rationale or None,
+                                    key=body.idempotency_key, is_gold=bool(is_gold), now=now, served=leased_at,
+                                    active=body.active_seconds, supersedes=None, strength=fb.strength,
+                                    scale=fb.strength_scale, unsafe_ids=self._json(fb.unsafe_ids) if fb.unsafe_ids else None)
+                    if fb.ratings:  # they need the ranking's id
+                        rid = ins.fetchone()[0]
+                        ins = None
+                        self._ratings(cur, fb, rid, pid, item_id, uid, now)
                     self.q(cur, "done", sid=task_id)
                     if is_gold:
                         self._judge(cur, pid, uid)
+                    self.commit_early(cur)  # the insert (if not read yet) and the slot's update go with the COMMIT
+                    if ins is not None:
+                        rid = ins.fetchone()[0]
                     return SubmitOut(ranking_id=rid, task_id=task_id, duplicate=False)
             except self.integrity_error:
                 conflict = True
@@ -468,8 +527,8 @@ class Queue:
                     item_id, _, pid, _, _, done_id, _, _, slot_no = s
                     if done_id is not None:
                         raise Conflict(f"task {task_id} was already submitted; it cannot be skipped")
-                    gone = self.q(cur, "skip_gold" if slot_no is None else "skip_open", sid=task_id, uid=uid).rowcount
-                    if gone != 1:  # reaped meanwhile (expired lease): it is no longer ours to give back
+                    gone = self.q(cur, "skip_gold" if slot_no is None else "skip_open", sid=task_id, uid=uid).fetchone()
+                    if gone is None:  # reaped meanwhile (expired lease): it is no longer ours to give back
                         raise NotFound(f"task {task_id} is no longer leased to you")
                     self.q(cur, "drop_draft", sid=task_id, uid=uid)  # a demonstration's autosave goes with the task
                     sid = self.q(cur, "insert_skip", pid=pid, iid=item_id, sid=task_id, uid=uid, reason=body.reason,

@@ -111,6 +111,7 @@ class CandidateRow(Base):
 
 class Item(Base):
     __tablename__ = "items"
+    __table_args__ = (Index("ix_items_gold", "project_id", "is_gold", "id"),)  # serving gold items (0008)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     prompt_row_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
