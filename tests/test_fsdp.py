@@ -22,15 +22,19 @@ def sft_data(tmp_path_factory):
             "eval": write_jsonl(d / "eval.jsonl", pc_rows(16, 1))}
 
 
+WRAPS = [None, "GPT2Block"]  # the whole model one FSDP unit, or one unit per decoder layer (what a user runs)
+
+
 @pytest.mark.slow
-def test_train_sft_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, sft_data):
+@pytest.mark.parametrize("wrap", WRAPS)
+def test_train_sft_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, sft_data, wrap):
     common = ["--data", sft_data["train"], "--model", tiny_gpt2, "--lr", "3e-3", "--max-steps", "4",
               "--log-every", "1", "--no-progress", "--eval-data", sft_data["eval"], "--eval-every", "2",
               "--save-every", "2"]
     one = tmp_path / "one"
     run_cli("train-sft", *common, "--output", one, "--batch-size", "8")
     two = tmp_path / "two"
-    proc = _launch_fsdp("train-sft", *common, "--output", two, "--batch-size", "4")
+    proc = _launch_fsdp("train-sft", *common, "--output", two, "--batch-size", "4", wrap=wrap)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stderr
     ckpt = two / "checkpoints" / "step-00000002"
@@ -65,7 +69,8 @@ def _launch_fsdp(*args, wrap: str | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_train_rm_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
+@pytest.mark.parametrize("wrap", WRAPS)
+def test_train_rm_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, wrap):
     from rankloop.io import write_rankings
     from rankloop.testing import synthetic_rankings
 
@@ -77,7 +82,7 @@ def test_train_rm_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
     one = tmp_path / "one"
     run_cli("train-rm", *common, "--output", one, "--batch-size", "4")
     two = tmp_path / "two"
-    proc = _launch_fsdp("train-rm", *common, "--output", two, "--batch-size", "2")
+    proc = _launch_fsdp("train-rm", *common, "--output", two, "--batch-size", "2", wrap=wrap)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(two / "checkpoints" / "step-00000002" / "trainer_state.pt", weights_only=False)["fsdp"]
     m1, m2 = metrics(one), metrics(two)
@@ -93,7 +98,7 @@ def test_train_rm_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wrap", [None, "GPT2Block"])  # the whole model one FSDP unit, or one unit per layer
+@pytest.mark.parametrize("wrap", WRAPS)
 def test_train_dpo_fsdp2_on_two_processes_equals_one(tmp_path, tiny_gpt2, wrap):
     """The policy sharded, the reference replicated (its log-probs cached before the policy is prepared);
     evaluation, held-out KL sampling included, on every process."""
