@@ -21,7 +21,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from rankloop.io import jsonl_lines
-from rankloop.labeling.db import writing
+from rankloop.labeling.db import refresh_claim_statistics, writing
 from rankloop.labeling.models import CandidateRow, Item, Project, PromptRow, Slot
 from rankloop.labeling.schemas import MAX_EXTERNAL_ID, MAX_TEXT, GoldIn, ImportOut
 from rankloop.labeling.services.errors import Invalid, explain, listing
@@ -126,6 +126,7 @@ def import_items(db: Session, project: Project, prompts: list[Prompt], candidate
                          for iid, is_gold in item_ids if not is_gold for n in range(project.overlap)]
             if slot_rows:
                 db.execute(insert(Slot), slot_rows)
+                refresh_claim_statistics(db)
             slots = len(slot_rows)
     return ImportOut(prompts=len(new), candidates=len(candidates), items=len(item_rows), gold_items=gold_items, slots=slots)
 

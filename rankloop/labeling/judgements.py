@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rankloop.io import PARSERS, jsonl_lines
-from rankloop.labeling.db import writing
+from rankloop.labeling.db import refresh_claim_statistics, writing
 from rankloop.labeling.models import (
     CandidateRow,
     Item,
@@ -409,6 +409,7 @@ def import_judgements(db: Session, project: Project, data: bytes, name: str, fmt
             if open_slots:
                 db.execute(insert(Slot), [{"project_id": project.id, "item_id": iid, "slot_no": n, "status": "open", "is_gold": False}
                                           for iid in made for n in range(project.overlap)])
+                refresh_claim_statistics(db)
         seen: set[tuple[str, int]] = set()
         repeats = 0
         for j, rater, _pid, _order, key in planned:

@@ -6,7 +6,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from rankloop.labeling.db import writing
+from rankloop.labeling.db import refresh_claim_statistics, writing
 from rankloop.labeling.models import Item, Member, Project, Slot, User
 from rankloop.labeling.schemas import ProjectCreate, ProjectUpdate, UserCreate
 from rankloop.labeling.services import users
@@ -119,6 +119,8 @@ def replan_slots(db: Session, project: Project, overlap: int) -> dict[str, int]:
             gone += [s.id for s in spare[: len(slots) - overlap]]
     for i in range(0, len(new), 5000):
         db.execute(insert(Slot), new[i:i + 5000])
+    if new:
+        refresh_claim_statistics(db)
     retired = 0
     for i in range(0, len(gone), 5000):
         retired += db.execute(delete(Slot).where(Slot.id.in_(gone[i:i + 5000]), Slot.status == "open")
