@@ -254,16 +254,17 @@ class Queue:
         with self._write_lock if self._write_lock is not None else nullcontext():
             raw = self.engine.raw_connection()
             try:
-                with raw.driver_connection.pipeline() if self.pipelined else nullcontext():
-                    cur = raw.cursor()
-                    if self.sqlite:
-                        cur.execute("BEGIN IMMEDIATE")
-                    try:
+                cur = raw.cursor()
+                try:
+                    # (an error leaves the pipeline aborted: it is closed before the rollback)
+                    with raw.driver_connection.pipeline() if self.pipelined else nullcontext():
+                        if self.sqlite:
+                            cur.execute("BEGIN IMMEDIATE")
                         yield cur
                         raw.commit() if not self.sqlite else cur.execute("COMMIT")
-                    except BaseException:
-                        raw.rollback() if not self.sqlite else cur.execute("ROLLBACK")
-                        raise
+                except BaseException:
+                    raw.rollback() if not self.sqlite else cur.execute("ROLLBACK")
+                    raise
             finally:
                 raw.close()  # back to the pool
 
