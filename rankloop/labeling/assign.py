@@ -430,7 +430,7 @@ class Queue:
                             return self._task(cur, iid, sid, pid, until, uid)
                     self._reap(cur, now)
                     for pid in pids:
-                        got = self._claim(cur, pid, uid, now, gate if len(pids) == 1 else None)
+                        got = self._claim(cur, pid, uid, now, gate)  # (gate: None unless one project)
                         if got is not None:
                             sent = self.item_send(cur, got[1])
                             self.commit_early(cur)  # the claim is kept; the item's read comes with the COMMIT
