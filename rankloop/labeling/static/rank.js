@@ -412,10 +412,15 @@
     var box = document.getElementById("guidelines");
     if (!box) return;
     var key = "rankloop.guidelines." + task.getAttribute("data-project");
+    function save() {
+      try { window.localStorage.setItem(key, box.open ? "open" : "closed"); } catch (err) { /* storage off */ }
+    }
     try {
       if (window.localStorage.getItem(key) === "closed") box.open = false;
-      box.addEventListener("toggle", function () { window.localStorage.setItem(key, box.open ? "open" : "closed"); });
     } catch (err) { /* storage off (private mode, policy): the box simply starts open */ }
+    box.addEventListener("toggle", save);
+    // "toggle" fires in a later task: a click followed at once by a reload or a link can leave before it runs
+    window.addEventListener("pagehide", save);
   }
 
   // ------------------------------------------------------------ time in view (sent as active_seconds)
