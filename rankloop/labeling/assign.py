@@ -112,10 +112,10 @@ SQL = {
     "reap_gold": "DELETE FROM slots WHERE status = 'leased' AND lease_expires < :now AND slot_no IS NULL",
     # the claim: the first open slot of an item the labeler holds no slot of and did not skip, taken
     # in the same statement (the subquery's row lock keeps it open until the update; SQLite: serialised).
-    # {this_project} and ORDER BY s.project_id, s.id: on PostgreSQL the project is matched as a range so
+    # {this_project:s} and ORDER BY s.project_id, s.id: on PostgreSQL the project is matched as a range so
     # that only ix_slots_claim gives the order (see Queue.__init__)
     "claim": "UPDATE slots SET labeler_id = :uid, status = 'leased', leased_at = :now, lease_expires = :until "
-             "WHERE status = 'open' AND id = (SELECT s.id FROM slots s WHERE {this_project} AND s.status = 'open' "
+             "WHERE status = 'open' AND id = (SELECT s.id FROM slots s WHERE {this_project:s} AND s.status = 'open' "
              "AND NOT EXISTS (SELECT 1 FROM slots m WHERE m.item_id = s.item_id AND m.labeler_id = :uid) "
              "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = s.item_id) "
              "ORDER BY s.project_id, s.id LIMIT 1{lock}) RETURNING id, item_id",
@@ -126,11 +126,12 @@ SQL = {
             "(SELECT since_ranking_id FROM labeler_states WHERE project_id = :pid AND user_id = :uid) "
             "FROM slots WHERE labeler_id = :uid AND project_id = :pid",
     # a gold item's slot, made for this labeler as it is served: their first unseen, unskipped one
+    # ({this_project:i}: as in the claim)
     "gold_claim": "INSERT INTO slots (project_id, item_id, slot_no, labeler_id, status, is_gold, leased_at, lease_expires) "
                   "SELECT :pid, i.id, NULL, :uid, 'leased', :true, :now, :until FROM items i "
-                  "WHERE i.project_id = :pid AND i.is_gold AND NOT EXISTS "
+                  "WHERE {this_project:i} AND i.is_gold = :true AND NOT EXISTS "
                   "(SELECT 1 FROM slots m WHERE m.item_id = i.id AND m.labeler_id = :uid) AND NOT EXISTS "
-                  "(SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = i.id) ORDER BY i.id LIMIT 1 "
+                  "(SELECT 1 FROM skips k WHERE k.labeler_id = :uid AND k.item_id = i.id) ORDER BY i.project_id, i.id LIMIT 1 "
                   "RETURNING id, item_id",
     "slot": "SELECT s.item_id, s.labeler_id, s.project_id, s.is_gold, s.lease_expires, r.id, r.idempotency_key, "
             "s.leased_at, s.slot_no FROM slots s LEFT JOIN rankings r ON r.slot_id = s.id WHERE s.id = :sid",
@@ -218,8 +219,9 @@ class Queue:
         # and when it goes to the primary key a claim walks every older project's slots (55,000 rows, 100-140 ms).
         # A range that holds one value is no equality, so the order stays (project_id, id), which only
         # ix_slots_claim (project_id, status, id) gives without a sort. SQLite needs the equality to use that index.
-        self.sql["claim"] = self.sql["claim"].replace(
-            "{this_project}", "s.project_id = :pid" if not pg else "s.project_id BETWEEN :pid AND :pid")
+        # The gold claim likewise: items_pkey against ix_items_gold (project_id, is_gold, id).
+        this_project = r"\1.project_id BETWEEN :pid AND :pid" if pg else r"\1.project_id = :pid"
+        self.sql = {k: re.sub(r"\{this_project:(\w)\}", this_project, v) for k, v in self.sql.items()}
         self.sql["mine_recent_in"] = self.sql["mine_recent"].replace("{project}", " AND r.project_id = :pid")
         self.sql["mine_recent"] = self.sql["mine_recent"].replace("{project}", "")
         if not self.sqlite:  # psycopg's parameter style

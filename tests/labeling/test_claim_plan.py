@@ -51,7 +51,7 @@ def fill(engine) -> None:
             c.execute(text("INSERT INTO prompts (project_id, external_id, content, meta) "
                            "SELECT :p, 'q' || g, '\"prompt\"', '{}' FROM generate_series(1, :n) g"), {"p": p, "n": ITEMS})
             c.execute(text("INSERT INTO items (project_id, prompt_row_id, candidate_ids, is_gold) "
-                           "SELECT :p, id, '[\"a\", \"b\", \"c\", \"d\"]', false FROM prompts WHERE project_id = :p "
+                           "SELECT :p, id, '[\"a\", \"b\", \"c\", \"d\"]', id % 50 = 0 FROM prompts WHERE project_id = :p "
                            "ORDER BY id"), {"p": p})
             c.execute(text("INSERT INTO slots (project_id, item_id, slot_no, status, is_gold) "
                            "SELECT :p, i.id, n, 'open', false "
@@ -69,30 +69,32 @@ def nodes(plan: dict) -> list[dict]:
 
 
 def explain(cur, sql: str, pid: int) -> list[dict]:
-    cur.execute("EXPLAIN (FORMAT JSON) " + sql, {"uid": 1, "pid": pid, "now": None, "until": None})
+    cur.execute("EXPLAIN (FORMAT JSON) " + sql, {"uid": 1, "pid": pid, "now": None, "until": None, "true": True})
     (plan,) = cur.fetchone()
     (top,) = plan if isinstance(plan, list) else json.loads(plan)  # psycopg parses json itself
     return nodes(top["Plan"])
 
 
-def test_only_the_claim_index_gives_the_claim_its_order(engine):
-    """The structural half: the claim's ORDER BY is one that slots_pkey cannot give (with the old
+@pytest.mark.parametrize("key, alias, index", [("claim", "s", "ix_slots_claim"), ("gold_claim", "i", "ix_items_gold")])
+def test_only_the_claim_index_gives_the_claim_its_order(engine, key, alias, index):
+    """The structural half: the claim's ORDER BY is one that the primary key cannot give (with the old
     `= :pid ... ORDER BY s.id` it could, and "walk the key, stop at the first match" was costed as if the
-    project's open slots were spread evenly through the table), so the planner picks ix_slots_claim by a
-    wide margin, not by a near-tie: without that index, the claim must sort."""
+    project's open slots were spread evenly through the table), so the planner takes the claim's index
+    by a wide margin, not by a near-tie: without that index, the claim must sort. The gold claim
+    (first unseen gold item) likewise, on items."""
     from rankloop.labeling.assign import Queue
 
     fill(engine)
-    claim = Queue(engine).sql["claim"]
+    sql = Queue(engine).sql[key]
     raw = engine.raw_connection()
     try:
         with raw.cursor() as cur:
             for pid in range(1, PROJECTS + 1):
-                scans = [(n["Node Type"], n.get("Index Name")) for n in explain(cur, claim, pid) if n.get("Alias") == "s"]
-                assert scans == [("Index Scan", "ix_slots_claim")], (pid, scans)
-            cur.execute("DROP INDEX ix_slots_claim")  # in this transaction only: rolled back below
+                scans = [n.get("Index Name") for n in explain(cur, sql, pid) if n.get("Alias") == alias]
+                assert scans == [index], (pid, scans)
+            cur.execute(f"DROP INDEX {index}")  # in this transaction only: rolled back below
             for pid in range(1, PROJECTS + 1):
-                plan = explain(cur, claim, pid)
+                plan = explain(cur, sql, pid)
                 assert any(n["Node Type"] in ("Sort", "Incremental Sort") for n in plan), (pid, plan)
             raw.rollback()
     finally:
